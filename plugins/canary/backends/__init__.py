@@ -1,0 +1,37 @@
+"""Backend factory: backends are chosen by name in the spec; an unknown name is a configuration error."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from canary.backends.base import ConnInfo, MetricsSource, ModelRegistry, ShadowSummary, TrafficRouter
+from canary.errors import ConfigError
+
+__all__ = [
+    "KNOWN_BACKENDS", "ConnInfo", "MetricsSource", "ModelRegistry", "ShadowSummary", "TrafficRouter",
+    "build_backend",
+]
+
+#: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.
+#: Imports are lazy so that reading a spec never pulls in a backend's SDK.
+KNOWN_BACKENDS: dict[str, dict[str, str]] = {
+    "serving": {"local": "canary.backends.local_serving:LocalTrafficRouter"},
+    "metrics": {"local": "canary.backends.local_metrics:LocalMetricsSource"},
+    "registry": {"local": "canary.backends.local_registry:LocalModelRegistry"},
+}
+
+
+def build_backend(role: str, name: str, conn: ConnInfo, **options: Any) -> Any:
+    """Build the ``role`` backend called ``name`` from a connection.
+
+    :raises ConfigError: for an unknown role or name; the message lists the known ones.
+    """
+    if role not in KNOWN_BACKENDS:
+        raise ConfigError(f"unknown backend role {role!r}; known: {', '.join(KNOWN_BACKENDS)}")
+    known = KNOWN_BACKENDS[role]
+    if name not in known:
+        raise ConfigError(f"unknown {role} backend {name!r}; known: {', '.join(sorted(known))}")
+    module_name, attr = known[name].split(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(conn, **options)

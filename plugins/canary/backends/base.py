@@ -1,0 +1,106 @@
+"""The three small interfaces every backend implements, and the connection value they are built from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from canary.metrics import VersionStats
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnInfo:
+    """Connection details handed to a backend (built from an Airflow connection by the hooks).
+
+    Credentials live only here, never in specs, logs, XCom or reports.
+    """
+
+    conn_id: str = ""
+    host: str | None = None
+    port: int | None = None
+    schema: str | None = None
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def base_url(self, default_scheme: str = "http") -> str:
+        """Return ``scheme://host:port`` (``schema`` is used as the scheme when given)."""
+        if not self.host:
+            raise ValueError(f"connection {self.conn_id!r} has no host")
+        if "://" in self.host:
+            base = self.host.rstrip("/")
+        else:
+            base = f"{self.schema or default_scheme}://{self.host}"
+        return f"{base}:{self.port}" if self.port else base
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShadowSummary:
+    """What mirrored traffic showed: candidate vs stable on the same requests."""
+
+    pairs: int
+    stable_errors: int
+    candidate_errors: int
+    prediction_agreement: float | None  # share of pairs whose predicted class agrees
+    mean_abs_score_diff: float | None
+    stable_latency_p95_ms: float | None
+    candidate_latency_p95_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@runtime_checkable
+class TrafficRouter(Protocol):
+    """Sets and reads the traffic split of one endpoint. Every call is idempotent."""
+
+    def deploy(self, version: str) -> None:
+        """Make ``version`` available on the endpoint at 0% traffic (no-op if already there)."""
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        """Set the whole split declaratively (percent per version, summing to 100)."""
+
+    def get_weights(self) -> dict[str, int]:
+        """Return the current split (percent per deployed version)."""
+
+    def remove(self, version: str) -> None:
+        """Remove ``version`` from the endpoint (must hold 0%); no-op if absent."""
+
+    def set_mirror(self, version: str | None, percent: int = 100) -> None:
+        """Mirror ``percent`` of requests to ``version`` without serving its answers (None stops)."""
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """Reads cumulative per-version statistics from a metrics store."""
+
+    def version_stats(self, version: str, *, start_s: float, end_s: float) -> VersionStats:
+        """Return the statistics of ``version`` for requests in ``[start_s, end_s)`` (epoch seconds).
+
+        Raises :class:`canary.errors.NoDataError` when the store has no series for the version.
+        """
+
+    def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float) -> ShadowSummary:
+        """Compare mirrored requests answered by both versions in the window."""
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """Resolves model versions and records rollout outcomes."""
+
+    def resolve(self, model: str, ref: str) -> str:
+        """Return the version that ``ref`` (a version or an alias) names; UnknownVersionError if none."""
+
+    def champion(self, model: str) -> str | None:
+        """Return the version currently serving as champion, if any."""
+
+    def list_versions(self, model: str) -> list[str]:
+        """Return every registered version, oldest first."""
+
+    def promote(self, model: str, version: str, *, run_id: str, summary: Mapping[str, Any]) -> None:
+        """Make ``version`` the champion and tag it with the rollout result."""
+
+    def record_rollback(self, model: str, version: str, *, run_id: str, reason: str,
+                        summary: Mapping[str, Any]) -> None:
+        """Tag ``version`` as rolled back, with the reason and an evidence summary."""

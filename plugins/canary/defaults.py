@@ -1,0 +1,41 @@
+"""Documented defaults and limits of a rollout spec, in one place.
+
+Every value here can be overridden in the spec; the README's spec reference is generated from
+the same numbers.
+"""
+
+from __future__ import annotations
+
+#: Airflow connection ids used when a spec names a backend without ``conn_id``.
+DEFAULT_CONN_IDS = {
+    "serving": "canary_serving_default",
+    "metrics": "canary_metrics_default",
+    "registry": "canary_registry_default",
+}
+
+#: One-sided false-rollback rate of the whole analysis (all metrics together).
+ALPHA = 0.05
+POLL_INTERVAL_S = 30.0
+#: Requests right after a traffic change are skipped (caches, autoscaling, JIT warm-up).
+WARMUP_S = 0.0
+
+STAGE_MIN_DURATION_S = 300.0
+STAGE_MAX_DURATION_S = 3600.0
+STAGE_MIN_REQUESTS = 200
+
+#: Absolute guardrails: roll back whatever stable does.
+GUARDRAIL_MAX_ERROR_RATE = 0.05
+GUARDRAIL_MIN_REQUESTS = 200
+
+SHADOW_REQUESTS = 200
+SHADOW_MIRROR_PERCENT = 100
+SHADOW_MAX_DURATION_S = 300.0
+SHADOW_MAX_ERROR_RATE_INCREASE = 0.01
+SHADOW_MAX_LATENCY_P95_RATIO = 1.5
+SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
+
+NIGHTLY_CRON = "0 2 * * *"
+
+#: Upper bounds that catch typos (a 30-day stage is a mistake, not a plan).
+MAX_STAGE_DURATION_S = 7 * 24 * 3600.0
+MAX_STAGES = 20
