@@ -1,0 +1,323 @@
+"""Operators of a rollout DAG. Each one does one step, is idempotent, and honours dry runs.
+
+The first task (:class:`ValidateRolloutRequestOperator`) freezes the rollout plan (spec, versions,
+stages) into XCom; every later task reads that frozen plan, never the spec file, so editing a spec
+cannot change a rollout that is already running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import BaseOperator
+from airflow.sdk.bases.branch import BaseBranchOperator
+
+from canary.errors import CanaryError, RequestError, SpecError
+from canary.phases import Action, GateResult, Outcome
+from canary.request import RolloutPlan, RolloutRequest, plan_rollout
+from canary.spec import RolloutSpec, load_spec
+from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
+
+PLAN_TASK_ID = "validate_request"
+SHADOW_TASK_ID = "shadow_test"
+PROMOTE_TASK_ID = "promote"
+
+
+def stage_group(index: int) -> str:
+    """Return the task group id of stage ``index`` (0-based), e.g. ``stage_1``."""
+    return f"stage_{index + 1}"
+
+
+def serving_hook(spec: RolloutSpec) -> CanaryServingHook:
+    ref = spec.backends.serving
+    return CanaryServingHook(ref.name, spec.backends.conn_id("serving"), endpoint=spec.endpoint, **ref.options)
+
+
+def metrics_hook(spec: RolloutSpec) -> CanaryMetricsHook:
+    ref = spec.backends.metrics
+    return CanaryMetricsHook(ref.name, spec.backends.conn_id("metrics"), endpoint=spec.endpoint, **ref.options)
+
+
+def registry_hook(spec: RolloutSpec) -> CanaryRegistryHook:
+    ref = spec.backends.registry
+    return CanaryRegistryHook(ref.name, spec.backends.conn_id("registry"), **ref.options)
+
+
+class CanaryBaseOperator(BaseOperator):
+    """Base of the rollout steps: reads the frozen plan and builds backends from it."""
+
+    ui_color = "#fff7e6"
+
+    def plan(self, context: Any) -> RolloutPlan:
+        data = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
+        if not data:
+            raise AirflowFailException(f"no rollout plan in XCom of {PLAN_TASK_ID!r}; did it run?")
+        return RolloutPlan.from_dict(data)
+
+    def say(self, plan: RolloutPlan, message: str) -> None:
+        """Log one timeline line (prefixed so the demo and the report can pick them out)."""
+        prefix = "[dry run] " if plan.dry_run else ""
+        self.log.info("CANARY %s %s: %s%s", plan.model, plan.candidate, prefix, message)
+
+
+class ValidateRolloutRequestOperator(CanaryBaseOperator):
+    """Validate the spec and the run's conf, resolve versions, and freeze the rollout plan.
+
+    Anything that cannot run is refused here, before any traffic moves, with the field named.
+
+    :param spec_path: the model's YAML spec.
+    """
+
+    template_fields: Sequence[str] = ("spec_path",)
+    ui_color = "#e8f1ff"
+
+    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)  # bad input does not get better by retrying
+        super().__init__(**kwargs)
+        self.spec_path = spec_path
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        try:
+            spec = load_spec(self.spec_path)
+            conf = dict(context["params"])
+            conf.update((context["dag_run"].conf or {}))
+            request = RolloutRequest.from_conf(conf)
+            plan = plan_rollout(spec, request, registry_hook(spec).registry,
+                                run_id=context["run_id"], now_s=time.time())
+        except (SpecError, RequestError) as err:
+            raise AirflowFailException(f"rollout refused: {err}") from err
+        weights = " -> ".join(f"{s.weight}%" for s in plan.stages)
+        self.say(plan, f"rollout of {plan.candidate} against champion {plan.stable}, stages {weights}"
+                       + (f" ({plan.reason})" if plan.reason else ""))
+        return plan.to_dict()
+
+
+class ShadowTestOperator(CanaryBaseOperator):
+    """Mirror real requests to the candidate, compare with stable, and fail the rollout if it differs."""
+
+    ui_color = "#f0e8ff"
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        plan = self.plan(context)
+        shadow = plan.spec.shadow
+        if not shadow.enabled:
+            self.say(plan, "shadow test disabled in the spec")
+            return {"passed": True, "skipped": True, "reasons": [], "summary": {}}
+        if plan.dry_run:
+            self.say(plan, f"would mirror {shadow.mirror_percent}% of requests until {shadow.requests} pairs")
+            return {"passed": True, "skipped": True, "reasons": ["dry run"], "summary": {}}
+        from canary.shadow import run_shadow
+
+        verdict = run_shadow(serving_hook(plan.spec).router, metrics_hook(plan.spec).source, shadow,
+                             stable=plan.stable, candidate=plan.candidate, log=lambda m: self.say(plan, m))
+        result = verdict.to_dict()
+        if not verdict.passed:
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowFailException(f"shadow test failed: {'; '.join(verdict.reasons)}")
+        self.say(plan, f"shadow test passed on {verdict.summary['pairs']} mirrored requests")
+        return result
+
+
+class DeployCanaryOperator(CanaryBaseOperator):
+    """Deploy the candidate beside stable at 0% traffic."""
+
+    def execute(self, context: Any) -> dict[str, int]:
+        plan = self.plan(context)
+        router = serving_hook(plan.spec).router
+        if plan.dry_run:
+            weights = router.get_weights()
+            self.say(plan, f"would deploy {plan.candidate} at 0%; current split {weights}")
+            return weights
+        router.deploy(plan.candidate)
+        weights = router.get_weights()
+        if weights.get(plan.candidate, 0) != 0:
+            raise AirflowFailException(f"{plan.candidate} already receives {weights[plan.candidate]}% traffic; "
+                                       "another rollout may be running on this endpoint")
+        self.say(plan, f"deployed {plan.candidate} at 0%")
+        return weights
+
+
+def split_for(plan: RolloutPlan, canary_pct: int) -> dict[str, int]:
+    """Return the declarative split that gives the candidate ``canary_pct`` percent."""
+    return {plan.stable: 100 - canary_pct, plan.candidate: canary_pct}
+
+
+class SetTrafficOperator(CanaryBaseOperator):
+    """Set the stage's split declaratively (a retry sets the same weights) and start its clock.
+
+    :param stage_index: 0-based stage.
+    """
+
+    ui_color = "#e6ffed"
+
+    def __init__(self, *, stage_index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_index = stage_index
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        plan = self.plan(context)
+        weight = plan.stages[self.stage_index].weight
+        split = split_for(plan, weight)
+        if plan.dry_run:
+            self.say(plan, f"stage {self.stage_index + 1}: would set {split}")
+        else:
+            serving_hook(plan.spec).router.set_weights(split)
+            self.say(plan, f"stage {self.stage_index + 1}: traffic set to {weight}% canary")
+        return {"stage_index": self.stage_index, "weight": weight, "started_at_s": time.time(), "split": split}
+
+
+class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
+    """Turn the stage's observed decision into the next step, per the spec's policy (a branch).
+
+    :param stage_index: 0-based stage.
+    :param has_approval: whether the stage group has an ``approve`` task to hold on.
+    """
+
+    ui_color = "#fffbe6"
+
+    def __init__(self, *, stage_index: int, has_approval: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_index = stage_index
+        self.has_approval = has_approval
+
+    def choose_branch(self, context: Any) -> str:
+        plan = self.plan(context)
+        group = stage_group(self.stage_index)
+        observed = context["ti"].xcom_pull(task_ids=f"{group}.observe")
+        if not observed:
+            raise AirflowFailException(f"{group}.observe returned no decision")
+        result = GateResult.from_dict(observed["result"])
+        action, why = next_action_for(plan, self.stage_index, result)
+        if action is Action.HOLD and not self.has_approval:
+            action, why = Action.ROLLBACK, f"{why} (no approval task in this DAG: rolling back)"
+        context["ti"].xcom_push(key="action", value={"action": action.value, "reason": why,
+                                                      "decision": result.decision.value, "metric": result.metric})
+        self.say(plan, f"stage {self.stage_index + 1} gate: {result.decision.value} -> {action.value}: {why}")
+        if action is Action.ROLLBACK:
+            return f"{group}.rollback"
+        if action is Action.HOLD:
+            return f"{group}.approve"
+        return f"{group}.proceed"
+
+
+def next_action_for(plan: RolloutPlan, stage_index: int, result: GateResult) -> tuple[Action, str]:
+    from canary.gate import next_action
+
+    spec = plan.spec.model_copy(update={"stages": list(plan.stages)})
+    return next_action(spec, stage_index, result)
+
+
+def roll_back(plan: RolloutPlan, reason: str, *, log: Any) -> None:
+    """Return all traffic to stable, remove the candidate and tell the registry why. Idempotent."""
+    router = serving_hook(plan.spec).router
+    router.set_weights({plan.stable: 100})
+    router.remove(plan.candidate)
+    registry_hook(plan.spec).registry.record_rollback(plan.model, plan.candidate, run_id=plan.run_id,
+                                                      reason=reason, summary={"stable": plan.stable})
+    log(f"rolled back: 100% on {plan.stable}, {plan.candidate} removed ({reason})")
+
+
+class RollbackOperator(CanaryBaseOperator):
+    """Roll back after a stage's gate said so: 0% canary, canary removed, registry told why."""
+
+    ui_color = "#ffe6e6"
+
+    def __init__(self, *, stage_index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_index = stage_index
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        plan = self.plan(context)
+        gate = context["ti"].xcom_pull(task_ids=f"{stage_group(self.stage_index)}.gate", key="action") or {}
+        reason = f"stage {self.stage_index + 1} ({plan.stages[self.stage_index].weight}%): " + \
+            gate.get("reason", "gate decided to roll back")
+        if plan.dry_run:
+            self.say(plan, f"would roll back: {reason}")
+        else:
+            roll_back(plan, reason, log=lambda m: self.say(plan, m))
+        return {"outcome": Outcome.ROLLED_BACK.value, "reason": reason, "stage_index": self.stage_index,
+                "metric": gate.get("metric")}
+
+
+class PromoteOperator(CanaryBaseOperator):
+    """Promote: 100% candidate, old version retired, registry's champion moved."""
+
+    ui_color = "#d9f7be"
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        plan = self.plan(context)
+        reason = f"every stage passed ({' -> '.join(str(s.weight) for s in plan.stages)}%)"
+        if plan.dry_run:
+            self.say(plan, f"would promote {plan.candidate} and retire {plan.stable}")
+            return {"outcome": Outcome.DRY_RUN.value, "reason": reason}
+        router = serving_hook(plan.spec).router
+        router.set_weights({plan.candidate: 100})
+        router.remove(plan.stable)
+        registry_hook(plan.spec).registry.promote(plan.model, plan.candidate, run_id=plan.run_id,
+                                                  summary={"retired": plan.stable, "reason": reason})
+        self.say(plan, f"promoted {plan.candidate}; {plan.stable} retired")
+        return {"outcome": Outcome.PROMOTED.value, "reason": reason}
+
+
+class FinalizeRolloutOperator(CanaryBaseOperator):
+    """Teardown: whatever happened, leave traffic on stable unless promoted, then write the report.
+
+    Runs even when an upstream task failed. The DAG run fails unless the outcome is a promotion (or
+    a dry run), so a rolled-back rollout is visible as a failed run; the report says why.
+
+    :param stage_count: number of stages in the DAG.
+    """
+
+    ui_color = "#eeeeee"
+
+    def __init__(self, *, stage_count: int, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.stage_count = stage_count
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from canary.report import build_report, write_report
+
+        ti = context["ti"]
+        plan = self.plan(context)
+        groups = [stage_group(i) for i in range(self.stage_count)]
+        stages = [ti.xcom_pull(task_ids=f"{g}.observe") for g in groups]
+        rollbacks = [r for r in (ti.xcom_pull(task_ids=f"{g}.rollback") for g in groups) if r]
+        promoted = ti.xcom_pull(task_ids=PROMOTE_TASK_ID)
+        shadow = ti.xcom_pull(task_ids=SHADOW_TASK_ID)
+        if promoted:
+            outcome, reason = Outcome(promoted["outcome"]), promoted["reason"]
+        elif rollbacks:
+            outcome, reason = Outcome.ROLLED_BACK, rollbacks[0]["reason"]
+        elif shadow and not shadow.get("passed", True):
+            outcome, reason = Outcome.ROLLED_BACK, "shadow test failed: " + "; ".join(shadow["reasons"])
+        else:
+            failed = self._failed_tasks(context)
+            outcome = Outcome.FAILED if failed else Outcome.ROLLED_BACK
+            reason = (f"task(s) {', '.join(failed)} failed" if failed
+                      else "stopped before promotion (approval rejected or run stopped)")
+        if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks:
+            try:
+                roll_back(plan, reason, log=lambda m: self.say(plan, m))
+            except CanaryError as err:
+                raise AirflowFailException(f"could not return traffic to {plan.stable}: {err}") from err
+        report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
+                              stages=[s for s in stages if s])
+        paths = write_report(report)
+        self.say(plan, f"outcome {outcome.value}: {reason} (report {paths[0]})")
+        if not outcome.is_success():
+            context["ti"].xcom_push(key="return_value", value=report)
+            raise AirflowFailException(f"rollout {outcome.value}: {reason}")
+        return report
+
+    def _failed_tasks(self, context: Any) -> list[str]:
+        try:
+            states = context["ti"].get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
+        except Exception as err:  # older task SDKs: name no task rather than fail the safety net
+            self.log.warning("could not read task states: %s", err)
+            return []
+        per_run: dict[str, Any] = states.get(context["run_id"], states)
+        return sorted(t for t, s in per_run.items() if s == "failed" and t != self.task_id)
