@@ -3,7 +3,8 @@
 Order of checks (first match wins), so that missing data can never look healthy:
 
 1. still warming up after the traffic change -> CONTINUE;
-2. no data from the metrics backend -> CONTINUE until the stage's minimum duration, then HALT;
+2. no data from the metrics backend, or no canary (or stable) requests in the window -> CONTINUE
+   until the stage's minimum duration, then HALT;
 3. an absolute guardrail breached (after ``guardrails.min_requests`` canary requests) -> ROLLBACK;
 4. the analyzer's verdicts: any ROLLBACK -> ROLLBACK; any HALT -> HALT;
 5. minimum duration and minimum canary requests reached and every metric non-inferior -> ADVANCE;
@@ -72,8 +73,20 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
         return GateResult(decision=Decision.ROLLBACK, metric=metric, reason=reason,
                           evidence={**evidence, **detail}), state
 
+    compares = stage.weight < 100
+    empty = [name for name, stats in (("canary", canary), ("stable", stable))
+             if stats.requests == 0 and (compares or name == "canary")]
+    if empty:
+        # Nothing to compare yet: wait, but never past the minimum duration (missing data is not healthy).
+        if min_reached:
+            return GateResult(decision=Decision.HALT, metric="data",
+                              reason=f"no {' or '.join(empty)} requests after {format_duration(elapsed)} "
+                                     f"at {stage.weight}%", evidence=evidence), state
+        return GateResult(decision=Decision.CONTINUE, reason=f"waiting for {' and '.join(empty)} requests",
+                          evidence=evidence), state
+
     assessments: list[MetricAssessment] = []
-    if stage.weight < 100:
+    if compares:
         assessments, state = analyzer.assess(spec, window, canary_weight_pct=stage.weight, state=carry_state)
         evidence["metrics"] = [a.to_dict() for a in assessments]
         for wanted in (Decision.ROLLBACK, Decision.HALT):
@@ -85,10 +98,6 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
 
     enough_requests = canary.requests >= stage.min_requests
     all_non_inferior = all(a.decision is Decision.ADVANCE for a in assessments)
-    if min_reached and canary.requests == 0:
-        return GateResult(decision=Decision.HALT, metric="data",
-                          reason=f"no canary requests after {format_duration(elapsed)} at {stage.weight}%",
-                          evidence=evidence), state
     if min_reached and enough_requests and all_non_inferior:
         why = ("every metric within tolerance" if assessments
                else "bake time passed with no guardrail breached")

@@ -7,7 +7,6 @@ listing every problem as ``file: field.path: what is allowed``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from canary.errors import CanaryError, RequestError, SpecError
 from canary.phases import Action, GateResult, Outcome
@@ -83,7 +83,7 @@ class ValidateRolloutRequestOperator(CanaryBaseOperator):
         try:
             spec = load_spec(self.spec_path)
             conf = dict(context["params"])
-            conf.update((context["dag_run"].conf or {}))
+            conf.update(context["dag_run"].conf or {})
             request = RolloutRequest.from_conf(conf)
             plan = plan_rollout(spec, request, registry_hook(spec).registry,
                                 run_id=context["run_id"], now_s=time.time())

@@ -6,8 +6,8 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException
 
 from canary.observe import StageWatch, poll_stage
 from canary.phases import GateResult

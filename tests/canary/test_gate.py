@@ -58,6 +58,10 @@ CASES = [
     (0, 30, window(200), [Decision.ADVANCE], Decision.CONTINUE, None, "30s/1m"),  # min duration not reached
     (0, 90, window(80), [Decision.ADVANCE], Decision.CONTINUE, None, "80/100 canary requests"),
     (0, 90, window(0), [Decision.CONTINUE], Decision.HALT, "data", "no canary requests"),
+    (0, 30, window(0), [Decision.HALT], Decision.CONTINUE, None, "waiting for canary requests"),
+    (0, 30, window(100, stable=0), [Decision.HALT], Decision.CONTINUE, None, "waiting for stable requests"),
+    (0, 90, window(100, stable=0), [Decision.ADVANCE], Decision.HALT, "data", "no stable requests"),
+    (0, 90, window(0, stable=0), [Decision.ADVANCE], Decision.HALT, "data", "no canary or stable requests"),
     (0, 90, window(200), [Decision.ADVANCE, Decision.ADVANCE], Decision.ADVANCE, None, "every metric"),
     (0, 90, window(200), [Decision.ADVANCE, Decision.CONTINUE], Decision.CONTINUE, None, "m1"),
     (0, 600, window(200), [Decision.ADVANCE, Decision.CONTINUE], Decision.TIMEOUT, None, "undecided"),

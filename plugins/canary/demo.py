@@ -1,0 +1,272 @@
+"""``make demo``: a real Airflow DAG promotes a good model version and rolls back a faulty one.
+
+Starts the embedded stack (serving layer with a stable version, ~150 rps of synthetic traffic, a
+local registry), then runs two rollouts with ``airflow dags test``: a good candidate that must end
+promoted and a faulty one (several times the stable error rate) that must end rolled back at the
+first stage. Prints a timeline and, last, one JSON line with the outcomes. Everything it starts it
+stops again, on success, failure or Ctrl-C.
+
+``python -m canary.demo --ui`` starts the same stack plus ``airflow standalone`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_MODEL = "churn-demo"
+DEMO_ENDPOINT = "churn"
+STABLE, GOOD, FAULTY = "v1", "v2", "v3"
+#: The faulty candidate fails 8% of requests on top of the stable baseline (about 9x stable).
+BASELINE_ERROR_RATE = 0.01
+FAULTY_ERROR_RATE = 0.08
+DEMO_RPS = 150.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclass
+class LocalStack:
+    """Paths, ports and credentials of the embedded stack, and the Airflow environment that reaches it."""
+
+    state_dir: Path
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_db(self) -> Path:
+        return self.state_dir / "metrics.db"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.state_dir / "registry.json"
+
+    def airflow_env(self, airflow_home: Path) -> dict[str, str]:
+        conns = {
+            "AIRFLOW_CONN_CANARY_SERVING_DEFAULT": {"conn_type": "canary_serving", "host": "127.0.0.1",
+                                                    "port": self.port, "password": self.token},
+            "AIRFLOW_CONN_CANARY_METRICS_DEFAULT": {"conn_type": "canary_metrics",
+                                                    "extra": {"path": str(self.metrics_db)}},
+            "AIRFLOW_CONN_CANARY_REGISTRY_DEFAULT": {"conn_type": "canary_registry",
+                                                     "extra": {"path": str(self.registry_file)}},
+        }
+        venv_bin = str(Path(sys.executable).parent)
+        return {
+            **os.environ,
+            **{k: json.dumps(v) for k, v in conns.items()},
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def weights(self) -> dict[str, int]:
+        resp = requests.get(f"{self.url}/admin/endpoints/{DEMO_ENDPOINT}",
+                            headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json()["weights"])
+
+
+class Processes:
+    """Child processes that are always stopped (process groups, SIGTERM then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
+
+    def start(self, name: str, cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def seed_registry(stack: LocalStack) -> None:
+    from canary.backends.base import ConnInfo
+    from canary.backends.local_registry import LocalModelRegistry
+
+    registry = LocalModelRegistry(ConnInfo(conn_id="demo", extra={"path": str(stack.registry_file)}))
+    for version in (STABLE, GOOD, FAULTY):
+        registry.register_version(DEMO_MODEL, version)
+    registry.set_alias(DEMO_MODEL, "champion", STABLE)
+    registry.set_alias(DEMO_MODEL, "challenger", GOOD)
+
+
+@contextlib.contextmanager
+def local_stack(state_dir: Path, procs: Processes, *, rps: float = DEMO_RPS) -> Iterator[LocalStack]:
+    """Start the serving layer with the stable version at 100% and synthetic traffic."""
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    stack = LocalStack(state_dir=state_dir, port=free_port(), token=secrets.token_urlsafe(16))
+    seed_registry(stack)
+    canary = [sys.executable, "-m", "canary"]
+    faults = [f"{v}:error_rate={BASELINE_ERROR_RATE}" for v in (STABLE, GOOD)]
+    faults.append(f"{FAULTY}:error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE}")
+    serve_log = open(state_dir / "serve.log", "w")
+    procs.start("serve", [*canary, "serve", "--host", "127.0.0.1", "--port", str(stack.port),
+                          "--db", str(stack.metrics_db), "--token", stack.token,
+                          "--endpoint", DEMO_ENDPOINT, "--version", STABLE,
+                          *[arg for f in faults for arg in ("--fault", f)]],
+                stdout=serve_log, stderr=subprocess.STDOUT)
+    wait_http(f"{stack.url}/healthz")
+    log(f"serving layer on {stack.url}: endpoint '{DEMO_ENDPOINT}' with {STABLE} at 100%")
+    procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", DEMO_ENDPOINT,
+                            "--rps", str(rps)], stdout=open(state_dir / "traffic.log", "w"),
+                stderr=subprocess.STDOUT)
+    log(f"synthetic traffic: ~{rps:.0f} requests/s from 5,000 users")
+    try:
+        yield stack
+    finally:
+        serve_log.close()
+
+
+def run_rollout(stack: LocalStack, airflow_home: Path, version: str) -> dict[str, Any]:
+    """Run one rollout with ``airflow dags test``; return its report."""
+    reports = stack.state_dir / f"reports-{version}"
+    env = {**stack.airflow_env(airflow_home), "CANARY_REPORTS_DIR": str(reports)}
+    dag_id = f"canary_rollout__{DEMO_MODEL}"
+    conf = json.dumps({"version": version, "reason": "make demo"})
+    log(f"rollout of {version}: airflow dags test {dag_id} -c '{conf}'")
+    with open(stack.state_dir / f"airflow-{version}.log", "w") as full_log:
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", dag_id, "-c", conf],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                full_log.write(line)
+                if "CANARY " in line:
+                    print("    " + line.split("CANARY ", 1)[1].split(" [")[0].strip()[:220], flush=True)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+    found = sorted(reports.glob(f"{DEMO_MODEL}/*.json"))
+    if not found:
+        raise RuntimeError(f"the rollout of {version} wrote no report; see {full_log.name}")
+    return json.loads(found[-1].read_text())
+
+
+def migrate(airflow_home: Path, stack: LocalStack) -> None:
+    log("preparing Airflow's metadata database (SQLite)")
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=stack.airflow_env(airflow_home),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def demo(state_dir: Path) -> int:
+    procs = Processes()
+    expected = {GOOD: "promoted", FAULTY: "rolled_back"}
+    results: list[dict[str, Any]] = []
+    started = time.time()
+    try:
+        with local_stack(state_dir, procs) as stack:
+            airflow_home = state_dir / "airflow"
+            migrate(airflow_home, stack)
+            time.sleep(2)  # a little stable history before the first rollout
+            for version in (GOOD, FAULTY):
+                report = run_rollout(stack, airflow_home, version)
+                weights = stack.weights()
+                log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
+                results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
+                                "reason": report["reason"], "weights_after": weights})
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    finally:
+        procs.stop_all()
+    ok = all(r["outcome"] == expected[r["candidate"]] for r in results) and len(results) == 2
+    log(f"{'as expected' if ok else 'UNEXPECTED outcome'} after {time.time() - started:.0f}s; "
+        f"reports and logs under {state_dir}")
+    print(json.dumps({"rollouts": [{k: r[k] for k in ("model", "candidate", "outcome", "reason")}
+                                   for r in results]}))
+    return 0 if ok else 1
+
+
+def ui(state_dir: Path) -> int:
+    procs = Processes()
+    try:
+        with local_stack(state_dir, procs) as stack:
+            airflow_home = state_dir / "airflow"
+            env = stack.airflow_env(airflow_home)
+            log("starting airflow standalone on http://localhost:8080 (admin password printed by Airflow)")
+            log(f"trigger 'canary_rollout__{DEMO_MODEL}' with version {GOOD} (good) or {FAULTY} (faulty)")
+            procs.start("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env).wait()
+    except KeyboardInterrupt:
+        log("stopping")
+    finally:
+        procs.stop_all()
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m canary.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".state" / "demo")
+    parser.add_argument("--ui", action="store_true", help="start airflow standalone instead of the two rollouts")
+    args = parser.parse_args(argv)
+    # SIGTERM (e.g. from CI or `timeout`) stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    return ui(args.state_dir) if args.ui else demo(args.state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
