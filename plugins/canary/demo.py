@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class LocalStack:
     state_dir: Path
     port: int
     token: str
+    model: str = DEMO_MODEL
+    endpoint: str = DEMO_ENDPOINT
 
     @property
     def url(self) -> str:
@@ -92,7 +94,7 @@ class LocalStack:
         }
 
     def weights(self) -> dict[str, int]:
-        resp = requests.get(f"{self.url}/admin/endpoints/{DEMO_ENDPOINT}",
+        resp = requests.get(f"{self.url}/admin/endpoints/{self.endpoint}",
                             headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
         resp.raise_for_status()
         return dict(resp.json()["weights"])
@@ -135,37 +137,48 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def seed_registry(stack: LocalStack) -> None:
+def seed_registry(stack: LocalStack, versions: Sequence[str]) -> None:
+    """Register ``versions`` (the first is the champion, the second the challenger)."""
     from canary.backends.base import ConnInfo
     from canary.backends.local_registry import LocalModelRegistry
 
     registry = LocalModelRegistry(ConnInfo(conn_id="demo", extra={"path": str(stack.registry_file)}))
-    for version in (STABLE, GOOD, FAULTY):
-        registry.register_version(DEMO_MODEL, version)
-    registry.set_alias(DEMO_MODEL, "champion", STABLE)
-    registry.set_alias(DEMO_MODEL, "challenger", GOOD)
+    for version in versions:
+        registry.register_version(stack.model, version)
+    registry.set_alias(stack.model, "champion", versions[0])
+    if len(versions) > 1:
+        registry.set_alias(stack.model, "challenger", versions[1])
+
+
+DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE}", GOOD: f"error_rate={BASELINE_ERROR_RATE}",
+               FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE}"}
 
 
 @contextlib.contextmanager
-def local_stack(state_dir: Path, procs: Processes, *, rps: float = DEMO_RPS) -> Iterator[LocalStack]:
-    """Start the serving layer with the stable version at 100% and synthetic traffic."""
+def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
+                versions: Sequence[str] = (STABLE, GOOD, FAULTY), faults: Mapping[str, str] = DEMO_FAULTS,
+                rps: float = DEMO_RPS) -> Iterator[LocalStack]:
+    """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
+
+    :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them.
+    """
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
-    stack = LocalStack(state_dir=state_dir, port=free_port(), token=secrets.token_urlsafe(16))
-    seed_registry(stack)
+    stack = LocalStack(state_dir=state_dir, port=free_port(), token=secrets.token_urlsafe(16), model=model,
+                       endpoint=endpoint)
+    seed_registry(stack, versions)
     canary = [sys.executable, "-m", "canary"]
-    faults = [f"{v}:error_rate={BASELINE_ERROR_RATE}" for v in (STABLE, GOOD)]
-    faults.append(f"{FAULTY}:error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE}")
+    fault_args = [f"{v}:{f}" for v, f in faults.items()]
     serve_log = open(state_dir / "serve.log", "w")
     procs.start("serve", [*canary, "serve", "--host", "127.0.0.1", "--port", str(stack.port),
                           "--db", str(stack.metrics_db), "--token", stack.token,
-                          "--endpoint", DEMO_ENDPOINT, "--version", STABLE,
-                          *[arg for f in faults for arg in ("--fault", f)]],
+                          "--endpoint", endpoint, "--version", versions[0],
+                          *[arg for f in fault_args for arg in ("--fault", f)]],
                 stdout=serve_log, stderr=subprocess.STDOUT)
     wait_http(f"{stack.url}/healthz")
-    log(f"serving layer on {stack.url}: endpoint '{DEMO_ENDPOINT}' with {STABLE} at 100%")
-    procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", DEMO_ENDPOINT,
+    log(f"serving layer on {stack.url}: endpoint '{endpoint}' with {versions[0]} at 100%")
+    procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", endpoint,
                             "--rps", str(rps)], stdout=open(state_dir / "traffic.log", "w"),
                 stderr=subprocess.STDOUT)
     log(f"synthetic traffic: ~{rps:.0f} requests/s from 5,000 users")
@@ -175,15 +188,16 @@ def local_stack(state_dir: Path, procs: Processes, *, rps: float = DEMO_RPS) -> 
         serve_log.close()
 
 
-def run_rollout(stack: LocalStack, airflow_home: Path, version: str) -> dict[str, Any]:
+def run_rollout(stack: LocalStack, airflow_home: Path, version: str, *, extra_env: Mapping[str, str] | None = None,
+                conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one rollout with ``airflow dags test``; return its report."""
     reports = stack.state_dir / f"reports-{version}"
-    env = {**stack.airflow_env(airflow_home), "CANARY_REPORTS_DIR": str(reports)}
-    dag_id = f"canary_rollout__{DEMO_MODEL}"
-    conf = json.dumps({"version": version, "reason": "make demo"})
-    log(f"rollout of {version}: airflow dags test {dag_id} -c '{conf}'")
+    env = {**stack.airflow_env(airflow_home), "CANARY_REPORTS_DIR": str(reports), **(extra_env or {})}
+    dag_id = f"canary_rollout__{stack.model}"
+    conf_json = json.dumps({"version": version, "reason": "make demo", **(conf or {})})
+    log(f"rollout of {version}: airflow dags test {dag_id} -c '{conf_json}'")
     with open(stack.state_dir / f"airflow-{version}.log", "w") as full_log:
-        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", dag_id, "-c", conf],
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", dag_id, "-c", conf_json],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         try:
@@ -197,7 +211,7 @@ def run_rollout(stack: LocalStack, airflow_home: Path, version: str) -> dict[str
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait()
-    found = sorted(reports.glob(f"{DEMO_MODEL}/*.json"))
+    found = sorted(reports.glob(f"{stack.model}/*.json"))
     if not found:
         raise RuntimeError(f"the rollout of {version} wrote no report; see {full_log.name}")
     return json.loads(found[-1].read_text())

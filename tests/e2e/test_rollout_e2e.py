@@ -1,0 +1,103 @@
+"""End to end: whole rollout DAGs run with `airflow dags test` against the real embedded stack.
+
+The serving layer, the traffic generator, the SQLite metrics store and the registry file are the
+real ones (as `make demo` uses them); nothing is faked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canary.backends.base import ConnInfo
+from canary.demo import Processes, local_stack, migrate, run_rollout
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+MODEL, ENDPOINT = "e2e-model", "e2e"
+BASE = 0.01
+FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
+          "v4": f"error_rate={BASE}"}
+
+
+def spec(model: str, **overrides) -> dict:
+    data = {
+        "model": model, "endpoint": ENDPOINT, "owner": "e2e",
+        "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.05,
+                   "min_prediction_agreement": 0.7},
+        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
+                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
+        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
+                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
+                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    specs = root / "specs"
+    specs.mkdir()
+    (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec(MODEL)))
+    # Same endpoint, metrics through a connection that does not exist: its observe task must fail.
+    broken = spec("e2e-broken", shadow={"enabled": False},
+                  backends={"metrics": {"name": "local", "conn_id": "no_such_connection"}})
+    (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
+    procs = Processes()
+    try:
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3"),
+                         faults=FAULTS, rps=120) as stack:
+            migrate(root / "airflow", stack)
+            yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs)}
+    finally:
+        procs.stop_all()
+
+
+def registry(stack):
+    from canary.backends.local_registry import LocalModelRegistry
+
+    return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
+
+
+def test_good_candidate_is_promoted(e2e):
+    stack, home, env = e2e
+    report = run_rollout(stack, home, "v2", extra_env=env)
+    assert report["outcome"] == "promoted", report
+    assert stack.weights() == {"v2": 100}
+    assert registry(stack).champion(MODEL) == "v2"
+    assert [s["decision"] for s in report["timeline"]] == ["advance", "advance"]
+    assert report["shadow"]["passed"] is True
+    assert Path(stack.state_dir / "reports-v2" / MODEL).glob("*.md")
+
+
+def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
+    stack, home, env = e2e
+    before = registry(stack).champion(MODEL)
+    report = run_rollout(stack, home, "v3", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
+    assert report["timeline"][0]["weight_pct"] == 25
+    assert stack.weights() == {before: 100}
+    assert registry(stack).champion(MODEL) == before
+    tags = registry(stack).get_tags(MODEL, "v3")
+    assert any("rolled_back" in str(v) or "rollback" in str(k) for k, v in tags.items()), tags
+
+
+def test_failing_task_leaves_traffic_on_stable(e2e):
+    stack, home, env = e2e
+    serving = stack.weights()
+    (stable,) = [v for v, w in serving.items() if w == 100]
+    reg = registry(stack)
+    reg.register_version("e2e-broken", stable)
+    reg.register_version("e2e-broken", "v4")
+    reg.set_alias("e2e-broken", "champion", stable)
+    broken_stack = type(stack)(state_dir=stack.state_dir, port=stack.port, token=stack.token, model="e2e-broken",
+                               endpoint=ENDPOINT)
+    report = run_rollout(broken_stack, home, "v4", extra_env=env)
+    assert report["outcome"] == "failed", report
+    assert "stage_1.observe" in report["reason"]
+    assert stack.weights() == {stable: 100}
