@@ -137,12 +137,12 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def seed_registry(stack: LocalStack, versions: Sequence[str]) -> None:
+def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | None = None) -> None:
     """Register ``versions`` (the first is the champion, the second the challenger)."""
     from canary.backends.base import ConnInfo
     from canary.backends.local_registry import LocalModelRegistry
 
-    registry = LocalModelRegistry(ConnInfo(conn_id="demo", extra={"path": str(stack.registry_file)}))
+    registry = LocalModelRegistry(ConnInfo(conn_id="demo", extra={"path": str(path or stack.registry_file)}))
     for version in versions:
         registry.register_version(stack.model, version)
     registry.set_alias(stack.model, "champion", versions[0])
@@ -276,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m canary.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".state" / "demo")
     parser.add_argument("--ui", action="store_true", help="start airflow standalone instead of the two rollouts")
+    parser.add_argument("--seed-registry", type=Path, metavar="PATH",
+                        help="only write the demo model's versions into a local registry file, then exit")
     args = parser.parse_args(argv)
+    if args.seed_registry:
+        seed_registry(LocalStack(state_dir=args.seed_registry.parent, port=0, token=""), (STABLE, GOOD, FAULTY),
+                      path=args.seed_registry)
+        return 0
     # SIGTERM (e.g. from CI or `timeout`) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     return ui(args.state_dir) if args.ui else demo(args.state_dir)

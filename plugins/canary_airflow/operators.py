@@ -190,7 +190,10 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
         if not observed:
             raise AirflowFailException(f"{group}.observe returned no decision")
         result = GateResult.from_dict(observed["result"])
-        action, why = next_action_for(plan, self.stage_index, result)
+        if plan.dry_run and not result.decision.is_terminal():
+            action, why = Action.NEXT_STAGE, f"dry run: would keep observing ({result.reason})"
+        else:
+            action, why = next_action_for(plan, self.stage_index, result)
         if action is Action.HOLD and not self.has_approval:
             action, why = Action.ROLLBACK, f"{why} (no approval task in this DAG: rolling back)"
         context["ti"].xcom_push(key="action", value={"action": action.value, "reason": why,

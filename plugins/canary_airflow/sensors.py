@@ -77,12 +77,17 @@ class CanaryObserveSensor(BaseSensorOperator):
                                            "state": state or None, "polls": 1})
 
     def execute(self, context: Any) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
         plan, watch = self._setup(context)
+        if plan.dry_run:
+            # No traffic moved, so there is nothing to wait for: report what one look shows.
+            self.log.info("CANARY %s %s: [dry run] stage %d: one look, not waiting: %s", plan.model, plan.candidate,
+                          self.stage_index + 1, first.xcom_value["result"]["reason"])
+            return first.xcom_value
+        if not self.deferrable:
+            return super().execute(context)
         ref = plan.spec.backends.metrics
         stage = plan.stages[self.stage_index]
         self.defer(
