@@ -1,0 +1,202 @@
+"""Planning: expected canary requests and time to a decision, per stage and metric (``canary plan``).
+
+For the label tests the expected path is used: the canary and stable event counts after ``n`` canary
+requests are replaced by their expectations and the mixture e-value (:func:`label.log_mixture`) is
+evaluated on them; the smallest ``n`` at which it reaches the threshold approximates the mean number
+of requests to a decision (Wald's approximation E[N] ~ log(1/alpha) / drift, here including the cost
+of the mixture; the simulations in ``bench/`` show the mean is within about 15% of it). The
+fixed-horizon comparison is statsmodels' ``NormalIndPower`` on the arcsine effect size of the two
+rates (one-sided, power 0.9, same alpha share, the stage's stable/canary ratio).
+
+Each stage is planned on its own (evidence carried from earlier stages only makes later stages faster).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from canary.spec import MetricKind, MetricSpec, RolloutSpec, StageSpec
+from canary.stats import distribution, label, msprt
+from canary.stats.analyzer import count_orientation
+
+_MAX_N = 1e9
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanRow:
+    """Expected cost of one metric at one stage (requests are canary requests)."""
+
+    stage: int
+    weight_pct: int
+    metric: str
+    kind: str
+    test: str
+    detect_requests: float | None  # to detect the MDE (rollback)
+    promote_requests: float | None  # to show non-inferiority on a healthy canary
+    fixed_horizon_requests: float | None  # fixed-horizon n at power 0.9 for the MDE
+    detect_s: float | None
+    promote_s: float | None
+    stage_decision_s: float | None  # promotion also waits for min_duration and min_requests
+    warning: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _solve(reached: Any) -> float | None:
+    """Smallest n (to 1%) with ``reached(n)`` true, assuming monotonicity; None beyond ``_MAX_N``."""
+    lo, hi = 1.0, 16.0
+    while not reached(hi):
+        lo, hi = hi, hi * 4
+        if hi > _MAX_N:
+            return None
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if reached(mid) else (mid, hi)
+    return hi
+
+
+def _label_costs(metric: MetricSpec, rho: float, base_rate: float, log_rb: float,
+                 log_pr: float) -> tuple[float | None, float | None, float | None]:
+    orient = count_orientation(metric)
+    prior_rb = label.GridPrior.around(math.log(orient.design_ratio))
+    prior_ni = label.GridPrior.around(math.log(orient.tolerance_ratio))
+    ratio_other = (1.0 - rho) / rho  # stable exposure per canary request
+
+    def periods(n: float, theta: float) -> list[tuple[float, float, float]]:
+        # theta = harm rate / other rate; base_rate is the stable rate.
+        if orient.canary_is_harm:
+            return [(n * base_rate * theta, n * ratio_other * base_rate, rho)]
+        return [(n * ratio_other * base_rate, n * base_rate / theta, 1.0 - rho)]
+
+    detect = _solve(lambda n: label.log_mixture(periods(n, orient.design_ratio), 1.0, prior_rb, 1) >= log_rb)
+    promote = _solve(lambda n: label.log_mixture(periods(n, 1.0), orient.tolerance_ratio, prior_ni, -1) >= log_pr)
+    if orient.canary_is_harm:
+        p_canary = min(base_rate * orient.design_ratio, 1.0)
+    else:
+        p_canary = base_rate / orient.design_ratio
+    fixed = fixed_horizon_n(p_canary, base_rate, rho, math.exp(-log_rb))
+    return detect, promote, fixed
+
+
+def fixed_horizon_n(p_canary: float, p_stable: float, rho: float, alpha: float, power: float = 0.9) -> float | None:
+    """Return the canary n of a one-sided two-proportion z-test (statsmodels, arcsine effect size)."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    effect = abs(float(proportion_effectsize(p_canary, p_stable)))
+    if effect == 0:
+        return None
+    return float(NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=power,
+                                              ratio=(1.0 - rho) / rho, alternative="larger"))
+
+
+def _msprt_costs(metric: MetricSpec, rho: float, sd_log: float, log_rb: float,
+                 alpha: float) -> tuple[float | None, float | None, float | None]:
+    tau = math.log1p(metric.effective_mde)
+    delta = tau
+
+    def var(n: float) -> float:
+        return sd_log ** 2 * (1.0 / n + rho / ((1.0 - rho) * n))
+
+    burn = float(msprt.BURN_IN_OBSERVATIONS) * max(1.0, rho / (1.0 - rho))
+    detect = _solve(lambda n: float(msprt.log_one_sided_mixture(delta, var(n), tau)) >= log_rb)
+    promote = _solve(lambda n: float(msprt.confidence_radius(var(n), tau, alpha)) <= math.log1p(metric.tolerance))
+    from statsmodels.stats.power import NormalIndPower
+
+    fixed = float(NormalIndPower().solve_power(effect_size=delta / sd_log, alpha=math.exp(-log_rb), power=0.9,
+                                               ratio=(1.0 - rho) / rho, alternative="larger"))
+    return (None if detect is None else max(detect, burn)), (None if promote is None else max(promote, burn)), fixed
+
+
+def _tv_costs(metric: MetricSpec, rho: float, a_rb: float, a_pr: float,
+              bins: int = 10) -> tuple[float | None, float | None, float | None]:
+    base = np.full(bins, 1.0 / bins)
+    shifted = base.copy()
+    move = min(metric.effective_mde, 0.5)
+    half = bins // 2
+    shifted[:half] -= move / half
+    shifted[half:] += move / (bins - half)
+    shifted = np.clip(shifted, 0.0, None)
+    shifted /= shifted.sum()
+    ratio_other = (1.0 - rho) / rho
+
+    def tv(n: float, canary: np.ndarray, a: float) -> tuple[float, float]:
+        lo, hi = distribution.tv_bounds(np.round(n * canary), np.round(n * ratio_other * base), a)
+        return float(lo), float(hi)
+
+    detect = _solve(lambda n: tv(n, shifted, a_rb)[0] > metric.tolerance)
+    promote = _solve(lambda n: tv(n, base, a_pr)[1] <= metric.tolerance)
+    return detect, promote, None
+
+
+def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, baseline_kpi_rate: float = 0.05,
+         baseline_exceedance_rate: float | None = None, log_latency_sd: float = 0.5) -> list[PlanRow]:
+    """Return one :class:`PlanRow` per compared stage (weight < 100) and metric.
+
+    Parameters
+    ----------
+    rps : float
+        Total requests per second on the endpoint (> 0).
+    baseline_error_rate, baseline_kpi_rate : float
+        Stable's error rate and KPI events per request, in (0, 1).
+    baseline_exceedance_rate : float or None
+        Stable's share of requests above a latency metric's threshold; defaults to ``1 - quantile``.
+    log_latency_sd : float
+        Standard deviation of log-latency, for the mean-log-latency test.
+    """
+    if rps <= 0:
+        raise ValueError(f"rps must be > 0, got {rps}")
+    alpha = spec.analysis.alpha
+    total_w = sum(m.weight for m in spec.analysis.metrics)
+    rows: list[PlanRow] = []
+    for idx, stage in enumerate(spec.stages):
+        if stage.weight >= 100:
+            continue
+        rho = stage.weight / 100.0
+        canary_rps = rps * rho
+        for m in spec.analysis.metrics:
+            a_rb = alpha * m.weight / total_w
+            log_rb, log_pr = math.log(1.0 / a_rb), math.log(1.0 / alpha)
+            if m.kind is MetricKind.ERROR_RATE:
+                test, costs = "label", _label_costs(m, rho, baseline_error_rate, log_rb, log_pr)
+            elif m.kind is MetricKind.KPI:
+                test, costs = "label", _label_costs(m, rho, baseline_kpi_rate, log_rb, log_pr)
+            elif m.kind is MetricKind.LATENCY and m.threshold_ms is None and m.quantile is not None \
+                    and m.quantile <= 0.5:
+                test, costs = "msprt_mean_log_latency", _msprt_costs(m, rho, log_latency_sd, log_rb, alpha)
+            elif m.kind is MetricKind.LATENCY:
+                rate = baseline_exceedance_rate if baseline_exceedance_rate is not None else (
+                    1.0 - (m.quantile if m.quantile is not None else 0.99))
+                test, costs = "label_exceedance", _label_costs(m, rho, rate, log_rb, log_pr)
+            else:
+                test, costs = "tv_confidence_sequence", _tv_costs(m, rho, a_rb, alpha)
+            rows.append(_row(idx, stage, m, test, costs, canary_rps))
+    return rows
+
+
+def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str,
+         costs: tuple[float | None, float | None, float | None], canary_rps: float) -> PlanRow:
+    detect, promote, fixed = costs
+
+    def secs(n: float | None) -> float | None:
+        return None if n is None else n / canary_rps
+
+    decision_s = None
+    if promote is not None:
+        decision_s = max(promote / canary_rps, stage.min_duration_s, stage.min_requests / canary_rps)
+    warning = None
+    if decision_s is None or decision_s > stage.max_duration_s:
+        need = "never" if decision_s is None else f"{decision_s:.0f}s"
+        warning = (f"stage {idx} ({stage.weight}%): {m.name} needs {need} to show non-inferiority on a healthy "
+                   f"canary, beyond max_duration {stage.max_duration_s:.0f}s (the stage will time out)")
+    elif detect is None or detect / canary_rps > stage.max_duration_s:
+        warning = (f"stage {idx} ({stage.weight}%): {m.name} cannot detect its MDE within max_duration "
+                   f"{stage.max_duration_s:.0f}s")
+    return PlanRow(stage=idx, weight_pct=stage.weight, metric=m.name, kind=m.kind.value, test=test,
+                   detect_requests=detect, promote_requests=promote, fixed_horizon_requests=fixed,
+                   detect_s=secs(detect), promote_s=secs(promote), stage_decision_s=decision_s, warning=warning)

@@ -1,0 +1,507 @@
+"""Backtest a spec's decision policy on recorded per-version counts (``canary replay``).
+
+Input: a CSV with one row per (run, t, version) holding counts *since the previous row* of that run
+and version (see :data:`REQUIRED_COLUMNS` and the optional ``weight``, ``latency_le_<ms>``,
+``pred_bin_<i>`` and ``kpi_events`` columns). The analysis is evaluated at every distinct row time of
+every run, as the observe tasks of all stages would see it: a *stage* is a maximal stretch of equal
+``weight`` (the whole run without a ``weight`` column; then the SRM check is skipped), its window
+starts ``analysis.warmup`` after its first row, and the state of :class:`SequentialAnalyzer` is carried
+from each stage's last evaluation to the next stage. The absolute error-rate and p99 guardrails apply
+as in the gate. Stage progression is not re-simulated.
+
+A run's decision is ``rollback`` or ``halt`` if either ever fires (the first time), else ``promote``
+if every assessment says ADVANCE at the end of the data, else ``timeout`` if the last stage ran past
+the ``max_duration`` of the spec stage with its weight, else ``continue``.
+
+Everything that can fire is computed vectorised over all rows of all runs (label e-processes on a
+grid, SRM, TV bounds, guardrails); the evidence of the row where a run's decision first held, and the
+end-of-data verdicts, come from :class:`SequentialAnalyzer` itself, so replay and the live gate agree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+
+from canary.metrics import Snapshot, VersionStats
+from canary.phases import Decision
+from canary.spec import MetricKind, MetricSpec, RolloutSpec
+from canary.stats import distribution, label, srm
+from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
+
+REQUIRED_COLUMNS = ("run", "t", "version", "requests", "errors")
+VERSIONS = ("stable", "canary")
+_LATENCY = re.compile(r"^latency_le_(\d+(?:\.\d+)?)$")
+_PRED = re.compile(r"^pred_bin_(\d+)$")
+#: Rows evaluated per vectorised block (bounds memory at about 100 MB).
+_BLOCK = 100_000
+
+
+class ReplayInputError(ValueError):
+    """Bad replay input; ``row`` is the 1-based data row (the file line is ``row + 1``), ``column`` its column."""
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None) -> None:
+        self.row = row
+        self.column = column
+        where = []
+        if row is not None:
+            where.append(f"row {row} (line {row + 1})")
+        if column is not None:
+            where.append(f"column {column!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Optional columns found in the file."""
+
+    latency_columns: tuple[str, ...]
+    latency_bounds_ms: tuple[float, ...]
+    pred_columns: tuple[str, ...]
+    has_weight: bool
+    has_kpi: bool
+
+
+def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ReplayInputError(f"missing required column(s) {missing}; the header has {columns}",
+                               row=None, column=missing[0])
+    lat = sorted(((float(m.group(1)), c) for c in columns if (m := _LATENCY.match(c))), key=lambda x: x[0])
+    pred = sorted(((int(m.group(1)), c) for c in columns if (m := _PRED.match(c))), key=lambda x: x[0])
+    if pred and [i for i, _ in pred] != list(range(len(pred))):
+        raise ReplayInputError(f"pred_bin_<i> columns must be numbered 0..{len(pred) - 1}, got "
+                               f"{[c for _, c in pred]}", column=pred[0][1])
+    layout = Layout(latency_columns=tuple(c for _, c in lat), latency_bounds_ms=tuple(b for b, _ in lat),
+                    pred_columns=tuple(c for _, c in pred), has_weight="weight" in columns,
+                    has_kpi="kpi_events" in columns)
+    for m in spec.analysis.metrics:
+        if m.kind is MetricKind.LATENCY and not layout.latency_columns:
+            raise ReplayInputError(f"metric {m.name!r} (latency) needs latency_le_<ms> bucket columns",
+                                   column="latency_le_<ms>")
+        if m.kind is MetricKind.KPI and not layout.has_kpi:
+            raise ReplayInputError(f"metric {m.name!r} (kpi) needs a kpi_events column", column="kpi_events")
+        if m.kind is MetricKind.PREDICTION_DISTRIBUTION and not layout.pred_columns:
+            raise ReplayInputError(f"metric {m.name!r} (prediction_distribution) needs pred_bin_<i> columns",
+                                   column="pred_bin_0")
+    return layout
+
+
+def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]:
+    """Read and validate a replay CSV; raise :class:`ReplayInputError` naming row and column."""
+    try:
+        df = pd.read_csv(path, dtype={"run": str, "version": str}, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ReplayInputError(f"cannot read {path}: {err}") from err
+    df.columns = [str(c).strip() for c in df.columns]
+    layout = _layout(list(df.columns), spec)
+    numeric = ["t", "requests", "errors", *layout.latency_columns, *layout.pred_columns]
+    numeric += ["kpi_events"] if layout.has_kpi else []
+    numeric += ["weight"] if layout.has_weight else []
+    for col in ("run", "version"):
+        bad = df[col].isna()
+        if bad.any():
+            raise ReplayInputError("empty value", row=int(np.argmax(bad.to_numpy())) + 1, column=col)
+    for col in numeric:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if col == "weight":
+            bad &= df[col].notna()  # a blank weight means "unchanged"
+        if bad.any():
+            i = int(np.argmax(bad.to_numpy()))
+            raise ReplayInputError(f"not a number: {df[col].iloc[i]!r}", row=i + 1, column=col)
+        df[col] = values
+        if col not in ("t", "weight"):
+            neg = (values < 0).to_numpy()
+            if neg.any():
+                i = int(np.argmax(neg))
+                raise ReplayInputError(f"negative count {values.iloc[i]:g}", row=i + 1, column=col)
+            frac = (values != np.floor(values)).to_numpy()
+            if frac.any():
+                i = int(np.argmax(frac))
+                raise ReplayInputError(f"counts must be whole numbers, got {values.iloc[i]:g}", row=i + 1, column=col)
+    if layout.has_weight:
+        w = df["weight"]
+        bad = (w.notna() & ((w < 0) | (w > 100))).to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ReplayInputError(f"weight must be a percentage in [0, 100], got {w.iloc[i]:g}", row=i + 1,
+                                   column="weight")
+    versions = df["version"].str.strip()
+    bad = ~versions.isin(VERSIONS).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ReplayInputError(f"unknown version {df['version'].iloc[i]!r}; expected one of {list(VERSIONS)}",
+                               row=i + 1, column="version")
+    df["version"] = versions
+    over = (df["errors"] > df["requests"]).to_numpy()
+    if over.any():
+        i = int(np.argmax(over))
+        raise ReplayInputError(f"errors ({df['errors'].iloc[i]:g}) exceed requests ({df['requests'].iloc[i]:g})",
+                               row=i + 1, column="errors")
+    if layout.latency_columns:
+        lat = df[list(layout.latency_columns)].to_numpy(dtype=float)
+        dec = np.diff(lat, axis=1) < 0
+        if dec.any():
+            i, j = np.argwhere(dec)[0]
+            raise ReplayInputError("cumulative latency buckets must be non-decreasing", row=int(i) + 1,
+                                   column=layout.latency_columns[j + 1])
+        over = lat[:, -1] > df["requests"].to_numpy()
+        if over.any():
+            i = int(np.argmax(over))
+            raise ReplayInputError("bucket count exceeds the row's requests", row=i + 1,
+                                   column=layout.latency_columns[-1])
+    t = df["t"].to_numpy(dtype=float)
+    run_codes, _ = pd.factorize(df["run"])
+    order = np.argsort(run_codes, kind="stable")
+    same_run = run_codes[order][1:] == run_codes[order][:-1]
+    back = same_run & (np.diff(t[order]) < 0)
+    if back.any():
+        i = int(order[int(np.argmax(back)) + 1])
+        raise ReplayInputError(f"t goes backwards within run {df['run'].iloc[i]!r} ({t[i]:g})", row=i + 1,
+                               column="t")
+    if len(df) == 0:
+        raise ReplayInputError("no data rows")
+    return df, layout
+
+
+# -- vectorised evaluation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Points:
+    """One evaluation point per (run, t): cumulative stage-window counts per version."""
+
+    run: np.ndarray  # run codes
+    run_names: np.ndarray
+    t: np.ndarray
+    stage: np.ndarray  # stage index within the run
+    weight: np.ndarray  # configured canary %, nan if unknown
+    evaluated: np.ndarray  # the analyzer is called here
+    in_window: np.ndarray
+    run_canary_requests: np.ndarray  # cumulative over the whole run
+    cum: dict[str, np.ndarray]  # "<version>_<field>" -> cumulative within the stage window
+    last_of_stage: np.ndarray
+    stage_start_t: np.ndarray
+
+
+def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
+    fields = ["requests", "errors", *(["kpi_events"] if layout.has_kpi else []), *layout.latency_columns,
+              *layout.pred_columns]
+    run_codes, run_names = pd.factorize(df["run"])
+    df = df.assign(_run=run_codes, _row=np.arange(len(df)))
+    df = df.sort_values(["_run", "_row"], kind="stable")
+    key = pd.MultiIndex.from_arrays([df["_run"].to_numpy(), df["t"].to_numpy()])
+    new_point = np.ones(len(df), dtype=bool)
+    new_point[1:] = (key.codes[0][1:] != key.codes[0][:-1]) | (df["t"].to_numpy()[1:] != df["t"].to_numpy()[:-1])
+    pid = np.cumsum(new_point) - 1
+    n = int(pid[-1]) + 1
+    is_c = (df["version"] == "canary").to_numpy()
+    inc: dict[str, np.ndarray] = {}
+    for f in fields:
+        v = df[f].to_numpy(dtype=float)
+        for name, mask in (("canary", is_c), ("stable", ~is_c)):
+            inc[f"{name}_{f}"] = np.bincount(pid[mask], weights=v[mask], minlength=n)
+    first = np.flatnonzero(new_point)
+    run = df["_run"].to_numpy()[first]
+    t = df["t"].to_numpy(dtype=float)[first]
+    if layout.has_weight:
+        w = df.groupby(pid)["weight"].max().to_numpy(dtype=float)
+        w = pd.Series(w).groupby(run).ffill().to_numpy()
+    else:
+        w = np.full(n, np.nan)
+    wkey = np.where(np.isnan(w), -1.0, w)
+    change = np.ones(n, dtype=bool)
+    change[1:] = (run[1:] != run[:-1]) | (wkey[1:] != wkey[:-1])
+    stage_global = np.cumsum(change) - 1
+    run_start = np.ones(n, dtype=bool)
+    run_start[1:] = run[1:] != run[:-1]
+    stage = stage_global - stage_global[np.flatnonzero(run_start)][np.cumsum(run_start) - 1]
+    stage_start_t = t[np.flatnonzero(change)][stage_global]
+    in_window = t >= stage_start_t + spec.analysis.warmup_s
+    run_canary = pd.Series(inc["canary_requests"]).groupby(run).cumsum().to_numpy()
+    cum = {k: pd.Series(np.where(in_window, v, 0.0)).groupby(stage_global).cumsum().to_numpy() for k, v in inc.items()}
+    compares = np.isnan(w) | ((w > 0) & (w < 100))
+    evaluated = in_window & compares & (cum["canary_requests"] > 0) & (cum["stable_requests"] > 0)
+    last = np.ones(n, dtype=bool)
+    last[:-1] = stage_global[1:] != stage_global[:-1]
+    return Points(run=run, run_names=np.asarray(run_names), t=t, stage=stage, weight=w, evaluated=evaluated,
+                  in_window=in_window, run_canary_requests=run_canary, cum=cum, last_of_stage=last,
+                  stage_start_t=stage_start_t)
+
+
+def _carry(p: Points, values: np.ndarray, carried_if: np.ndarray) -> np.ndarray:
+    """Return, per point, the sum of ``values`` at the last point of each *earlier* stage of its run."""
+    contrib = np.where((p.last_of_stage & carried_if).reshape(-1, *([1] * (values.ndim - 1))), values, 0.0)
+    run_cum = pd.DataFrame(contrib.reshape(len(p.t), -1)).groupby(p.run).cumsum().to_numpy()
+    run_cum = run_cum.reshape(values.shape)
+    # Inclusive cumsum at the last point of the previous stage = exclusive carry for this stage.
+    gstage = np.cumsum(np.r_[True, (p.stage[1:] != p.stage[:-1]) | (p.run[1:] != p.run[:-1])]) - 1
+    first_idx = np.flatnonzero(np.r_[True, gstage[1:] != gstage[:-1]])
+    carry_at_stage = np.zeros((len(first_idx),) + values.shape[1:])
+    prev = first_idx - 1
+    same_run = (prev >= 0) & (p.run[np.maximum(prev, 0)] == p.run[first_idx])
+    carry_at_stage[same_run] = run_cum[prev[same_run]]
+    return carry_at_stage[gstage]
+
+
+def _quantile(cum_counts: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
+    """Vectorised :meth:`VersionStats.latency_quantile_ms` (rows of cumulative counts, last bound inf)."""
+    total = cum_counts[:, -1]
+    rank = q * total
+    idx = np.argmax(cum_counts >= rank[:, None], axis=1)
+    bound = bounds[idx]
+    prev_bound = np.where(idx > 0, bounds[np.maximum(idx - 1, 0)], 0.0)
+    count = cum_counts[np.arange(len(idx)), idx]
+    prev_count = np.where(idx > 0, cum_counts[np.arange(len(idx)), np.maximum(idx - 1, 0)], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interp = prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+    out = np.where(np.isinf(bound), prev_bound, np.where(count == prev_count, bound, interp))
+    return np.where(total > 0, out, np.nan)
+
+
+def _nearest_bound(targets: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    finite = bounds[np.isfinite(bounds) & (bounds > 0)]
+    d = np.abs(np.log(finite[None, :] / np.maximum(targets, 1e-9)[:, None]))
+    return finite[np.argmin(d, axis=1)]  # ties: the first (smaller) bound, as nearest_bound_ms
+
+
+def _latency_hist(p: Points, layout: Layout, version: str) -> np.ndarray:
+    cols = [p.cum[f"{version}_{c}"] for c in layout.latency_columns] + [p.cum[f"{version}_requests"]]
+    return np.stack(cols, axis=1)
+
+
+def _label_log_e(p: Points, metric: MetricSpec, xc: np.ndarray, xs: np.ndarray, nc: np.ndarray, ns: np.ndarray,
+                 ok: np.ndarray, carried_if: np.ndarray) -> np.ndarray:
+    orient = count_orientation(metric)
+    if not orient.canary_is_harm:
+        xc, xs, nc, ns = xs, xc, ns, nc
+    prior = label.GridPrior.around(math.log(orient.design_ratio))
+    has = ok & (nc > 0) & (ns > 0)
+    rho = np.where(has, nc / np.where(has, nc + ns, 1.0), 0.5)
+    llr = np.zeros((len(xc), len(prior.log_effects)))
+    for s in range(0, len(xc), _BLOCK):
+        sl = slice(s, s + _BLOCK)
+        llr[sl] = np.where(has[sl, None], label.grid_log_lr(xc[sl], xs[sl], rho[sl], 1.0, prior, 1), 0.0)
+    total = llr + _carry(p, llr, carried_if & has)
+    return logsumexp(total + prior.log_weights, axis=1)
+
+
+def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Return per point: code of what fires (0 none, 1 rollback, 2 halt) and the metric index (-1 guardrail,
+    len(metrics) for srm)."""
+    n = len(p.t)
+    metrics = spec.analysis.metrics
+    total_w = sum(m.weight for m in metrics)
+    alpha = spec.analysis.alpha
+    c, ev = p.cum, p.evaluated
+    code = np.zeros(n, dtype=np.int8)
+    which = np.full(n, -2, dtype=int)
+
+    def mark(mask: np.ndarray, value: int, idx: int) -> None:
+        new = mask & (code == 0)
+        code[new] = value
+        which[new] = idx
+
+    rails = spec.analysis.guardrails
+    canary_req = c["canary_requests"]
+    guard_ok = p.in_window & (canary_req >= rails.min_requests) & (canary_req > 0)
+    if rails.max_error_rate is not None:
+        rate = c["canary_errors"] / np.maximum(canary_req, 1)
+        mark(guard_ok & (rate > rails.max_error_rate), 1, -1)
+    if rails.max_latency_p99_ms is not None and layout.latency_columns:
+        bounds = np.array([*layout.latency_bounds_ms, math.inf])
+        p99 = _quantile(_latency_hist(p, layout, "canary"), bounds, 0.99)
+        mark(guard_ok & (p99 > rails.max_latency_p99_ms), 1, -1)
+
+    rollback = np.zeros(n, dtype=bool)
+    halt = np.zeros(n, dtype=bool)
+    rb_metric = np.full(n, -2, dtype=int)
+    halt_metric = np.full(n, -2, dtype=int)
+    for i, m in enumerate(metrics):
+        log_thr = math.log(1.0 / (alpha * m.weight / total_w))
+        fired = np.zeros(n, dtype=bool)
+        halted = np.zeros(n, dtype=bool)
+        if m.kind is MetricKind.ERROR_RATE:
+            log_e = _label_log_e(p, m, c["canary_errors"], c["stable_errors"], c["canary_requests"],
+                                 c["stable_requests"], ev, ev)
+            fired = ev & (log_e >= log_thr)
+        elif m.kind is MetricKind.KPI:
+            log_e = _label_log_e(p, m, c["canary_kpi_events"], c["stable_kpi_events"], c["canary_requests"],
+                                 c["stable_requests"], ev, ev)
+            fired = ev & (log_e >= log_thr)
+        elif m.kind is MetricKind.LATENCY:
+            fired, halted = _latency_fires(p, layout, m, log_thr)
+        elif m.kind is MetricKind.PREDICTION_DISTRIBUTION:
+            fired, halted = _prediction_fires(p, layout, m, alpha * m.weight / total_w)
+        rb_metric[fired & (rb_metric == -2)] = i
+        halt_metric[halted & (halt_metric == -2)] = i
+        rollback |= fired
+        halt |= halted
+    mark(rollback, 1, 0)
+    which[(code == 1) & (which == 0)] = rb_metric[(code == 1) & (which == 0)]
+    if layout.has_weight:
+        w = p.weight / 100.0
+        srm_ok = ev & (w > 0) & (w < 1)
+        le = np.where(srm_ok, srm.log_e_value(c["canary_requests"], c["stable_requests"],
+                                              np.where(srm_ok, w, 0.5)), 0.0)
+        le = le + _carry(p, le, srm_ok)
+        srm_fire = ev & (le >= math.log(1.0 / alpha))
+        halt_metric[srm_fire & ~halt] = len(metrics)
+        halt |= srm_fire
+    mark(halt, 2, 0)
+    which[(code == 2) & (which == 0)] = halt_metric[(code == 2) & (which == 0)]
+    return code, which
+
+
+def _latency_fires(p: Points, layout: Layout, m: MetricSpec, log_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    n = len(p.t)
+    ev = p.evaluated
+    bounds = np.array([*layout.latency_bounds_ms, math.inf])
+    hc, hs = _latency_hist(p, layout, "canary"), _latency_hist(p, layout, "stable")
+    if m.threshold_ms is not None:
+        if m.threshold_ms not in layout.latency_bounds_ms:
+            return np.zeros(n, dtype=bool), ev.copy()
+        thr = np.full(n, float(m.threshold_ms))
+        chosen_ok = np.ones(n, dtype=bool)
+    else:
+        q = m.quantile if m.quantile is not None else 0.99
+        pooled = hc + hs
+        enough = pooled[:, -1] >= THRESHOLD_MIN_EXCEEDANCES / (1.0 - q)
+        own = np.where(enough, _nearest_bound(np.nan_to_num(_quantile(pooled, bounds, q)), bounds), np.nan)
+        # The threshold is fixed at the end of the first stage (with evaluations) where enough data existed.
+        fix_here = p.last_of_stage & ev & enough
+        fixed = np.full(n, np.nan)
+        idx = np.flatnonzero(fix_here)
+        first_fix = pd.Series(idx).groupby(p.run[idx]).first()
+        fix_run = np.full(int(p.run.max()) + 1, -1)
+        fix_run[first_fix.index.to_numpy()] = first_fix.to_numpy()
+        fpos = fix_run[p.run]
+        after = (fpos >= 0) & (np.arange(n) > fpos) & (p.stage > p.stage[np.maximum(fpos, 0)])
+        fixed[after] = own[fpos[after]]
+        thr = np.where(after, fixed, own)
+        chosen_ok = after | enough
+    col = np.searchsorted(bounds, np.nan_to_num(thr, nan=bounds[0]))
+    rows = np.arange(n)
+    xc = hc[:, -1] - hc[rows, col]
+    xs = hs[:, -1] - hs[rows, col]
+    ok = ev & chosen_ok
+    log_e = _label_log_e(p, m, xc, xs, hc[:, -1], hs[:, -1], ok, ok)
+    return ok & (log_e >= log_thr), np.zeros(n, dtype=bool)
+
+
+def _prediction_fires(p: Points, layout: Layout, m: MetricSpec, a: float) -> tuple[np.ndarray, np.ndarray]:
+    ev = p.evaluated
+    bc = np.stack([p.cum[f"canary_{c}"] for c in layout.pred_columns], axis=1)
+    bs = np.stack([p.cum[f"stable_{c}"] for c in layout.pred_columns], axis=1)
+    halted = ev & (((p.cum["canary_requests"] - p.cum["canary_errors"] > 0) & (bc.sum(1) == 0))
+                   | ((p.cum["stable_requests"] - p.cum["stable_errors"] > 0) & (bs.sum(1) == 0)))
+    bc = bc + _carry(p, bc, ev)
+    bs = bs + _carry(p, bs, ev)
+    lower = np.zeros(len(p.t))
+    idx = np.flatnonzero(ev & ~halted)
+    for s in range(0, len(idx), _BLOCK):
+        sl = idx[s:s + _BLOCK]
+        lower[sl], _ = distribution.tv_bounds(bc[sl], bs[sl], a)
+    return ev & ~halted & (lower > m.tolerance), halted
+
+
+# -- scalar confirmation and output -----------------------------------------------------------------
+
+
+def _snapshot(p: Points, layout: Layout, i: int) -> Snapshot:
+    def stats(version: str) -> VersionStats:
+        c = p.cum
+        kw: dict[str, Any] = {}
+        if layout.latency_columns:
+            kw["latency_buckets_ms"] = (*layout.latency_bounds_ms, math.inf)
+            kw["latency_cumulative"] = tuple(int(c[f"{version}_{col}"][i]) for col in layout.latency_columns) + (
+                int(c[f"{version}_requests"][i]),)
+        else:
+            # No latency data recorded: an empty histogram.
+            kw["latency_cumulative"] = (0,) * len(VersionStats(version=version).latency_buckets_ms)
+        if layout.pred_columns:
+            kw["prediction_bins"] = tuple(int(c[f"{version}_{col}"][i]) for col in layout.pred_columns)
+        return VersionStats(version=version, requests=int(c[f"{version}_requests"][i]),
+                            errors=int(c[f"{version}_errors"][i]),
+                            kpi_events=int(c[f"{version}_kpi_events"][i]) if layout.has_kpi else 0, **kw)
+
+    return Snapshot(stable=stats("stable"), canary=stats("canary"), start_s=float(p.stage_start_t[i]),
+                    end_s=float(p.t[i]))
+
+
+def _weight_pct(p: Points, i: int) -> int:
+    return int(round(p.weight[i])) if not np.isnan(p.weight[i]) else 0
+
+
+def _analyze_at(spec: RolloutSpec, p: Points, layout: Layout, i: int, analyzer: SequentialAnalyzer):
+    """Run the analyzer at point ``i`` with the state carried from the earlier stages of its run."""
+    state = None
+    run_idx = np.flatnonzero((p.run == p.run[i]) & p.last_of_stage & p.evaluated & (p.stage < p.stage[i]))
+    for j in run_idx:
+        _, state = analyzer.assess(spec, _snapshot(p, layout, j), canary_weight_pct=_weight_pct(p, j), state=state)
+    return analyzer.assess(spec, _snapshot(p, layout, i), canary_weight_pct=_weight_pct(p, i), state=state)
+
+
+def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict[str, Any]]:
+    """Yield one result dict per run (in order of first appearance)."""
+    p = _points(df, layout, spec)
+    code, which = _fire(p, layout, spec)
+    analyzer = SequentialAnalyzer()
+    metrics = spec.analysis.metrics
+    rails = spec.analysis.guardrails
+    max_by_weight = {s.weight: s.max_duration_s for s in spec.stages}
+    starts = np.flatnonzero(np.r_[True, p.run[1:] != p.run[:-1]])
+    ends = np.r_[starts[1:], len(p.t)]
+    for a, b in zip(starts, ends, strict=True):
+        fired = np.flatnonzero(code[a:b])
+        name = str(p.run_names[p.run[a]])
+        if fired.size:
+            i = a + int(fired[0])
+            decision = "rollback" if code[i] == 1 else "halt"
+            metric_idx = int(which[i])
+            evidence: dict[str, Any] = {}
+            if metric_idx == -1:
+                c = p.cum
+                metric = "guardrail"
+                evidence = {"canary_requests": int(c["canary_requests"][i]),
+                            "canary_errors": int(c["canary_errors"][i]),
+                            "max_error_rate": rails.max_error_rate,
+                            "max_latency_p99_ms": rails.max_latency_p99_ms}
+                rate = c["canary_errors"][i] / max(c["canary_requests"][i], 1)
+                metric = ("guardrail.max_error_rate" if rails.max_error_rate is not None
+                          and rate > rails.max_error_rate else "guardrail.max_latency_p99_ms")
+            else:
+                metric = "srm" if metric_idx == len(metrics) else metrics[metric_idx].name
+                assessments, _ = _analyze_at(spec, p, layout, i, analyzer)
+                wanted = Decision.ROLLBACK if decision == "rollback" else Decision.HALT
+                hit = [x for x in assessments if x.decision is wanted]
+                chosen = next((x for x in hit if x.metric == metric), hit[0] if hit else None)
+                if chosen is not None:
+                    metric, evidence = chosen.metric, {"reason": chosen.reason, **chosen.evidence}
+            yield {"run": name, "decision": decision, "t": float(p.t[i]),
+                   "canary_requests": int(p.run_canary_requests[i]), "metric": metric, "evidence": evidence}
+            continue
+        i = b - 1
+        evaluated = np.flatnonzero(p.evaluated[a:b])
+        decision, evidence = "continue", {}
+        if evaluated.size:
+            j = a + int(evaluated[-1])
+            assessments, _ = _analyze_at(spec, p, layout, j, analyzer)
+            evidence = {x.metric: x.decision.value for x in assessments}
+            if assessments and all(x.decision is Decision.ADVANCE for x in assessments):
+                decision = "promote"
+        if decision == "continue":
+            limit = max_by_weight.get(_weight_pct(p, i))
+            if limit is not None and p.t[i] - p.stage_start_t[i] >= limit:
+                decision = "timeout"
+        yield {"run": name, "decision": decision, "t": float(p.t[i]),
+               "canary_requests": int(p.run_canary_requests[i]), "metric": None, "evidence": evidence}
