@@ -36,7 +36,7 @@ STABLE, GOOD, FAULTY = "v1", "v2", "v3"
 #: The faulty candidate fails 8% of requests on top of the stable baseline (about 9x stable).
 BASELINE_ERROR_RATE = 0.01
 FAULTY_ERROR_RATE = 0.08
-DEMO_RPS = 150.0
+DEMO_RPS = 200.0
 
 
 def free_port() -> int:
@@ -150,8 +150,10 @@ def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | No
         registry.set_alias(stack.model, "challenger", versions[1])
 
 
-DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE}", GOOD: f"error_rate={BASELINE_ERROR_RATE}",
-               FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE}"}
+#: Every version has a realistic latency tail (5% of requests +60 ms) and a 1% baseline error rate.
+_TAIL = "tail_latency_ms=60,tail_fraction=0.05"
+DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}",
+               FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE},{_TAIL}"}
 
 
 @contextlib.contextmanager

@@ -39,13 +39,9 @@ class StageWatch:
 
 
 def default_analyzer() -> Analyzer:
-    """Return the analyzer the gate uses: the anytime-valid sequential tests when available."""
-    try:
-        from canary.stats import SequentialAnalyzer
-    except ImportError:  # the sequential module is optional until it lands
-        from canary.analysis import ThresholdAnalyzer
+    """Return the analyzer the gate uses: the anytime-valid sequential tests."""
+    from canary.stats import SequentialAnalyzer  # scipy: imported at run time, never at DAG parse time
 
-        return ThresholdAnalyzer()
     return SequentialAnalyzer()
 
 

@@ -114,6 +114,8 @@ def _default_metrics() -> list[MetricSpec]:
 
 class AnalysisSpec(_Strict):
     alpha: Probability = defaults.ALPHA
+    srm_alpha: Probability | None = Field(None, description="error level of the sample-ratio-mismatch HALT "
+                                                            "(default: alpha)")
     poll_interval_s: Duration = Field(defaults.POLL_INTERVAL_S, alias="poll_interval", gt=0)
     warmup_s: Duration = Field(defaults.WARMUP_S, alias="warmup", ge=0)
     metrics: list[MetricSpec] = Field(default_factory=_default_metrics, min_length=1)
@@ -231,6 +233,9 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
             problems.append((loc, f"quantile/threshold_ms apply to latency metrics only, not {metric.kind.value}"))
         if metric.kind is MetricKind.PREDICTION_DISTRIBUTION and metric.tolerance >= 1.0:
             problems.append((f"{loc}.tolerance", "total-variation tolerance must be < 1"))
+        if metric.kind is MetricKind.KPI and metric.higher_is_better and metric.effective_mde >= 1.0:
+            problems.append((f"{loc}.mde", "a KPI drop is relative: mde must be < 1 (set mde, the default is "
+                                           "2 x tolerance)"))
         if metric.mde is not None and metric.mde < metric.tolerance:
             problems.append((f"{loc}.mde", f"must be >= tolerance ({metric.tolerance:g})"))
     cron = spec.schedule.nightly_cron

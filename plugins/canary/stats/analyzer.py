@@ -30,7 +30,7 @@ Metric kinds:
 ``latency``
     label e-process on exceedances of a fixed threshold (a histogram bucket bound), exposure = latency
     observations. With ``threshold_ms`` that bound is used (it must be a bucket bound, else HALT). With
-    only ``quantile`` the bound nearest (in log scale) to the *pooled* (canary + stable) ``quantile``
+    only ``quantile`` the largest bound at or below the *pooled* (canary + stable) ``quantile``
     of the first stage's window is used and then carried unchanged in the state. Pooling makes the
     choice blind to the labels the test looks at (under the null, labels are exchangeable given the
     pooled histogram), and fixing it after the first stage makes later stages' evidence use a
@@ -206,13 +206,18 @@ def label_verdict(periods: Sequence[tuple[float, float, float, float]], orient: 
     return LabelVerdict(log_e=log_e, ni_log_e=ni_log_e, lower=lower, upper=upper, estimate=estimate)
 
 
-def nearest_bound_ms(buckets_ms: Sequence[float], target_ms: float) -> float:
-    """Return the finite bucket bound nearest to ``target_ms`` in log scale."""
-    finite = [b for b in buckets_ms if math.isfinite(b) and b > 0]
+def floor_bound_ms(buckets_ms: Sequence[float], target_ms: float) -> float:
+    """Return the largest finite bucket bound at or below ``target_ms`` (the smallest bound if none is).
+
+    Flooring (rather than rounding to the nearest bound) guarantees that at least the ``1 - q`` tail
+    of the pooled histogram exceeds the threshold: a threshold above every observation would carry
+    no evidence at all, and non-inferiority could then never be shown.
+    """
+    finite = sorted(b for b in buckets_ms if math.isfinite(b) and b > 0)
     if not finite:
         raise ValueError(f"no finite latency bucket bounds in {tuple(buckets_ms)}")
-    target = max(target_ms, 1e-9)
-    return min(finite, key=lambda b: (abs(math.log(b / target)), b))
+    below = [b for b in finite if b <= target_ms]
+    return below[-1] if below else finite[0]
 
 
 def pooled_quantile_ms(stable: VersionStats, canary: VersionStats, q: float) -> float | None:
@@ -377,7 +382,7 @@ class SequentialAnalyzer:
                 return verdict(Decision.CONTINUE, f"{pooled_obs} latency observations, {math.ceil(needed)} needed "
                                f"to fix the p{q * 100:g} threshold", {"latency_observations": pooled_obs})
             target = pooled_quantile_ms(s, c, q)
-            threshold = nearest_bound_ms(s.latency_buckets_ms, target if target is not None else 0.0)
+            threshold = floor_bound_ms(s.latency_buckets_ms, target if target is not None else 0.0)
             chosen = f"pooled p{q * 100:g} of the first stage ({_fmt(target)} ms)"
         carry = replace(carry, threshold_ms=threshold)
         period = (float(c.latency_exceedances(threshold)), float(s.latency_exceedances(threshold)),
@@ -458,7 +463,7 @@ class SequentialAnalyzer:
     # -- traffic split -------------------------------------------------------------------------------
 
     def _assess_srm(self, ctx: _Ctx) -> tuple[MetricAssessment, float]:
-        alpha = self.srm_alpha if self.srm_alpha is not None else ctx.spec.analysis.alpha
+        alpha = next(a for a in (self.srm_alpha, ctx.spec.analysis.srm_alpha, ctx.spec.analysis.alpha) if a is not None)
         s, c = ctx.window.stable, ctx.window.canary
         w = ctx.weight_pct / 100.0
         log_e = ctx.carry.srm_log_e

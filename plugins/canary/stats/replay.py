@@ -268,10 +268,10 @@ def _quantile(cum_counts: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarra
     return np.where(total > 0, out, np.nan)
 
 
-def _nearest_bound(targets: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    finite = bounds[np.isfinite(bounds) & (bounds > 0)]
-    d = np.abs(np.log(finite[None, :] / np.maximum(targets, 1e-9)[:, None]))
-    return finite[np.argmin(d, axis=1)]  # ties: the first (smaller) bound, as nearest_bound_ms
+def _floor_bound(targets: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    finite = np.sort(bounds[np.isfinite(bounds) & (bounds > 0)])
+    idx = np.searchsorted(finite, targets, side="right") - 1  # as floor_bound_ms
+    return finite[np.clip(idx, 0, len(finite) - 1)]
 
 
 def _latency_hist(p: Points, layout: Layout, version: str) -> np.ndarray:
@@ -376,7 +376,7 @@ def _latency_fires(p: Points, layout: Layout, m: MetricSpec, log_thr: float) -> 
         q = m.quantile if m.quantile is not None else 0.99
         pooled = hc + hs
         enough = pooled[:, -1] >= THRESHOLD_MIN_EXCEEDANCES / (1.0 - q)
-        own = np.where(enough, _nearest_bound(np.nan_to_num(_quantile(pooled, bounds, q)), bounds), np.nan)
+        own = np.where(enough, _floor_bound(np.nan_to_num(_quantile(pooled, bounds, q)), bounds), np.nan)
         # The threshold is fixed at the end of the first stage (with evaluations) where enough data existed.
         fix_here = p.last_of_stage & ev & enough
         fixed = np.full(n, np.nan)

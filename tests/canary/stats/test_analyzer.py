@@ -86,7 +86,7 @@ def test_latency_threshold_is_fixed_in_the_first_stage_and_carried():
     res, state = A.assess(spec, snap(vstats("s", 19_000, exceed=285), vstats("c", 1_000, exceed=15)),
                           canary_weight_pct=5, state=None)
     thr = by_name(res)["p99"].evidence["threshold_ms"]
-    assert thr == 300.0  # pooled p99 ~367 ms (interpolated in (300, 500]); nearest bound in log scale
+    assert thr == 300.0  # pooled p99 ~367 ms (interpolated in (300, 500]); the bound at or below it
     assert SequentialState.from_dict(state).metric("p99").threshold_ms == thr
     res2, _ = A.assess(spec, snap(vstats("s", 15_000, exceed=3_000), vstats("c", 5_000, exceed=1_000)),
                        canary_weight_pct=25, state=state)
@@ -221,3 +221,18 @@ def test_aa_false_rollback_through_the_analyzer_with_a_ramp():
             state = new_state
         fired += hit
     assert fired / reps <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps)
+
+
+def test_quantile_threshold_never_sits_above_every_observation():
+    """A threshold nothing exceeds carries no evidence: non-inferiority could never be shown."""
+    from canary.metrics import Snapshot, VersionStats, cumulative_from_latencies
+
+    spec = make_spec([{"name": "p95", "kind": "latency", "quantile": 0.95, "tolerance": 0.5}])
+    lat_c = [10 + 20 * i / 999 for i in range(1000)]  # uniform 10..30 ms: pooled p95 interpolates to ~45 ms
+    lat_s = [10 + 20 * i / 2999 for i in range(3000)]
+    window = Snapshot(stable=VersionStats(version="s", requests=3000, latency_cumulative=cumulative_from_latencies(lat_s)),
+                      canary=VersionStats(version="c", requests=1000, latency_cumulative=cumulative_from_latencies(lat_c)),
+                      start_s=0.0, end_s=1.0)
+    (p95, _srm), _ = A.assess(spec, window, canary_weight_pct=25, state=None)
+    assert p95.evidence["threshold_ms"] == 25.0
+    assert p95.evidence["canary_events"] > 0 and p95.evidence["stable_events"] > 0
