@@ -42,7 +42,10 @@ class UnknownVersionError(CanaryError):
         self.ref = ref
         self.known = known or []
         hint = f" (known: {', '.join(self.known)})" if self.known else ""
-        super().__init__(f"model {model!r} has no version or alias {ref!r}{hint}")
+        if ref:
+            super().__init__(f"model {model!r} has no version or alias {ref!r}{hint}")
+        else:
+            super().__init__(f"model {model!r} is not registered")
 
 
 class RequestError(CanaryError):
