@@ -35,7 +35,7 @@ def test_resolve_versions_and_aliases(reg):
     assert reg.resolve("m", "challenger") == "3"
     assert reg.champion("m") == "1"
     assert reg.list_versions("m") == ["1", "2", "3"]
-    with pytest.raises(UnknownVersionError, match=r"no version or alias '9' \(known: 1, 2, 3, champion, challenger\)"):
+    with pytest.raises(UnknownVersionError, match=r"no version or alias '9' \(known: 1, 2, 3, challenger, champion\)"):
         reg.resolve("m", "9")
     with pytest.raises(UnknownVersionError, match="'other' is not registered"):
         reg.resolve("other", "1")
