@@ -1,0 +1,135 @@
+"""Metrics source over the embedded serving layer's SQLite store (schema in :mod:`canary.serving.store`).
+
+Connection: the store file is ``extra["path"]``, else ``host`` when it is a path.
+
+Only served (non-mirrored) requests count as a version's traffic. :class:`NoDataError` means the version
+has never served a request on the endpoint (no series, as in Prometheus); a version that has served before
+but not within the window gets zero counts, which the gate reads as "not enough data yet". Mirrored answers
+never make a series: a version that was only shadowed has no served traffic to judge.
+
+Each call runs one aggregate query over the ``(endpoint, version, ts)`` index (plus, for an empty window, a
+one-row existence check), so polls stay cheap on stores with millions of rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from canary.backends.base import ConnInfo, ShadowSummary
+from canary.errors import BackendError, ConfigError, NoDataError
+from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
+from canary.serving.store import TABLE, open_readonly
+
+BACKEND = "local-metrics"
+_FINITE_BUCKETS_MS = [b for b in DEFAULT_LATENCY_BUCKETS_MS if b != float("inf")]
+_BUCKET_PARAMS = {f"b{i}": b for i, b in enumerate(_FINITE_BUCKETS_MS)}
+
+
+def _bucket_sums(alias: str) -> str:
+    """SQL summing, per finite bucket bound, the rows of ``alias`` at or below it (+Inf is COUNT(*))."""
+    return ", ".join(f"SUM({alias}.latency_ms <= :b{i})" for i in range(len(_FINITE_BUCKETS_MS)))
+
+
+_VERSION_STATS_SQL = f"""
+SELECT CASE WHEN r.score IS NULL THEN NULL ELSE MIN(CAST(r.score * :bins AS INTEGER), :bins - 1) END AS bin,
+       COUNT(*), SUM(r.error), TOTAL(r.latency_ms), TOTAL(r.log_latency_ms),
+       TOTAL(r.log_latency_ms * r.log_latency_ms), SUM(r.kpi_event), {_bucket_sums("r")}
+FROM {TABLE} AS r
+WHERE r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0 AND r.ts >= :start AND r.ts < :end
+GROUP BY bin
+"""
+_HAS_SERVED_SQL = f"SELECT 1 FROM {TABLE} WHERE endpoint = ? AND version = ? AND mirrored = 0 LIMIT 1"
+# The candidate's mirrored rows drive the join (range scan on the index), each looking up the served
+# answer of the same request by request_id. Left alone, SQLite's planner prefers the (endpoint, version)
+# index for that lookup, a scan per row; CROSS JOIN pins the order and INDEXED BY the lookup index.
+_SHADOW_SQL = f"""
+SELECT COUNT(*), SUM(s.error), SUM(c.error),
+       SUM(s.error = 0 AND c.error = 0),
+       SUM(CASE WHEN s.error = 0 AND c.error = 0 THEN s.label = c.label END),
+       AVG(CASE WHEN s.error = 0 AND c.error = 0 THEN ABS(s.score - c.score) END),
+       {_bucket_sums("s")}, {_bucket_sums("c")}
+FROM {TABLE} AS c CROSS JOIN {TABLE} AS s INDEXED BY {TABLE}_request_id ON s.request_id = c.request_id
+WHERE c.endpoint = :endpoint AND c.version = :candidate AND c.mirrored = 1 AND c.ts >= :start AND c.ts < :end
+  AND s.endpoint = :endpoint AND s.version = :stable AND s.mirrored = 0
+"""
+
+
+def _store_path(conn: ConnInfo) -> Path:
+    host = conn.host or ""
+    path = conn.extra.get("path") or (host if "/" in host or host.endswith((".db", ".sqlite", ".sqlite3")) else "")
+    if not path:
+        raise ConfigError(f"connection {conn.conn_id!r}: set extra.path (or host) to the metrics store's SQLite file")
+    return Path(path).expanduser()
+
+
+class LocalMetricsSource:
+    """Read cumulative per-version statistics of one endpoint from the local metrics store."""
+
+    def __init__(self, conn: ConnInfo, *, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.path = _store_path(conn)
+
+    def version_stats(self, version: str, *, start_s: float, end_s: float) -> VersionStats:
+        """Return the statistics of ``version``'s served requests in ``[start_s, end_s)`` (epoch seconds).
+
+        :raises NoDataError: the version has never served a request on this endpoint.
+        """
+        params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
+                  "bins": DEFAULT_PREDICTION_BINS, **_BUCKET_PARAMS}
+        rows = self._query(_VERSION_STATS_SQL, params)
+        if not rows and not self._query(_HAS_SERVED_SQL, (self.endpoint, version)):
+            raise NoDataError(BACKEND, f"store {self.path}: version {version!r} has never served a request "
+                                       f"on endpoint {self.endpoint!r}")
+        requests = errors = kpi_events = 0
+        latency_sum_ms = log_sum = log_sumsq = 0.0
+        below = [0] * len(_FINITE_BUCKETS_MS)
+        prediction_bins = [0] * DEFAULT_PREDICTION_BINS
+        for bin_, count, n_errors, lat_sum, lsum, lsumsq, kpi, *bucket_counts in rows:
+            requests += count
+            errors += n_errors
+            kpi_events += kpi
+            latency_sum_ms += lat_sum
+            log_sum += lsum
+            log_sumsq += lsumsq
+            below = [a + b for a, b in zip(below, bucket_counts, strict=True)]
+            if bin_ is not None:
+                prediction_bins[bin_] += count
+        return VersionStats(version=version, requests=requests, errors=errors,
+                            latency_buckets_ms=DEFAULT_LATENCY_BUCKETS_MS, latency_cumulative=(*below, requests),
+                            latency_sum_ms=latency_sum_ms, log_latency_sum=log_sum, log_latency_sumsq=log_sumsq,
+                            prediction_bins=tuple(prediction_bins), kpi_events=kpi_events)
+
+    def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float) -> ShadowSummary:
+        """Compare ``candidate``'s mirrored answers with ``stable``'s served answers to the same requests.
+
+        Requests are in the window by arrival time. Agreement and score difference are over pairs both
+        versions answered successfully; p95 latencies are estimated from the latency histogram, as
+        ``histogram_quantile`` would (an empty window gives ``pairs=0`` and None).
+        """
+        params = {"endpoint": self.endpoint, "stable": stable, "candidate": candidate, "start": start_s,
+                  "end": end_s, **_BUCKET_PARAMS}
+        pairs, s_errors, c_errors, both_ok, agree, mean_abs_diff, *buckets = self._query(_SHADOW_SQL, params)[0]
+        if not pairs:
+            return ShadowSummary(pairs=0, stable_errors=0, candidate_errors=0, prediction_agreement=None,
+                                 mean_abs_score_diff=None, stable_latency_p95_ms=None, candidate_latency_p95_ms=None)
+        n_buckets = len(_FINITE_BUCKETS_MS)
+
+        def p95(version: str, below: list[int]) -> float | None:
+            stats = VersionStats(version=version, requests=pairs, latency_cumulative=(*below, pairs))
+            return stats.latency_quantile_ms(0.95)
+
+        return ShadowSummary(
+            pairs=pairs, stable_errors=s_errors, candidate_errors=c_errors,
+            prediction_agreement=agree / both_ok if both_ok else None, mean_abs_score_diff=mean_abs_diff,
+            stable_latency_p95_ms=p95(stable, buckets[:n_buckets]),
+            candidate_latency_p95_ms=p95(candidate, buckets[n_buckets:]))
+
+    def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        try:
+            with closing(open_readonly(self.path)) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise BackendError(BACKEND, f"store {self.path} (endpoint {self.endpoint!r}): {err}") from err

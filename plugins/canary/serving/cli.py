@@ -1,0 +1,117 @@
+"""``canary serve`` and ``canary traffic``: run the embedded serving layer and feed it synthetic traffic.
+
+Environment: ``CANARY_ADMIN_TOKEN`` (default of ``serve --token``), ``CANARY_METRICS_DB`` (default of
+``serve --db``), ``CANARY_SERVING_URL`` (default of ``traffic --url``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from canary.serving.state import Faults
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``500ms``, ``30s``, ``2m``, ``1h`` or a bare number of seconds into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 2m, 1h or 45")
+    return float(match[1]) * _UNIT_S[match[2] or "s"]
+
+
+def parse_fault(text: str) -> tuple[str, Faults]:
+    """Parse ``VERSION:key=value,...`` into ``(version, Faults)``."""
+    from pydantic import ValidationError
+
+    from canary.serving.state import Faults
+
+    version, sep, assignments = text.partition(":")
+    if not sep or not version or not assignments:
+        raise argparse.ArgumentTypeError(f"invalid fault {text!r}; use VERSION:key=value,... "
+                                         f"with keys {', '.join(Faults.model_fields)}")
+    values: dict[str, str] = {}
+    for item in assignments.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"invalid fault {text!r}: {item!r} is not key=value")
+        values[key.strip()] = value.strip()
+    try:
+        return version, Faults(**values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise argparse.ArgumentTypeError(f"invalid fault {text!r}: {problems} "
+                                         f"(keys: {', '.join(Faults.model_fields)})") from err
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` and ``traffic`` subcommands."""
+    serve = subparsers.add_parser(
+        "serve", help="run the embedded serving layer (model endpoints + admin API)",
+        description="Serve model endpoints with weighted sticky splits, mirroring and fault injection; "
+                    "record every request in the local metrics store. Stops cleanly on SIGINT/SIGTERM.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8790)
+    serve.add_argument("--db", default=os.environ.get("CANARY_METRICS_DB"),
+                       help="SQLite metrics store (default: $CANARY_METRICS_DB)")
+    serve.add_argument("--token", default=os.environ.get("CANARY_ADMIN_TOKEN"),
+                       help="admin API bearer token (default: $CANARY_ADMIN_TOKEN)")
+    serve.add_argument("--endpoint", help="endpoint to create at start-up (with --version)")
+    serve.add_argument("--version", action="append", default=[], dest="versions", metavar="VERSION",
+                       help="version to deploy on --endpoint; the first gets 100%%, later ones 0%% (repeatable)")
+    serve.add_argument("--fault", action="append", default=[], type=parse_fault, dest="faults",
+                       metavar="VERSION:key=value,...",
+                       help="inject faults into a version, e.g. v2:error_rate=0.05,latency_ms=40 (repeatable)")
+    serve.add_argument("--seed", type=int, default=None, help="seed of jitter, errors and KPI draws")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=_serve, parser=serve)
+
+    traffic = subparsers.add_parser(
+        "traffic", help="send synthetic prediction traffic to the embedded serving layer",
+        description="Send requests from many synthetic users at a target rate; print counts as JSON. "
+                    "Runs for --duration, or until SIGINT/SIGTERM.")
+    traffic.add_argument("--url", default=os.environ.get("CANARY_SERVING_URL", "http://127.0.0.1:8790"),
+                         help="serving layer base URL (default: $CANARY_SERVING_URL or http://127.0.0.1:8790)")
+    traffic.add_argument("--endpoint", required=True)
+    traffic.add_argument("--rps", type=float, required=True, help="target requests per second")
+    traffic.add_argument("--duration", type=parse_duration, default=None, help="e.g. 30s, 5m (default: until stopped)")
+    traffic.add_argument("--users", type=int, default=5000, help="number of distinct user ids")
+    traffic.add_argument("--seed", type=int, default=0)
+    traffic.set_defaults(func=_traffic)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from canary.serving.app import run_server
+
+    if not args.db:
+        args.parser.error("--db is required (or set CANARY_METRICS_DB)")
+    if not args.token:
+        args.parser.error("--token is required (or set CANARY_ADMIN_TOKEN)")
+    if bool(args.endpoint) != bool(args.versions):
+        args.parser.error("--endpoint and --version go together")
+    deployments = {args.endpoint: args.versions} if args.endpoint else None
+    run_server(args.host, args.port, args.db, args.token, deployments=deployments, faults=dict(args.faults),
+               seed=args.seed, log_level=args.log_level)
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from canary.serving.traffic import run_traffic
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stats = run_traffic(args.url, args.endpoint, args.rps, duration_s=args.duration, stop_event=stop,
+                        seed=args.seed, users=args.users)
+    print(json.dumps(stats.to_dict(), sort_keys=True))
+    # Nothing answered at all means a wrong URL or a server down: say so in the exit status.
+    return 1 if stats.sent and stats.failed == stats.sent else 0

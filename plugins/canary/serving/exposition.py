@@ -1,0 +1,100 @@
+"""Prometheus text exposition (format 0.0.4) of the serving layer's counters.
+
+Every series carries ``endpoint``, ``version`` and ``mirrored`` (``"true"`` for shadow answers that were
+never returned to a client; served traffic is ``mirrored="false"``):
+
+- ``canary_requests_total``: answered requests.
+- ``canary_request_errors_total``: answers with HTTP 500.
+- ``canary_request_latency_ms``: histogram (``_bucket{le=...}``, ``_sum``, ``_count``) of server-side
+  latency over :data:`canary.metrics.DEFAULT_LATENCY_BUCKETS_MS`.
+- ``canary_kpi_events_total``: synthetic KPI (conversion) events.
+- ``canary_prediction_score_bin_total``: successful predictions per score bin; label ``bin="i"`` counts
+  scores in ``[i/10, (i+1)/10)`` (1.0 in the last bin), exactly :func:`canary.metrics.bin_index`, so the
+  counts are ``VersionStats.prediction_bins`` without differencing a cumulative histogram.
+
+Counters live in memory and restart from zero with the process, as Prometheus counters do.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, bin_index
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class _Series:
+    requests: int = 0
+    errors: int = 0
+    kpi_events: int = 0
+    latency_sum_ms: float = 0.0
+    latency_counts: list[int] = field(default_factory=lambda: [0] * len(DEFAULT_LATENCY_BUCKETS_MS))
+    score_bins: list[int] = field(default_factory=lambda: [0] * DEFAULT_PREDICTION_BINS)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _format_bound(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+class PrometheusCounters:
+    """Per ``(endpoint, version, mirrored)`` counters, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, bool], _Series] = {}
+
+    def observe(self, *, endpoint: str, version: str, mirrored: bool, latency_ms: float, error: bool,
+                score: float | None, kpi_event: bool) -> None:
+        """Count one answer."""
+        s = self._series.setdefault((endpoint, version, mirrored), _Series())
+        s.requests += 1
+        s.errors += int(error)
+        s.kpi_events += int(kpi_event)
+        s.latency_sum_ms += latency_ms
+        s.latency_counts[bisect.bisect_left(DEFAULT_LATENCY_BUCKETS_MS, latency_ms)] += 1
+        if score is not None:
+            s.score_bins[bin_index(score)] += 1
+
+    def render(self) -> str:
+        """Return the exposition text of every series."""
+        series = sorted(self._series.items())
+
+        def labels(key: tuple[str, str, bool], extra: str = "") -> str:
+            endpoint, version, mirrored = key
+            return (f'{{endpoint="{_escape(endpoint)}",version="{_escape(version)}",'
+                    f'mirrored="{str(mirrored).lower()}"{extra}}}')
+
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+
+        family("canary_requests_total", "counter", "Prediction requests answered.")
+        lines.extend(f"canary_requests_total{labels(k)} {s.requests}" for k, s in series)
+        family("canary_request_errors_total", "counter", "Prediction requests answered with HTTP 500.")
+        lines.extend(f"canary_request_errors_total{labels(k)} {s.errors}" for k, s in series)
+        family("canary_request_latency_ms", "histogram", "Server-side request latency in milliseconds.")
+        for k, s in series:
+            cumulative = 0
+            for bound, count in zip(DEFAULT_LATENCY_BUCKETS_MS, s.latency_counts, strict=True):
+                cumulative += count
+                le = f',le="{_format_bound(bound)}"'
+                lines.append(f"canary_request_latency_ms_bucket{labels(k, le)} {cumulative}")
+            lines.append(f"canary_request_latency_ms_sum{labels(k)} {s.latency_sum_ms!r}")
+            lines.append(f"canary_request_latency_ms_count{labels(k)} {s.requests}")
+        family("canary_kpi_events_total", "counter", "Synthetic KPI (conversion) events.")
+        lines.extend(f"canary_kpi_events_total{labels(k)} {s.kpi_events}" for k, s in series)
+        family("canary_prediction_score_bin_total", "counter",
+               "Successful predictions per score bin; bin i holds scores in [i/10, (i+1)/10).")
+        for k, s in series:
+            for i, count in enumerate(s.score_bins):
+                bin_label = f',bin="{i}"'
+                lines.append(f"canary_prediction_score_bin_total{labels(k, bin_label)} {count}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,176 @@
+"""In-memory serving state: endpoints, their deployed versions and weights, mirrors and per-version faults.
+
+Everything here is declarative and idempotent; the HTTP layer only translates :class:`AdminError` into
+responses. Methods are called from the event loop only, so no locking is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from canary.serving.model import LogisticModel, train_model
+
+#: Endpoint and version names: safe in URLs, Prometheus labels and file names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Share of users (in percent of the hash space) in the ``new`` segment; the rest are ``returning``.
+NEW_USER_PERCENT = 30
+
+
+class AdminError(Exception):
+    """An admin or predict request cannot be applied; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Faults(BaseModel):
+    """Faults injected into every answer of one version (all zero: healthy)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="added probability of an HTTP 500")
+    latency_ms: float = Field(0.0, ge=0.0, le=60_000.0, description="added to every request")
+    tail_latency_ms: float = Field(0.0, ge=0.0, le=60_000.0, description="added to a tail_fraction of requests")
+    tail_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    prediction_shift: float = Field(0.0, ge=-1.0, le=1.0, description="added to the score, then clipped to [0, 1]")
+    kpi_drop: float = Field(0.0, ge=0.0, le=1.0, description="relative reduction of the KPI event probability")
+
+
+class Mirror(BaseModel):
+    """Send ``percent`` of an endpoint's requests also to ``version``, whose answers are recorded, not served."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    percent: int = Field(100, ge=0, le=100)
+
+
+@dataclass
+class Endpoint:
+    """One endpoint: deployed versions (deploy order) with their traffic percent, and an optional mirror."""
+
+    name: str
+    weights: dict[str, int] = field(default_factory=dict)
+    mirror: Mirror | None = None
+
+    def route(self, bucket: int) -> str | None:
+        """Return the version serving user ``bucket`` (0..99), or None if no version has weight.
+
+        Buckets map onto the cumulative weights in version-name order, so for fixed weights a user
+        always sees the same version, and raising a version's weight only moves users towards it
+        from the versions sorted after it.
+        """
+        cumulative = 0
+        for version in sorted(self.weights):
+            cumulative += self.weights[version]
+            if bucket < cumulative:
+                return version
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.name, "versions": list(self.weights), "weights": dict(self.weights),
+                "mirror": self.mirror.model_dump() if self.mirror else None}
+
+
+def _stable_hash(text: str, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, person=salt).digest(), "big")
+
+
+def user_bucket(user_id: str) -> int:
+    """Return the routing bucket (0..99) of a user: stable across processes, unlike ``hash()``."""
+    return _stable_hash(user_id, b"canary-bucket") % 100
+
+
+def user_segment(user_id: str) -> str:
+    """Return the user's segment, ``new`` or ``returning`` (independent of the routing bucket)."""
+    return "new" if _stable_hash(user_id, b"canary-segment") % 100 < NEW_USER_PERCENT else "returning"
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a valid endpoint or version name, else raise a 422 naming ``kind``."""
+    if not NAME_PATTERN.match(name):
+        raise AdminError(422, f"{kind}: {name!r} must match {NAME_PATTERN.pattern}")
+    return name
+
+
+class ServingState:
+    """Endpoints, faults and the trained models of every deployed version."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        self.faults: dict[str, Faults] = {}
+        self.models: dict[str, LogisticModel] = {}
+
+    def endpoint(self, name: str) -> Endpoint:
+        """Return an endpoint, or raise a 404 listing the known ones."""
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            raise AdminError(404, f"endpoint {name!r} does not exist (known: {known})") from None
+
+    def deploy(self, endpoint: str, version: str) -> Endpoint:
+        """Deploy ``version`` on ``endpoint`` at 0%, creating the endpoint; no-op if already deployed."""
+        ep = self.endpoints.get(endpoint) or Endpoint(name=check_name("endpoint", endpoint))
+        if version not in ep.weights:
+            if version not in self.models:
+                self.models[version] = train_model(check_name("version", version))
+            ep.weights[version] = 0
+        self.endpoints[endpoint] = ep
+        return ep
+
+    def set_weights(self, endpoint: str, weights: Mapping[str, int]) -> Endpoint:
+        """Set the whole split: deployed versions missing from ``weights`` get 0%."""
+        ep = self.endpoint(endpoint)
+        for version, weight in weights.items():
+            if version not in ep.weights:
+                raise AdminError(422, f"weights.{version}: not deployed on endpoint {endpoint!r} "
+                                      f"(deployed: {', '.join(ep.weights) or 'none'})")
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+                raise AdminError(422, f"weights.{version}: must be an integer in 0..100, got {weight!r}")
+        total = sum(weights.values())
+        if total != 100:
+            raise AdminError(422, f"weights: must sum to 100, got {total}")
+        ep.weights = {version: int(weights.get(version, 0)) for version in ep.weights}
+        return ep
+
+    def set_mirror(self, endpoint: str, mirror: Mirror | None) -> Endpoint:
+        """Mirror part of the endpoint's requests to a deployed version, or stop mirroring (None)."""
+        ep = self.endpoint(endpoint)
+        if mirror is not None and mirror.version not in ep.weights:
+            raise AdminError(422, f"mirror.version: {mirror.version!r} is not deployed on endpoint {endpoint!r} "
+                                  f"(deployed: {', '.join(ep.weights) or 'none'})")
+        ep.mirror = mirror
+        return ep
+
+    def remove(self, endpoint: str, version: str) -> Endpoint:
+        """Remove a version holding 0% that is not the mirror target; no-op if it is not deployed."""
+        ep = self.endpoint(endpoint)
+        weight = ep.weights.get(version)
+        if weight:
+            raise AdminError(409, f"version {version!r} still holds {weight}% of endpoint {endpoint!r}; "
+                                  "move its traffic away first")
+        if ep.mirror is not None and ep.mirror.version == version:
+            raise AdminError(409, f"version {version!r} is the mirror target of endpoint {endpoint!r}; "
+                                  "clear the mirror first")
+        ep.weights.pop(version, None)
+        return ep
+
+    def set_faults(self, version: str, faults: Faults | None) -> None:
+        """Set (replace) or clear the faults of a version; it need not be deployed yet."""
+        if faults is None or faults == Faults():
+            self.faults.pop(version, None)
+        else:
+            self.faults[check_name("version", version)] = faults
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoints": {name: ep.to_dict() for name, ep in sorted(self.endpoints.items())},
+                "faults": {version: f.model_dump() for version, f in sorted(self.faults.items())}}

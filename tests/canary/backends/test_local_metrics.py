@@ -1,0 +1,174 @@
+"""LocalMetricsSource over a real metrics store: exact counts and buckets, windows, no-data, shadow pairs."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from canary.backends import MetricsSource, build_backend
+from canary.backends.base import ConnInfo
+from canary.backends.local_metrics import LocalMetricsSource
+from canary.backends.local_serving import LocalTrafficRouter
+from canary.errors import BackendError, ConfigError, NoDataError
+from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, VersionStats, bin_index, cumulative_from_latencies
+from canary.serving.store import MetricsStore, RequestRecord
+from canary.serving.traffic import run_traffic
+
+T0 = 1_700_000_000.0
+
+
+def record(version: str, ts: float, *, latency_ms: float = 3.0, error: bool = False, score: float | None = 0.42,
+           kpi: bool = False, mirrored: bool = False, request_id: str = "", endpoint: str = "churn") -> RequestRecord:
+    return RequestRecord(ts=ts, endpoint=endpoint, version=version, latency_ms=latency_ms, status=500 if error else 200,
+                         error=error, score=None if error else score,
+                         label=None if error or score is None else int(score >= 0.5), kpi_event=kpi,
+                         segment="returning", request_id=request_id or f"{version}-{ts}-{mirrored}",
+                         mirrored=mirrored)
+
+
+@pytest.fixture
+def write(store_path: Path) -> Iterator[Callable[..., None]]:
+    """Return a function appending records to the store and flushing them."""
+    store = MetricsStore(store_path)
+
+    def write(*records: RequestRecord) -> None:
+        for r in records:
+            store.append(r)
+        store.flush()
+
+    yield write
+    store.close()
+
+
+@pytest.fixture
+def source(store_path: Path) -> LocalMetricsSource:
+    return LocalMetricsSource(ConnInfo(conn_id="m", extra={"path": str(store_path)}), endpoint="churn")
+
+
+def test_factory_builds_a_metrics_source(store_path: Path) -> None:
+    source = build_backend("metrics", "local", ConnInfo(host=str(store_path)), endpoint="churn")
+    assert isinstance(source, LocalMetricsSource) and isinstance(source, MetricsSource)
+    assert source.path == store_path
+
+
+def test_stats_match_what_was_recorded(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    latencies = [0.7, 4.9, 5.0, 7.5, 30.0, 120.0, 6000.0]
+    scores = [0.0, 0.05, 0.1, 0.55, 0.999, 1.0, 0.42]
+    errors = [False, False, False, True, False, False, True]
+    kpis = [True, False, True, False, False, True, False]
+    write(*[record("v1", T0 + i, latency_ms=ms, error=err, score=s, kpi=k)
+            for i, (ms, s, err, k) in enumerate(zip(latencies, scores, errors, kpis, strict=True))],
+          record("v1", T0 + 1, mirrored=True), record("v1", T0 + 1, endpoint="other"), record("v2", T0 + 1))
+    stats = source.version_stats("v1", start_s=T0, end_s=T0 + 60)
+    bins = [0] * 10
+    for s, err in zip(scores, errors, strict=True):
+        bins[bin_index(s)] += not err
+    assert (stats.requests, stats.errors, stats.kpi_events) == (7, 2, 3)
+    assert stats.latency_buckets_ms == DEFAULT_LATENCY_BUCKETS_MS
+    assert stats.latency_cumulative == cumulative_from_latencies(latencies)
+    assert stats.latency_cumulative[:3] == (3, 4, 4)  # 5.0 is inside le=5 (Prometheus "<=")
+    assert list(stats.prediction_bins) == bins == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert stats.latency_sum_ms == pytest.approx(sum(latencies))
+    assert stats.log_latency_sum == pytest.approx(sum(math.log(ms) for ms in latencies))
+    assert stats.log_latency_sumsq == pytest.approx(sum(math.log(ms) ** 2 for ms in latencies))
+
+
+def test_window_is_start_inclusive_end_exclusive(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    write(*[record("v1", T0 + dt) for dt in (0.0, 10.0, 19.999, 20.0)])
+    assert source.version_stats("v1", start_s=T0, end_s=T0 + 20).requests == 3
+    assert source.version_stats("v1", start_s=T0 + 10, end_s=T0 + 20).requests == 2
+    assert source.version_stats("v1", start_s=T0 + 20, end_s=T0 + 30).requests == 1
+    cumulative = source.version_stats("v1", start_s=T0, end_s=T0 + 30)
+    earlier = source.version_stats("v1", start_s=T0, end_s=T0 + 10)
+    assert cumulative.minus(earlier) == source.version_stats("v1", start_s=T0 + 10, end_s=T0 + 30)
+
+
+def test_empty_window_of_a_known_version_is_zero(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    write(record("v1", T0))
+    stats = source.version_stats("v1", start_s=T0 + 100, end_s=T0 + 200)
+    assert stats == VersionStats(version="v1", log_latency_sum=0.0, log_latency_sumsq=0.0)
+
+
+def test_no_data_for_a_version_that_never_served(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    write(record("v1", T0), record("v2", T0, mirrored=True), record("v3", T0, endpoint="other"))
+    for version in ("v2", "v3", "v9"):  # only mirrored / only elsewhere / never seen
+        with pytest.raises(NoDataError, match=f"version '{version}' has never served a request on endpoint 'churn'"):
+            source.version_stats(version, start_s=T0 - 10, end_s=T0 + 10)
+
+
+def test_configuration_and_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="extra.path"):
+        LocalMetricsSource(ConnInfo(conn_id="m", host="metrics-host"), endpoint="churn")
+    missing = LocalMetricsSource(ConnInfo(extra={"path": str(tmp_path / "absent.db")}), endpoint="churn")
+    with pytest.raises(BackendError, match="absent.db") as err:
+        missing.version_stats("v1", start_s=0, end_s=1)
+    assert not isinstance(err.value, NoDataError)
+    assert not (tmp_path / "absent.db").exists()  # read-only: never creates the store
+
+
+def test_shadow_summary_joins_mirrored_and_served_answers(write: Callable[..., None],
+                                                           source: LocalMetricsSource) -> None:
+    pairs = [  # (stable error, stable score, candidate error, candidate score)
+        (False, 0.20, False, 0.30),  # labels agree
+        (False, 0.60, False, 0.40),  # disagree
+        (True, None, False, 0.10),
+        (False, 0.90, True, None),
+    ]
+    records = []
+    for i, (s_err, s_score, c_err, c_score) in enumerate(pairs):
+        rid = f"req-{i}"
+        records += [record("v1", T0 + i, error=s_err, score=s_score, latency_ms=3.0, request_id=rid),
+                    record("v2", T0 + i, error=c_err, score=c_score, latency_ms=40.0, mirrored=True, request_id=rid)]
+    records += [record("v2", T0 + 1, mirrored=True, request_id="unpaired"),
+                record("v1", T0 + 100, request_id="late"), record("v2", T0 + 100, mirrored=True, request_id="late"),
+                record("v2", T0 + 2, request_id="served-candidate")]
+    write(*records)
+    summary = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10)
+    assert (summary.pairs, summary.stable_errors, summary.candidate_errors) == (4, 1, 1)
+    assert summary.prediction_agreement == 0.5
+    assert summary.mean_abs_score_diff == pytest.approx(0.15)
+    # histogram_quantile over the latency buckets: 4 x 3 ms -> 5 * 0.95; 4 x 40 ms -> 25 + 25 * 0.95.
+    assert summary.stable_latency_p95_ms == pytest.approx(4.75)
+    assert summary.candidate_latency_p95_ms == pytest.approx(48.75)
+
+
+def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    write(record("v1", T0))
+    summary = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10)
+    assert summary.to_dict() == {"pairs": 0, "stable_errors": 0, "candidate_errors": 0, "prediction_agreement": None,
+                                 "mean_abs_score_diff": None, "stable_latency_p95_ms": None,
+                                 "candidate_latency_p95_ms": None}
+
+
+def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalTrafficRouter, store_path: Path,
+                                                flush: Callable[[], None]) -> None:
+    """End to end: what the traffic generator saw is what the source reads, while the server writes."""
+    router.deploy("v1")
+    router.deploy("v2")
+    router.set_weights({"v1": 50, "v2": 50})
+    router.set_faults("v2", error_rate=0.2, latency_ms=30)
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    start_s = time.time()
+    traffic = run_traffic(serving_url, "churn", rps=300, duration_s=1.0, seed=5)
+    flush()
+    end_s = time.time() + 1
+    v1, v2 = (source.version_stats(v, start_s=start_s, end_s=end_s) for v in ("v1", "v2"))
+    assert (v1.requests, v2.requests) == (traffic.by_version["v1"], traffic.by_version["v2"])
+    assert v1.errors + v2.errors == traffic.errors > 0 and v1.errors == 0
+    assert v2.latency_quantile_ms(0.05) > 25 > v1.latency_quantile_ms(0.95)
+    assert sum(v2.prediction_bins) == v2.requests - v2.errors
+
+    router.set_weights({"v1": 100, "v2": 0})
+    router.set_faults("v2")
+    router.set_mirror("v2", 100)
+    shadow_start_s = time.time()
+    traffic = run_traffic(serving_url, "churn", rps=300, duration_s=0.5, seed=6)
+    flush()
+    summary = source.shadow_summary(stable="v1", candidate="v2", start_s=shadow_start_s, end_s=end_s + 60)
+    assert summary.pairs == traffic.sent == 150
+    assert summary.prediction_agreement is not None and summary.prediction_agreement > 0.9
+    assert summary.mean_abs_score_diff is not None and summary.mean_abs_score_diff < 0.05
