@@ -18,14 +18,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL, ENDPOINT = "e2e-model", "e2e"
 BASE = 0.01
+# v3 fails 16% of requests: it passes the lenient shadow smoke test and must be caught at the first stage.
+# v5 fails 60%: the shadow test must stop it before it serves anything.
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
-          "v4": f"error_rate={BASE}"}
+          "v4": f"error_rate={BASE}", "v5": "error_rate=0.6"}
 
 
 def spec(model: str, **overrides) -> dict:
     data = {
         "model": model, "endpoint": ENDPOINT, "owner": "e2e",
-        "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.05,
+        "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.3,
                    "min_prediction_agreement": 0.7},
         "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
                    {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
@@ -49,7 +51,7 @@ def e2e(tmp_path_factory):
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
     procs = Processes()
     try:
-        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3"),
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5"),
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
             yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs)}
@@ -85,6 +87,16 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     assert registry(stack).champion(MODEL) == before
     tags = registry(stack).get_tags(MODEL, "v3")
     assert any("rolled_back" in str(v) or "rollback" in str(k) for k, v in tags.items()), tags
+
+
+def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
+    stack, home, env = e2e
+    before = stack.weights()
+    report = run_rollout(stack, home, "v5", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    assert report["reason"].startswith("shadow test failed: candidate error rate")
+    assert report["timeline"] == [] and report["shadow"]["summary"]["pairs"] >= 60
+    assert stack.weights() == before
 
 
 def test_failing_task_leaves_traffic_on_stable(e2e):
