@@ -127,9 +127,14 @@ class Processes:
         self.procs.clear()
 
 
-def wait_http(url: str, timeout_s: float = 60.0) -> None:
+def wait_http(url: str, timeout_s: float = 60.0, *, alive: subprocess.Popen[Any] | None = None,
+              log_file: Path | None = None) -> None:
+    """Wait until ``url`` answers 200; fail at once if the process serving it has died."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
+        if alive is not None and alive.poll() is not None:
+            tail = log_file.read_text()[-2000:] if log_file and log_file.exists() else ""
+            raise RuntimeError(f"the process behind {url} exited with code {alive.returncode}:\n{tail}")
         with contextlib.suppress(requests.RequestException):
             if requests.get(url, timeout=1).status_code == 200:
                 return
@@ -150,8 +155,8 @@ def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | No
         registry.set_alias(stack.model, "challenger", versions[1])
 
 
-#: Every version has a realistic latency tail (5% of requests +60 ms) and a 1% baseline error rate.
-_TAIL = "tail_latency_ms=60,tail_fraction=0.05"
+#: Every version has a realistic latency tail (3% of requests +60 ms) and a 1% baseline error rate.
+_TAIL = "tail_latency_ms=60,tail_fraction=0.03"
 DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}",
                FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE},{_TAIL}"}
 
@@ -173,12 +178,13 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
     canary = [sys.executable, "-m", "canary"]
     fault_args = [f"{v}:{f}" for v, f in faults.items()]
     serve_log = open(state_dir / "serve.log", "w")
-    procs.start("serve", [*canary, "serve", "--host", "127.0.0.1", "--port", str(stack.port),
-                          "--db", str(stack.metrics_db), "--token", stack.token,
+    serve = procs.start("serve", [*canary, "serve", "--host", "127.0.0.1", "--port", str(stack.port),
+                          "--db", str(stack.metrics_db),
                           "--endpoint", endpoint, "--version", versions[0],
                           *[arg for f in fault_args for arg in ("--fault", f)]],
-                stdout=serve_log, stderr=subprocess.STDOUT)
-    wait_http(f"{stack.url}/healthz")
+                stdout=serve_log, stderr=subprocess.STDOUT,
+                env={**os.environ, "CANARY_ADMIN_TOKEN": stack.token})  # not in argv: `ps` would show it
+    wait_http(f"{stack.url}/healthz", alive=serve, log_file=state_dir / "serve.log")
     log(f"serving layer on {stack.url}: endpoint '{endpoint}' with {versions[0]} at 100%")
     procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", endpoint,
                             "--rps", str(rps)], stdout=open(state_dir / "traffic.log", "w"),
