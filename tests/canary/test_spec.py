@@ -55,7 +55,7 @@ def test_minimal_spec_gets_documented_defaults():
         (with_(analysis={"alpha": 0}), "analysis.alpha", "greater than 0"),
         (with_(surprise=1), "surprise", "unknown key"),
         (with_(stages=[{"weight": 100, "wait": "1m"}]), "stages[0].wait", "unknown key"),
-        (with_(backends={"serving": {"name": "k8s"}}), "backends.serving.name", "known: local"),
+        (with_(backends={"serving": {"name": "k8s"}}), "backends.serving.name", "known: local, sagemaker"),
         (with_(analysis={"metrics": [{"name": "e", "kind": "errs", "tolerance": 0.1}]}),
          "analysis.metrics[0].kind", "must be one of"),
         (with_(analysis={"metrics": [{"name": "l", "kind": "latency", "tolerance": 0.1}]}),

@@ -16,9 +16,19 @@ __all__ = [
 #: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.
 #: Imports are lazy so that reading a spec never pulls in a backend's SDK.
 KNOWN_BACKENDS: dict[str, dict[str, str]] = {
-    "serving": {"local": "canary.backends.local_serving:LocalTrafficRouter"},
-    "metrics": {"local": "canary.backends.local_metrics:LocalMetricsSource"},
-    "registry": {"local": "canary.backends.local_registry:LocalModelRegistry"},
+    "serving": {
+        "local": "canary.backends.local_serving:LocalTrafficRouter",
+        "sagemaker": "canary.backends.sagemaker:SageMakerTrafficRouter",
+    },
+    "metrics": {
+        "local": "canary.backends.local_metrics:LocalMetricsSource",
+        "prometheus": "canary.backends.prometheus:PrometheusMetricsSource",
+        "cloudwatch": "canary.backends.cloudwatch:CloudWatchMetricsSource",
+    },
+    "registry": {
+        "local": "canary.backends.local_registry:LocalModelRegistry",
+        "mlflow": "canary.backends.mlflow_registry:MlflowModelRegistry",
+    },
 }
 
 
