@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -17,16 +16,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from canary.serving.state import Faults
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """Parse ``500ms``, ``30s``, ``2m``, ``1h`` or a bare number of seconds into seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 2m, 1h or 45")
-    return float(match[1]) * _UNIT_S[match[2] or "s"]
+    """Parse a duration (``500ms``, ``30s``, ``2m``, ``1h``, ``1d``) or a bare number of seconds."""
+    from canary.durations import parse_duration_s
+
+    stripped = text.strip()
+    try:
+        return parse_duration_s(float(stripped) if stripped.replace(".", "", 1).isdigit() else stripped)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: {err}") from err
 
 
 def parse_fault(text: str) -> tuple[str, Faults]:
