@@ -277,7 +277,8 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
     ui_color = "#eeeeee"
 
     def __init__(self, *, stage_count: int, **kwargs: Any) -> None:
-        kwargs.setdefault("retries", 0)
+        # Returning traffic to stable must survive a flaky backend: retried (the verdict itself is not).
+        kwargs.setdefault("retries", 3)
         super().__init__(**kwargs)
         self.stage_count = stage_count
 
@@ -305,8 +306,8 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks:
             try:
                 roll_back(plan, reason, log=lambda m: self.say(plan, m))
-            except CanaryError as err:
-                raise AirflowFailException(f"could not return traffic to {plan.stable}: {err}") from err
+            except CanaryError as err:  # retried: the task's retries exist for exactly this
+                raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
         report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
                               stages=[s for s in stages if s])
         paths = write_report(report)

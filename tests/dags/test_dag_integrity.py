@@ -104,3 +104,30 @@ def test_ruff_air3_rules_pass_on_dags_and_plugins():
     res = subprocess.run([ruff, "check", "--select", "AIR3", "--preview", "dags", "plugins"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(("policy", "groups_with_approval"), [
+    ({"approval": "every_stage"}, {1, 2, 3}),
+    ({"approval": "before_promote"}, {3}),
+    ({"on_timeout": "hold_for_approval"}, {1, 2, 3}),
+    ({}, set()),
+])
+def test_approval_tasks_exist_only_where_the_policy_can_hold(tmp_path, policy, groups_with_approval):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from canary_airflow.factory import build_rollout_dag
+
+    path = tmp_path / "held.yaml"
+    path.write_text(yaml.safe_dump({"model": "held", "endpoint": "e", "policy": policy,
+                                    "stages": [{"weight": 10}, {"weight": 50}, {"weight": 100}]}))
+    dag = build_rollout_dag(path)
+    found = {i for i in (1, 2, 3) if dag.has_task(f"stage_{i}.approve")}
+    assert found == groups_with_approval
+    for i in found:
+        approve = dag.get_task(f"stage_{i}.approve")
+        assert isinstance(approve, ApprovalOperator)
+        assert f"stage_{i}.approve" in dag.get_task(f"stage_{i}.gate").downstream_task_ids
+        nxt = f"stage_{i + 1}.set_traffic" if i < 3 else "promote"
+        assert nxt in approve.downstream_task_ids
+        # Both ways into the next step must be able to start it alone.
+        assert dag.get_task(nxt).trigger_rule.value == "none_failed_min_one_success"
