@@ -1,0 +1,129 @@
+"""The CloudWatch metrics source against a real moto server (``ThreadedMotoServer`` on 127.0.0.1).
+
+SageMaker's own per-variant metrics are simulated with ``PutMetricData`` into ``AWS/SageMaker`` (real
+AWS reserves ``AWS/`` namespaces for its services; moto accepts them). ``ModelLatency`` is written as
+statistic sets in microseconds, as SageMaker publishes it.
+
+What moto cannot exercise: percentile statistics (``p99`` makes moto answer HTTP 500; this source does
+not request them), ``PartialData`` pagination of very long windows, and CloudWatch's ingestion delay
+(moto serves a datapoint at once, so ``settle_s`` is 0 here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.backends.base import ConnInfo, MetricsSource
+from canary.backends.cloudwatch import CloudWatchMetricsSource
+from canary.backends.sagemaker import aws_client
+from canary.errors import ConfigError, NoDataError
+
+pytestmark = pytest.mark.integration
+
+PERIOD_S = 60
+# A fixed, period-aligned origin well inside CloudWatch's retention (moto keeps everything anyway).
+T0 = (int(datetime.now(UTC).timestamp()) // 3600 - 2) * 3600
+
+
+@pytest.fixture(scope="module")
+def moto_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Start a moto server in a thread on a free loopback port for this module."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        # tests/conftest.py's helper: skips locally, fails under CI=true (imported by path, since
+        # tests/canary/backends/conftest.py shadows the module name ``conftest``).
+        root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[2] / "conftest.py"))
+        root_conftest.require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def conn(moto_url: str) -> Iterator[ConnInfo]:
+    import requests
+
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    yield ConnInfo(conn_id="aws_moto", login="testing", password="testing",
+                   extra={"region_name": "us-east-1", "endpoint_url": moto_url})
+
+
+def put(client: Any, variant: str, minute: int, *, requests: int, errors_4xx: int = 0, errors_5xx: int = 0,
+        latency_us: tuple[float, ...] = (), slow: dict[str, int] | None = None, endpoint: str = "churn") -> None:
+    """Publish one minute of a variant's metrics at ``T0 + minute * 60 + 30`` seconds."""
+    ts = datetime.fromtimestamp(T0 + minute * PERIOD_S + 30, UTC)
+    dims = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+    data: list[dict[str, Any]] = [
+        {"MetricName": "Invocations", "Dimensions": dims, "Timestamp": ts, "Value": requests, "Unit": "None"},
+        {"MetricName": "Invocation4XXErrors", "Dimensions": dims, "Timestamp": ts, "Value": errors_4xx},
+        {"MetricName": "Invocation5XXErrors", "Dimensions": dims, "Timestamp": ts, "Value": errors_5xx},
+    ]
+    if latency_us:
+        data.append({"MetricName": "ModelLatency", "Dimensions": dims, "Timestamp": ts, "Unit": "Microseconds",
+                     "StatisticValues": {"SampleCount": len(latency_us), "Sum": sum(latency_us),
+                                         "Minimum": min(latency_us), "Maximum": max(latency_us)}})
+    client.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
+    if slow:
+        client.put_metric_data(Namespace="Canary/SageMaker", MetricData=[
+            {"MetricName": name, "Dimensions": dims, "Timestamp": ts, "Value": count, "Unit": "Count"}
+            for name, count in slow.items()])
+
+
+def test_version_stats_sum_whole_periods(conn: ConnInfo) -> None:
+    cw = aws_client(conn, "cloudwatch")
+    for minute in range(5):
+        put(cw, "v-v1", minute, requests=100, errors_4xx=1, errors_5xx=2, latency_us=(10_000.0, 30_000.0))
+        put(cw, "v-v2", minute, requests=10, errors_5xx=1, latency_us=(50_000.0,))
+    source = CloudWatchMetricsSource(conn, endpoint="churn")
+    assert isinstance(source, MetricsSource)
+
+    stats = source.version_stats("v1", start_s=T0, end_s=T0 + 5 * PERIOD_S)
+    assert (stats.requests, stats.errors, stats.latency_sum_ms) == (500, 15, 200.0)
+    assert stats.latency_buckets_ms == (math.inf,) and stats.latency_cumulative == (10,)
+    # Unaligned bounds shrink to whole periods: minutes 1, 2 and 3 only.
+    inner = source.version_stats("v1", start_s=T0 + 10, end_s=T0 + 4 * PERIOD_S + 59)
+    assert (inner.requests, inner.errors, inner.latency_observations) == (300, 9, 6)
+    canary = source.version_stats("v2", start_s=T0, end_s=T0 + 5 * PERIOD_S)
+    assert (canary.requests, canary.errors, canary.latency_sum_ms, canary.latency_observations) == (50, 5, 250.0, 5)
+
+
+def test_exceedance_counters_become_the_latency_histogram(conn: ConnInfo) -> None:
+    cw = aws_client(conn, "cloudwatch")
+    for minute in range(3):
+        put(cw, "v-v1", minute, requests=4, latency_us=(20_000.0, 60_000.0, 120_000.0, 400_000.0),
+            slow={"LatencyOver100ms": 2, "LatencyOver250ms": 1})
+    source = CloudWatchMetricsSource(conn, endpoint="churn", exceedance_namespace="Canary/SageMaker",
+                                     latency_exceedance_metrics={"250": "LatencyOver250ms", 100: "LatencyOver100ms"})
+    stats = source.version_stats("v1", start_s=T0, end_s=T0 + 3 * PERIOD_S)
+    assert stats.latency_buckets_ms == (100.0, 250.0, math.inf)
+    assert stats.latency_cumulative == (6, 9, 12)
+    assert stats.latency_exceedances(100.0) == 6 and stats.latency_exceedances(250.0) == 3
+    assert stats.latency_sum_ms == pytest.approx(3 * 600.0)
+
+
+def test_unknown_variant_and_short_window_have_no_data(conn: ConnInfo) -> None:
+    put(aws_client(conn, "cloudwatch"), "v-v1", 0, requests=5)
+    source = CloudWatchMetricsSource(conn, endpoint="churn")
+    with pytest.raises(NoDataError, match="variant 'v-v9'.*no datapoints"):
+        source.version_stats("v9", start_s=T0, end_s=T0 + 10 * PERIOD_S)
+    with pytest.raises(NoDataError, match="no whole 60s period"):
+        source.version_stats("v1", start_s=T0 + 5, end_s=T0 + 50)
+    with pytest.raises(NoDataError):  # data exist, but not for this endpoint
+        CloudWatchMetricsSource(conn, endpoint="other").version_stats("v1", start_s=T0, end_s=T0 + PERIOD_S)
+
+
+def test_shadow_comparison_is_a_configuration_error(conn: ConnInfo) -> None:
+    with pytest.raises(ConfigError, match="shadow.enabled: false"):
+        CloudWatchMetricsSource(conn, endpoint="churn").shadow_summary(stable="v1", candidate="v2", start_s=T0,
+                                                                       end_s=T0 + PERIOD_S)

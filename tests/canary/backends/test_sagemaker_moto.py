@@ -1,0 +1,94 @@
+"""The SageMaker traffic router against a real moto server (``ThreadedMotoServer`` on 127.0.0.1).
+
+What moto 5.2 runs here: CreateModel/EndpointConfig/Endpoint, DescribeEndpoint(Config), DescribeModel and
+UpdateEndpointWeightsAndCapacities, so reading and shifting weights, the no-op deploy of a variant that is
+already there and the error on a missing endpoint are exercised end to end over HTTP.
+
+What moto cannot exercise (covered by ``test_sagemaker_contract.py`` with the exact boto3 calls instead):
+``UpdateEndpoint`` is not implemented (moto answers HTTP 500), so deploying a new variant, removing one
+and switching shadow variants cannot run; shadow variants (``ShadowProductionVariants``) are silently
+dropped from endpoint configs; endpoints are InService at once, so waits never poll; a variant created
+at weight 0 comes back without ``CurrentWeight``; ``InvokeEndpoint`` ignores the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.backends.base import ConnInfo
+from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.errors import BackendError
+
+pytestmark = pytest.mark.integration
+
+ROLE = "arn:aws:iam::123456789012:role/sagemaker"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:latest"
+
+
+@pytest.fixture(scope="module")
+def moto_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Start a moto server in a thread on a free loopback port for this module."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        # tests/conftest.py's helper: skips locally, fails under CI=true (imported by path, since
+        # tests/canary/backends/conftest.py shadows the module name ``conftest``).
+        root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[2] / "conftest.py"))
+        root_conftest.require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def conn(moto_url: str) -> Iterator[ConnInfo]:
+    import requests
+
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    yield ConnInfo(conn_id="aws_moto", login="testing", password="testing",
+                   extra={"region_name": "us-east-1", "endpoint_url": moto_url})
+
+
+def create_endpoint(client: Any, endpoint: str, weights: dict[str, float]) -> None:
+    """Create one model per version and an endpoint with a variant ``v-<version>`` per version."""
+    variants = []
+    for version, weight in weights.items():
+        client.create_model(ModelName=f"{endpoint}-{version}", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+        variants.append({"VariantName": f"v-{version}", "ModelName": f"{endpoint}-{version}",
+                         "InstanceType": "ml.m5.large", "InitialInstanceCount": 1, "InitialVariantWeight": weight})
+    client.create_endpoint_config(EndpointConfigName=f"{endpoint}-initial", ProductionVariants=variants)
+    client.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-initial")
+
+
+def test_weights_shift_and_read_back(conn: ConnInfo) -> None:
+    create_endpoint(aws_client(conn, "sagemaker"), "churn", {"v1": 1.0, "v2": 0.0})
+    router = SageMakerTrafficRouter(conn, endpoint="churn", poll_interval_s=0.1)
+    assert router.get_weights() == {"v1": 100, "v2": 0}
+    router.deploy("v2")  # already a variant: no UpdateEndpoint call, which moto could not answer
+    for split in ({"v1": 95, "v2": 5}, {"v1": 50, "v2": 50}, {"v2": 100}, {"v1": 100}):
+        router.set_weights(split)
+        assert router.get_weights() == {"v1": split.get("v1", 0), "v2": split.get("v2", 0)}
+
+
+def test_weights_stay_whole_percents_with_three_variants(conn: ConnInfo) -> None:
+    create_endpoint(aws_client(conn, "sagemaker"), "fraud", {"a": 1.0, "b": 1.0, "c": 1.0})
+    router = SageMakerTrafficRouter(conn, endpoint="fraud")
+    assert router.get_weights() == {"a": 34, "b": 33, "c": 33}
+    router.set_weights({"a": 80, "b": 15, "c": 5})
+    assert router.get_weights() == {"a": 80, "b": 15, "c": 5}
+    with pytest.raises(BackendError, match=r"\['z'\] are not deployed"):
+        router.set_weights({"a": 50, "z": 50})
+
+
+def test_missing_endpoint_is_a_backend_error(conn: ConnInfo) -> None:
+    router = SageMakerTrafficRouter(conn, endpoint="nowhere")
+    with pytest.raises(BackendError, match="DescribeEndpoint on endpoint 'nowhere' failed: ValidationException"):
+        router.get_weights()
