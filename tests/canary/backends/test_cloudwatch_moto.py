@@ -127,3 +127,36 @@ def test_shadow_comparison_is_a_configuration_error(conn: ConnInfo) -> None:
     with pytest.raises(ConfigError, match="shadow.enabled: false"):
         CloudWatchMetricsSource(conn, endpoint="churn").shadow_summary(stable="v1", candidate="v2", start_s=T0,
                                                                        end_s=T0 + PERIOD_S)
+
+
+def test_pages_are_followed_and_contradictions_are_errors() -> None:
+    """NextToken pagination and inconsistent counters, which moto never produces (a Stubber at the API edge)."""
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from canary.errors import BackendError
+
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    source = CloudWatchMetricsSource(ConnInfo(), endpoint="churn", cloudwatch_client=client)
+    ts = datetime.fromtimestamp(T0, UTC)
+
+    def page(values: dict[str, float], token: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"MetricDataResults": [
+            {"Id": qid, "Timestamps": [ts], "Values": [v], "StatusCode": "Complete"} for qid, v in values.items()]}
+        if token:
+            body["NextToken"] = token
+        return body
+
+    params = {"MetricDataQueries": source.queries("v1"), "StartTime": ts,
+              "EndTime": datetime.fromtimestamp(T0 + 2 * PERIOD_S, UTC)}
+    with Stubber(client) as stub:
+        stub.add_response("get_metric_data", page({"requests": 10, "errors1": 1}, "next"), params)
+        stub.add_response("get_metric_data", page({"requests": 5, "latencycount": 3, "latencysum": 9000}),
+                          {**params, "NextToken": "next"})
+        stats = source.version_stats("v1", start_s=T0, end_s=T0 + 2 * PERIOD_S)
+        assert (stats.requests, stats.errors, stats.latency_observations, stats.latency_sum_ms) == (15, 1, 3, 9.0)
+
+        stub.add_response("get_metric_data", page({"requests": 1, "errors0": 2}),
+                          {"MetricDataQueries": ANY, "StartTime": ANY, "EndTime": ANY})
+        with pytest.raises(BackendError, match="2 errors .* exceed 1 requests"):
+            source.version_stats("v1", start_s=T0, end_s=T0 + 2 * PERIOD_S)
