@@ -57,7 +57,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -171,13 +171,16 @@ def range_selector(names: Sequence[str], matchers: Sequence[str], range_s: float
     return "{" + ",".join([f'__name__=~"{name_re}"', *matchers]) + f"}}[{range_ms}ms]"
 
 
-def window_increase(samples: Iterable[tuple[float, float]], start_s: float, end_s: float) -> float:
+def window_increase(samples: Iterable[tuple[float, float]], start_s: float, end_s: float,
+                    resets_at: Collection[float] = ()) -> float:
     """Return how much a counter grew in ``(start_s, end_s]`` from its raw samples, handling resets.
 
     The baseline is the last sample at or before ``start_s`` (a series without one started within the
     window and counts from zero). Each later sample up to ``end_s`` adds its difference to the previous
     one; a drop is a reset (the process restarted), after which the new value itself is the increment.
-    Nothing is extrapolated: unlike PromQL ``increase()``, the result is a sum of observed differences.
+    ``resets_at`` names sample timestamps known to follow a restart even without a drop (a sibling
+    counter of the same process dropped). Nothing is extrapolated: unlike PromQL ``increase()``, the
+    result is a sum of observed differences.
 
     >>> window_increase([(0, 10), (1, 15), (2, 3), (3, 8)], 0.5, 3)   # 5 + 3 (reset) + 5
     13.0
@@ -190,7 +193,7 @@ def window_increase(samples: Iterable[tuple[float, float]], start_s: float, end_
             continue
         if t > end_s:
             break
-        total += v - prev if v >= prev else v
+        total += v if v < prev or t in resets_at else v - prev
         prev = v
     return total
 
@@ -251,17 +254,27 @@ def stats_from_matrix(version: str, result: Sequence[Mapping[str, Any]], names: 
     per_key: dict[tuple[str, str], float] = defaultdict(float)
     bucket_les: dict[tuple[tuple[str, str], ...], set[str]] = defaultdict(set)
     seen_requests = False
+    parsed = []
+    # A restart resets every counter of a process at once, but a small counter (KPI events, one bucket)
+    # may be back at or above its old value by the next scrape. The requests counter bounds all others,
+    # so its drops mark restarts for every series of the same target (same labels but le/bin).
+    restarts: dict[tuple[tuple[str, str], ...], set[float]] = defaultdict(set)
     for series in result:
         labels = dict(series.get("metric", {}))
         name = labels.pop("__name__", "")
-        samples = [(float(t), float(v)) for t, v in series.get("values", [])]
-        inc = window_increase(samples, start_s, end_s)
+        samples = sorted((float(t), float(v)) for t, v in series.get("values", []))
+        target = tuple(sorted((k, v) for k, v in labels.items() if k not in ("le", names.bin_label)))
+        parsed.append((name, labels, samples, target))
+        if name == names.requests:
+            restarts[target].update(t for (_, a), (t, b) in zip(samples, samples[1:], strict=False) if b < a)
+    for name, labels, samples, target in parsed:
+        inc = window_increase(samples, start_s, end_s, restarts.get(target, ()))
         if name == names.requests:
             seen_requests = True
             per_key[(name, "")] += inc
         elif name == names.latency_bucket:
             if "le" not in labels:
-                raise ValueError(f"{name} series without an le label: {series.get('metric')}")
+                raise ValueError(f"{name} series without an le label: {labels}")
             le = labels.pop("le")
             bucket_les[tuple(sorted(labels.items()))].add(le)
             per_key[(name, le)] += inc

@@ -404,3 +404,21 @@ def test_stats_from_matrix_default_names():
               {"metric": labels("canary_kpi_events_total"), "values": [[0, "0"], [10, "2"]]}]
     stats = stats_from_matrix("v2", result, names, start_s=5, end_s=10)
     assert (stats.requests, stats.kpi_events, stats.latency_observations) == (3, 2, 0)
+
+
+def test_restart_seen_on_requests_resets_sibling_counters_of_the_same_target():
+    # After the restart at t=20 the KPI counter is already back at 2 by the first scrape: no drop of its own.
+    reply = matrix(
+        (labels("canary_requests_total"), [(0, 0), (10, 100), (20, 30), (30, 60)]),
+        (labels("canary_kpi_events_total"), [(0, 0), (10, 2), (20, 2), (30, 3)]),
+        (labels("canary_kpi_events_total", pod="other"), [(0, 0), (10, 2), (20, 2), (30, 3)]),
+        (labels("canary_requests_total", pod="other"), [(0, 0), (10, 1), (20, 1), (30, 2)]),
+    )
+    source, _, _ = make_source([reply])
+    stats = source.version_stats("v2", start_s=5, end_s=30)
+    assert stats.requests == 100 + 30 + 30 + 2
+    assert stats.kpi_events == (2 + 2 + 1) + (2 + 0 + 1)  # only the restarted pod's KPI counter resets
+
+
+def test_window_increase_with_known_restarts():
+    assert window_increase([(0, 0), (10, 2), (20, 2), (30, 3)], 5, 30, resets_at={20.0}) == 5
