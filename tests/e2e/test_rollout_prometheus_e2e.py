@@ -1,0 +1,102 @@
+"""End to end with Prometheus as the metrics store: rollout DAGs run with `airflow dags test`.
+
+The embedded serving layer and traffic generator serve the model; a real Prometheus scrapes the
+serving layer's ``/metrics`` every second, and the spec's metrics backend is ``prometheus`` reached
+through an Airflow connection given as ``AIRFLOW_CONN_CANARY_PROMETHEUS_E2E``. Prometheus holds no
+per-request pairs, so these specs run without a shadow test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from canary.backends.base import ConnInfo
+from canary.demo import Processes, local_stack, migrate, run_rollout
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
+
+MODEL, ENDPOINT = "e2e-prom-model", "e2e-prom"
+CONN_ID = "canary_prometheus_e2e"
+BASE = 0.01
+# v3 fails 16% of requests: it must be rolled back at the first stage.
+FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}"}
+
+
+def _harness():
+    """The Prometheus harness of the backend integration tests (a test module, loaded by path)."""
+    path = Path(__file__).resolve().parents[1] / "canary" / "backends" / "test_prometheus_integration.py"
+    spec = importlib.util.spec_from_file_location("prometheus_harness", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rollout_spec() -> dict:
+    return {
+        "model": MODEL, "endpoint": ENDPOINT, "owner": "e2e",
+        "shadow": {"enabled": False},
+        "backends": {"metrics": {"name": "prometheus", "conn_id": CONN_ID}},
+        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
+                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
+        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
+                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
+                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
+    }
+
+
+@pytest.fixture(scope="module")
+def e2e(request, tmp_path_factory):
+    harness = _harness()
+    harness.require_prometheus(request)
+    root = tmp_path_factory.mktemp("e2e-prom")
+    specs = root / "specs"
+    specs.mkdir()
+    (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(rollout_spec()))
+    procs = Processes()
+    try:
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3"),
+                         faults=FAULTS, rps=120) as stack:
+            target = urlsplit(stack.url).netloc
+            with harness.prometheus_server(root / "prometheus", targets=[target]) as prom_url:
+                harness.wait_for_scrape(prom_url, 'up{job="serving"} == 1')
+                migrate(root / "airflow", stack)
+                prom = urlsplit(prom_url)
+                conn = {"conn_type": "canary_metrics", "host": prom.hostname, "port": prom.port}
+                env = {"CANARY_SPECS_DIR": str(specs), f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn)}
+                yield stack, root / "airflow", env
+    finally:
+        procs.stop_all()
+
+
+def registry(stack):
+    from canary.backends.local_registry import LocalModelRegistry
+
+    return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
+
+
+def test_good_candidate_is_promoted_on_prometheus_metrics(e2e):
+    stack, home, env = e2e
+    report = run_rollout(stack, home, "v2", extra_env=env)
+    assert report["outcome"] == "promoted", report
+    assert stack.weights() == {"v2": 100}
+    assert registry(stack).champion(MODEL) == "v2"
+    assert [s["decision"] for s in report["timeline"]] == ["advance", "advance"]
+
+
+def test_faulty_candidate_is_rolled_back_on_prometheus_metrics(e2e):
+    stack, home, env = e2e
+    before = registry(stack).champion(MODEL)
+    report = run_rollout(stack, home, "v3", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
+    assert report["timeline"][0]["weight_pct"] == 25
+    assert stack.weights() == {before: 100}
+    assert registry(stack).champion(MODEL) == before
+
