@@ -22,10 +22,17 @@ query of a range vector (``{__name__=~"...", ...}[window + lookback]`` at ``time
 raw sample of every matching series. Per series, the count is the sum of the increments between
 consecutive samples whose timestamps fall in ``(start, end]``, starting from the last sample at or
 before ``start``. When a counter drops (a process restart), the new value is counted from zero, as
-``increase()`` does, but nothing is extrapolated to the window's edges. A series that appears within
-the window (a new pod) counts from zero; one that disappears (a pod gone) keeps the increments it
-made. Counts are summed over all series of a version (several pods or instances). Requests are
-counted at the first scrape after they happen, so windows are exact to one scrape interval.
+``increase()`` does, but nothing is extrapolated to the window's edges. A restart resets every counter
+of the process, yet a small one (KPI events, a low bucket) may be back at its old value by the next
+scrape; since the requests counter bounds all the others, its drops mark a restart for every series of
+the same target (same labels but ``le``/``bin``). A series that appears within the window (a new pod)
+counts from zero; one that disappears (a pod gone) keeps the increments it made. Counts are summed over
+all series of a version (several pods or instances). Requests are counted at the first scrape after
+they happen, so windows are exact to one scrape interval. Limit, shared with ``increase()``: a restart
+is invisible when the new process's requests counter is already at or above the old one's last value
+by its first scrape; a scrape interval well below the time a process needs to serve that many requests
+avoids it. A process that started before Prometheus first scraped it counts its whole history from the
+first sample in the window.
 
 The response holds ``(window + lookback) / scrape_interval`` samples per series (a one-hour window at a
 15 s scrape interval: ~260 per series); Prometheus' ``--query.max-samples`` bounds it.
