@@ -17,6 +17,28 @@ def conn_info(conn: Any) -> ConnInfo:
                     login=conn.login, password=conn.password, extra=extra)
 
 
+#: Backends reached through an Airflow AWS connection (keys, role_arn, profile, endpoint_url).
+AWS_BACKENDS = frozenset({"sagemaker", "cloudwatch"})
+
+
+def aws_conn_info(aws_conn_id: str) -> ConnInfo:
+    """Resolve an Airflow AWS connection (static keys, ``role_arn``, profile) into the core's value.
+
+    Uses the amazon provider's :class:`AwsBaseHook`, so every AWS connection convention works;
+    temporary credentials are resolved here, per task or trigger run, and expire with it.
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker")
+    creds = hook.get_credentials()
+    extra: dict[str, Any] = {"region_name": hook.conn_region_name}
+    if hook.conn_config.endpoint_url:
+        extra["endpoint_url"] = hook.conn_config.endpoint_url
+    if creds.token:
+        extra["aws_session_token"] = creds.token
+    return ConnInfo(conn_id=aws_conn_id, login=creds.access_key, password=creds.secret_key, extra=extra)
+
+
 class CanaryBackendHook(BaseHook):
     """Base of the three backend hooks: one connection, one backend chosen by name.
 
@@ -37,12 +59,21 @@ class CanaryBackendHook(BaseHook):
     @cached_property
     def client(self) -> Any:
         """Build the backend lazily from the connection (the connection is read once)."""
-        return build_backend(self.role, self.backend, conn_info(self.get_connection(self.conn_id)), **self.options)
+        if self.backend in AWS_BACKENDS:
+            info = aws_conn_info(self.conn_id)
+        else:
+            info = conn_info(self.get_connection(self.conn_id))
+        return build_backend(self.role, self.backend, info, **self.options)
 
     async def aclient(self) -> Any:
         """Build the backend in a trigger: connections must be read asynchronously there."""
-        conn = await self.aget_connection(self.conn_id)
-        return build_backend(self.role, self.backend, conn_info(conn), **self.options)
+        if self.backend in AWS_BACKENDS:
+            from asgiref.sync import sync_to_async  # the provider hook reads the connection synchronously
+
+            info = await sync_to_async(aws_conn_info)(self.conn_id)
+        else:
+            info = conn_info(await self.aget_connection(self.conn_id))
+        return build_backend(self.role, self.backend, info, **self.options)
 
 
 class CanaryServingHook(CanaryBackendHook):

@@ -68,6 +68,11 @@ def test_minimal_spec_gets_documented_defaults():
         (with_(policy={"on_timeout": "pray"}), "policy.on_timeout", "must be one of"),
         (with_(schedule={"nightly_cron": "every night"}), "schedule.nightly_cron", "not a valid cron"),
         (with_(model="no spaces"), "model", "match pattern"),
+        (with_(backends={"metrics": {"name": "cloudwatch"}}), "shadow.enabled", "cannot pair mirrored requests"),
+        (with_(backends={"serving": {"name": "sagemaker"}}, shadow={"mirror_percent": 50}),
+         "shadow.mirror_percent", "must be 100"),
+        (with_(analysis={"metrics": [{"name": "k", "kind": "kpi", "tolerance": 0.6}]}), "analysis.metrics[0].mde",
+         "must be < 1"),
         ({k: v for k, v in VALID.items() if k != "endpoint"}, "endpoint", "required"),
     ],
 )

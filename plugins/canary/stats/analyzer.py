@@ -374,6 +374,10 @@ class SequentialAnalyzer:
                 return verdict(Decision.HALT, f"threshold_ms {threshold:g} is not a latency bucket bound "
                                f"{bounds}: exceedances cannot be counted", {"threshold_ms": threshold})
         elif threshold is None:
+            if not any(math.isfinite(b) for b in s.latency_buckets_ms):
+                ctx.new_metrics.append(carry)
+                return verdict(Decision.HALT, "the metrics backend has no latency histogram (only a count): "
+                               "configure exceedance counters or set threshold_ms on a bound it has", {})
             q = metric.quantile if metric.quantile is not None else 0.99
             pooled_obs = s.latency_observations + c.latency_observations
             needed = THRESHOLD_MIN_EXCEEDANCES / (1.0 - q)
