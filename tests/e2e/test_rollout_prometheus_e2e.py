@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 
 from canary.backends.base import ConnInfo
@@ -70,7 +71,7 @@ def e2e(request, tmp_path_factory):
                 prom = urlsplit(prom_url)
                 conn = {"conn_type": "canary_metrics", "host": prom.hostname, "port": prom.port}
                 env = {"CANARY_SPECS_DIR": str(specs), f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn)}
-                yield stack, root / "airflow", env
+                yield stack, root / "airflow", env, prom_url
     finally:
         procs.stop_all()
 
@@ -81,9 +82,18 @@ def registry(stack):
     return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
 
 
+def api_queries(prom_url: str) -> float:
+    """Return how many instant queries Prometheus has answered (its own /metrics)."""
+    text = requests.get(f"{prom_url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line)
+
+
 def test_good_candidate_is_promoted_on_prometheus_metrics(e2e):
-    stack, home, env = e2e
+    stack, home, env, prom_url = e2e
+    queries_before = api_queries(prom_url)
     report = run_rollout(stack, home, "v2", extra_env=env)
+    assert api_queries(prom_url) > queries_before + 4  # the gate read its windows from Prometheus
     assert report["outcome"] == "promoted", report
     assert stack.weights() == {"v2": 100}
     assert registry(stack).champion(MODEL) == "v2"
@@ -91,7 +101,7 @@ def test_good_candidate_is_promoted_on_prometheus_metrics(e2e):
 
 
 def test_faulty_candidate_is_rolled_back_on_prometheus_metrics(e2e):
-    stack, home, env = e2e
+    stack, home, env, _ = e2e
     before = registry(stack).champion(MODEL)
     report = run_rollout(stack, home, "v3", extra_env=env)
     assert report["outcome"] == "rolled_back", report
