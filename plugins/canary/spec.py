@@ -209,9 +209,10 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
         if name not in KNOWN_BACKENDS[role]:
             problems.append((f"backends.{role}.name",
                              f"unknown {role} backend {name!r}; known: {', '.join(sorted(KNOWN_BACKENDS[role]))}"))
-    if spec.shadow.enabled and spec.backends.metrics.name == "cloudwatch":
-        problems.append(("shadow.enabled", "the cloudwatch metrics backend cannot pair mirrored requests; "
-                                           "set shadow.enabled: false or use a per-request metrics store"))
+    if spec.shadow.enabled and spec.backends.metrics.name in ("cloudwatch", "prometheus"):
+        problems.append(("shadow.enabled", f"the {spec.backends.metrics.name} metrics backend cannot pair "
+                                           "mirrored requests; set shadow.enabled: false or use a "
+                                           "per-request metrics store"))
     if spec.shadow.enabled and spec.backends.serving.name == "sagemaker" and spec.shadow.mirror_percent != 100:
         problems.append(("shadow.mirror_percent", "SageMaker shadow variants mirror every request: must be 100"))
     prev = None
