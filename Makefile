@@ -26,8 +26,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m compileall -q -j 2 $(VENV)/lib > /dev/null || true
 	@touch $(STAMP)
 
+# `make demo METRICS=prometheus` lets the gate read a real Prometheus scraping the serving layer.
 demo: setup
-	$(PY) -m canary.demo
+	$(PY) -m canary.demo $(if $(METRICS),--metrics $(METRICS))
 
 test: setup
 	$(PY) -m pytest

@@ -175,10 +175,16 @@ class MlflowModelRegistry:
         code = getattr(err, "error_code", None) or type(err).__name__
         status_fn = getattr(err, "get_http_status_code", None)
         status = status_fn() if callable(status_fn) else None
+        import requests
+
+        # The client raises INTERNAL_ERROR for every failure without a usable answer; the requests
+        # exception it was raised from says which (for 408/429/5xx its own retry layer hides the status).
         cause = err.__cause__ or err.__context__
         if code in _AUTH_CODES:
             hint = " (check the connection's login/password or extra.token)"
-        elif code == "INTERNAL_ERROR" and cause is not None and not hasattr(cause, "error_code"):
+        elif isinstance(cause, requests.exceptions.RetryError):
+            hint = f" (the server kept answering with a transient HTTP error (408/429/5xx) after {self.max_attempts} attempts)"
+        elif isinstance(cause, requests.exceptions.RequestException):
             hint = f" (no answer from the server after {self.max_attempts} attempts: {type(cause).__name__})"
         else:
             hint = ""

@@ -1,0 +1,366 @@
+"""The MLflow registry backend against a real MLflow server (basic auth on, SQLite store, loopback port).
+
+The server runs from its own virtualenv (``.state/mlflow-venv``, created here with ``uv`` when
+missing): the full ``mlflow`` server package is not part of the Airflow environment, only the
+``mlflow-skinny`` client is. Retry behaviour is tested against a small HTTP stub that answers 503
+first, since a healthy server cannot be made to fail on cue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.server
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from canary.backends import build_backend
+from canary.backends.base import ConnInfo, ModelRegistry
+from canary.backends.mlflow_registry import MAX_TAG_VALUE_CHARS, MlflowModelRegistry
+from canary.demo import Processes, free_port, wait_http
+from canary.errors import BackendError, ConfigError, UnknownVersionError
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[3]
+#: The server matches the client (mlflow-skinny in requirements.txt); [auth] adds basic auth.
+MLFLOW_SERVER_REQUIREMENT = "mlflow[auth]==3.17.2"
+SERVER_VENV = Path(os.environ.get("CANARY_MLFLOW_VENV", ROOT / ".state" / "mlflow-venv"))
+ADMIN = "admin"
+
+
+def mlflow_server_executable() -> tuple[Path | None, str]:
+    """Return the ``mlflow`` executable of the server virtualenv, creating it with ``uv`` if needed."""
+    exe = SERVER_VENV / "bin" / "mlflow"
+    stamp = SERVER_VENV / ".canary-installed"
+    if exe.exists() and stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
+        return exe, ""
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        return None, f"no MLflow server in {SERVER_VENV} and no `uv` to create it"
+    SERVER_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(SERVER_VENV.parent / (SERVER_VENV.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs create it once
+        if stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
+            return exe, ""
+        steps = [[uv, "venv", "-q", "--allow-existing", "-p", sys.executable, str(SERVER_VENV)],
+                 [uv, "pip", "install", "-q", "-p", str(SERVER_VENV / "bin" / "python"), MLFLOW_SERVER_REQUIREMENT]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                return None, f"cannot install the MLflow server ({' '.join(step[:3])}): {done.stderr[-500:]}"
+        stamp.write_text(MLFLOW_SERVER_REQUIREMENT)
+    return exe, ""
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    username: str
+    password: str = ""
+
+    def conn(self, **overrides) -> ConnInfo:
+        fields = {"conn_id": "mlflow_test", "host": self.url, "login": self.username or None,
+                  "password": self.password or None}
+        return ConnInfo(**{**fields, **overrides})
+
+
+def require_mlflow_server(request: pytest.FixtureRequest) -> Path:
+    """Return the server executable; skip (locally) or fail (CI) when it cannot be had."""
+    exe, why = mlflow_server_executable()
+    # tests/conftest.py's helper; the nearer conftest.py shadows the module name `conftest`.
+    top = request.config.pluginmanager.get_plugin(str(ROOT / "tests" / "conftest.py"))
+    top.require_service(exe is not None, why)
+    assert exe is not None
+    return exe
+
+
+@contextlib.contextmanager
+def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (False,)) -> Iterator[list[MlflowServer]]:
+    """Run one ``mlflow server`` per entry of ``auth`` (basic auth on or off) on free loopback ports.
+
+    They start concurrently (~8-15 s each, most of it imports) and are stopped, process group and
+    all, when the block ends.
+    """
+    procs = Processes()
+    started = []
+    try:
+        for i, with_auth in enumerate(auth):
+            workdir = state_dir / f"server-{i}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            password = "Pw-" + secrets.token_urlsafe(18) if with_auth else ""
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+            env.pop("PYTHONDONTWRITEBYTECODE", None)  # the first start caches bytecode: later ones are faster
+            env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # two processes, no job runner
+                        "MLFLOW_DISABLE_TELEMETRY": "true"})
+            app = []
+            if with_auth:
+                env.update({"MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+                app = ["--app-name", "basic-auth"]  # its user database, basic_auth.db, lands in cwd
+            log_path = workdir / "mlflow-server.log"
+            with open(log_path, "w") as log:
+                proc = procs.start("mlflow", [
+                    str(exe), "server", *app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+                    "--default-artifact-root", str(workdir / "artifacts")],
+                    cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+            started.append((proc, log_path, MlflowServer(url=url, username=ADMIN if with_auth else "",
+                                                          password=password)))
+        for proc, log_path, srv in started:
+            wait_http(f"{srv.url}/health", timeout_s=120, alive=proc, log_file=log_path)
+        yield [srv for _proc, _log, srv in started]
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def servers(request, tmp_path_factory) -> Iterator[list[MlflowServer]]:
+    with mlflow_servers(require_mlflow_server(request), tmp_path_factory.mktemp("mlflow"), auth=(False, True)) as srvs:
+        yield srvs
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> MlflowServer:
+    """No authentication: the basic-auth app hashes the password on every request (~0.5 s here)."""
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def auth_server(servers) -> MlflowServer:
+    return servers[1]
+
+
+@pytest.fixture
+def model() -> str:
+    return f"m-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def reg(server: MlflowServer, model: str) -> MlflowModelRegistry:
+    """A model with versions 1, 2, 3; champion 1, challenger 3."""
+    r = build_backend("registry", "mlflow", server.conn())
+    for i in (1, 2, 3):
+        assert r.register_version(model, f"s3://canary-test/{model}/{i}") == str(i)
+    r.set_alias(model, "champion", "1")
+    r.set_alias(model, "challenger", "3")
+    return r
+
+
+def test_implements_the_protocol(reg):
+    assert isinstance(reg, ModelRegistry)
+
+
+def test_resolve_versions_and_aliases(reg, model):
+    assert reg.resolve(model, "2") == "2"
+    assert reg.resolve(model, "challenger") == "3"
+    assert reg.champion(model) == "1"
+    assert reg.list_versions(model) == ["1", "2", "3"]
+    known = r"\(known: 1, 2, 3, challenger, champion\)"
+    with pytest.raises(UnknownVersionError, match=rf"no version or alias '9' {known}"):
+        reg.resolve(model, "9")
+    with pytest.raises(UnknownVersionError, match=rf"no version or alias 'canary' {known}") as info:
+        reg.resolve(model, "canary")
+    assert info.value.known == ["1", "2", "3", "challenger", "champion"]
+
+
+def test_unknown_model(reg):
+    with pytest.raises(UnknownVersionError, match="'no-such-model' is not registered"):
+        reg.resolve("no-such-model", "1")
+    with pytest.raises(UnknownVersionError, match="is not registered"):
+        reg.resolve("no-such-model", "champion")
+    with pytest.raises(UnknownVersionError, match="is not registered"):
+        reg.promote("no-such-model", "1", run_id="r", summary={})
+    with pytest.raises(UnknownVersionError, match="is not registered"):
+        reg.record_rollback("no-such-model", "1", run_id="r", reason="x", summary={})
+    assert reg.champion("no-such-model") is None
+    assert reg.list_versions("no-such-model") == []
+
+
+def test_champion_is_none_without_the_alias(server, model):
+    r = build_backend("registry", "mlflow", server.conn())
+    r.register_version(model, "s3://canary-test/x")
+    assert r.champion(model) is None
+
+
+def test_promote_moves_the_alias_and_tags_only_candidate_and_previous_champion(reg, model):
+    reg.promote(model, "2", run_id="run-1", summary={"retired": "1", "reason": "every stage passed"})
+    assert reg.champion(model) == "2"
+    assert reg.aliases(model) == {"challenger": "3", "champion": "2"}
+    tags = reg.get_tags(model, "2")
+    assert tags["rollout.result"] == "promoted" and tags["rollout.run_id"] == "run-1"
+    assert json.loads(tags["rollout.summary"]) == {"retired": "1", "reason": "every stage passed"}
+    assert reg.get_tags(model, "1") == {"rollout.retired_by": "2"}
+    assert reg.get_tags(model, "3") == {}
+    reg.promote(model, "2", run_id="run-1", summary={})  # a retried task changes nothing else
+    assert reg.get_tags(model, "1") == {"rollout.retired_by": "2"} and reg.champion(model) == "2"
+
+
+def test_promote_of_an_unknown_version_changes_nothing(reg, model):
+    with pytest.raises(UnknownVersionError, match="no version or alias '7'"):
+        reg.promote(model, "7", run_id="r", summary={})
+    assert reg.aliases(model) == {"challenger": "3", "champion": "1"}
+    assert all(reg.get_tags(model, v) == {} for v in ("1", "2", "3"))
+
+
+def test_record_rollback_tags_reason_and_summary_and_moves_no_alias(reg, model):
+    reason = "stage 1 (25%): error rate " + "x" * 10_000
+    reg.record_rollback(model, "3", run_id="run-2", reason=reason, summary={"stable": "1"})
+    tags = reg.get_tags(model, "3")
+    assert tags["rollout.result"] == "rolled_back" and tags["rollout.run_id"] == "run-2"
+    assert len(tags["rollout.reason"]) == MAX_TAG_VALUE_CHARS
+    assert tags["rollout.reason"].startswith("stage 1 (25%)") and tags["rollout.reason"].endswith("[truncated]")
+    assert json.loads(tags["rollout.summary"]) == {"stable": "1"}
+    assert reg.aliases(model) == {"challenger": "3", "champion": "1"}
+    assert reg.get_tags(model, "1") == {} and reg.get_tags(model, "2") == {}
+
+
+def test_registered_model_name_option(server, reg, model):
+    other = build_backend("registry", "mlflow", server.conn(), registered_model_name=model,
+                          champion_alias="challenger")
+    assert other.resolve("spec-name", "2") == "2"
+    assert other.champion("spec-name") == "3"
+
+
+@pytest.fixture(scope="module")
+def auth_model(auth_server) -> str:
+    """A model on the server with basic auth: version 1, the champion."""
+    r = build_backend("registry", "mlflow", auth_server.conn())
+    r.register_version("secured", "s3://canary-test/secured/1")
+    r.set_alias("secured", "champion", "1")
+    return "secured"
+
+
+def test_login_and_password_authenticate(auth_server, auth_model):
+    assert build_backend("registry", "mlflow", auth_server.conn()).champion(auth_model) == "1"
+
+
+def test_host_may_be_a_full_url_with_credentials(auth_server, auth_model):
+    url = auth_server.url.replace("http://", f"http://{auth_server.username}:{auth_server.password}@")
+    r = MlflowModelRegistry(ConnInfo(conn_id="c", host=url))
+    assert r.champion(auth_model) == "1"
+    assert r.tracking_uri == auth_server.url and auth_server.password not in repr(r)
+
+
+def test_bad_credentials_are_a_backend_error_naming_the_server(auth_server, auth_model):
+    bad = build_backend("registry", "mlflow", auth_server.conn(password="wrong-password"))
+    with pytest.raises(BackendError, match=rf"at {auth_server.url} failed: UNAUTHENTICATED \(check the conn") as info:
+        bad.champion(auth_model)
+    assert info.value.status == 401
+    assert "wrong-password" not in str(info.value)
+    anonymous = build_backend("registry", "mlflow", auth_server.conn(login=None, password=None))
+    with pytest.raises(BackendError, match="UNAUTHENTICATED"):
+        anonymous.resolve(auth_model, "1")
+
+
+def test_credentials_come_only_from_the_connection(auth_server, auth_model, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", auth_server.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth_server.password)
+    anonymous = build_backend("registry", "mlflow", auth_server.conn(login=None, password=None))
+    with pytest.raises(BackendError, match="UNAUTHENTICATED"):
+        anonymous.champion(auth_model)
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == auth_server.password  # restored after the call
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    build_backend("registry", "mlflow", auth_server.conn()).champion(auth_model)
+    assert not [k for k in os.environ if k.startswith("MLFLOW_TRACKING_")]
+
+
+def test_unreachable_server_is_a_backend_error_after_retries():
+    port = free_port()  # nothing listens there
+    r = MlflowModelRegistry(ConnInfo(conn_id="c", host="127.0.0.1", port=port, login="u", password="p"),
+                            backoff_seconds=0.01)
+    with pytest.raises(BackendError, match=rf"at http://127.0.0.1:{port} failed: .*after 3 attempts") as info:
+        r.champion("m")
+    assert info.value.backend == "mlflow registry"
+
+
+def test_configuration_errors():
+    with pytest.raises(ConfigError, match="needs a host"):
+        MlflowModelRegistry(ConnInfo(conn_id="c"))
+    with pytest.raises(ConfigError, match="either login/password or extra.token"):
+        MlflowModelRegistry(ConnInfo(conn_id="c", host="h", login="u", password="p", extra={"token": "t"}))
+    with pytest.raises(ConfigError, match="must be http"):
+        MlflowModelRegistry(ConnInfo(conn_id="c", host="file:///tmp/mlruns"))
+
+
+def test_reading_a_spec_or_building_the_backend_does_not_import_mlflow():
+    code = ("import sys; import canary.spec; from canary.backends import build_backend, ConnInfo; "
+            "build_backend('registry', 'mlflow', ConnInfo(conn_id='c', host='h')); "
+            "print('mlflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "plugins")})
+    assert done.stdout.strip() == "False"
+
+
+# -- retries, against a stub that answers like an overloaded server ----------------------------------------
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 503 to the first ``failures`` requests, then a registered model with a champion alias."""
+
+    failures = 0
+    requests: list[str] = []
+    authorization: list[str | None] = []
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        type(self).authorization.append(self.headers.get("Authorization"))
+        if len(type(self).requests) <= type(self).failures:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"upstream overloaded")
+            return
+        body = json.dumps({"registered_model": {"name": "m", "aliases": [{"alias": "champion", "version": "4"}]}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[str, type[_Flaky]]]:
+    handler = type("Flaky", (_Flaky,), {"requests": [], "authorization": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_transient_errors_are_retried_with_backoff(flaky):
+    url, handler = flaky
+    handler.failures = 2
+    r = MlflowModelRegistry(ConnInfo(conn_id="c", host=url, extra={"token": "tok"}), backoff_seconds=0.01)
+    assert r.champion("m") == "4"
+    assert len(handler.requests) == 3
+    assert handler.authorization == ["Bearer tok"] * 3
+
+
+def test_persistent_5xx_gives_up_with_the_status(flaky):
+    url, handler = flaky
+    handler.failures = 99
+    r = MlflowModelRegistry(ConnInfo(conn_id="c", host=url), max_attempts=2, backoff_seconds=0.01)
+    with pytest.raises(BackendError, match=rf"get registered model 'm' at {url} failed: .*kept answering with a "
+                                           r"transient HTTP error \(408/429/5xx\) after 2 attempts"):
+        r.champion("m")
+    assert len(handler.requests) == 2
