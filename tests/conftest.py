@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from services import require_service  # noqa: F401 - re-exported for older imports
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "dags")]
@@ -20,15 +21,6 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
 
 SPECS_DIR = ROOT / "include" / "rollouts"
-
-
-def require_service(available: bool, reason: str) -> None:
-    """Skip when a real service is missing locally; under CI=true a missing service is a failure."""
-    if available:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required service missing in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture

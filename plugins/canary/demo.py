@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL = "churn-demo"
@@ -142,6 +143,58 @@ def wait_http(url: str, timeout_s: float = 60.0, *, alive: subprocess.Popen[Any]
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
+@contextlib.contextmanager
+def prometheus_server(workdir: Path, *, targets: Sequence[str] = (), tsdb_dir: Path | None = None,
+                      scrape_interval_s: int = 1) -> Iterator[str]:
+    """Run Prometheus on a free loopback port, scraping ``targets`` (``host:port``); yield its base URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tsdb = tsdb_dir or workdir / "tsdb"
+    config = workdir / "prometheus.yml"
+    target_list = ", ".join(f'"{t}"' for t in targets)
+    config.write_text(
+        f"global:\n  scrape_interval: {scrape_interval_s}s\n  evaluation_interval: {scrape_interval_s}s\n"
+        + (f"scrape_configs:\n  - job_name: serving\n    static_configs:\n      - targets: [{target_list}]\n"
+           if targets else "scrape_configs: []\n"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "prometheus.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+                                 f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus not ready at {url}:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for_scrape(url: str, query: str, timeout_s: float = 15.0) -> None:
+    """Wait until ``query`` returns a sample (e.g. the first scrape of a target happened)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+        if result:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{query} never returned data from {url}")
+
+
 def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | None = None) -> None:
     """Register ``versions`` (the first is the champion, the second the challenger)."""
     from canary.backends.base import ConnInfo
@@ -155,8 +208,8 @@ def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | No
         registry.set_alias(stack.model, "challenger", versions[1])
 
 
-#: Every version has a realistic latency tail (3% of requests +60 ms) and a 1% baseline error rate.
-_TAIL = "tail_latency_ms=60,tail_fraction=0.03"
+#: Every version has a realistic latency tail (3% of requests +300 ms) and a 1% baseline error rate.
+_TAIL = "tail_latency_ms=300,tail_fraction=0.03"
 DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}",
                FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE},{_TAIL}"}
 
@@ -231,18 +284,39 @@ def migrate(airflow_home: Path, stack: LocalStack) -> None:
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def demo(state_dir: Path) -> int:
+@contextlib.contextmanager
+def prometheus_metrics(stack: LocalStack) -> Iterator[dict[str, str]]:
+    """Scrape the serving layer with a real Prometheus and point the demo spec's metrics at it.
+
+    Yields the extra Airflow environment: a spec directory whose ``churn-demo`` reads its metrics from
+    Prometheus (without a shadow test: Prometheus cannot pair mirrored requests) and its connection.
+    """
+    specs = stack.state_dir / "specs"
+    specs.mkdir(exist_ok=True)
+    spec = yaml.safe_load((ROOT / "include" / "rollouts" / f"{DEMO_MODEL}.yaml").read_text())
+    spec["backends"] = {"metrics": {"name": "prometheus", "conn_id": "canary_prometheus_demo"}}
+    spec["shadow"] = {"enabled": False}
+    (specs / f"{DEMO_MODEL}.yaml").write_text(yaml.safe_dump(spec))
+    with prometheus_server(stack.state_dir / "prometheus", targets=[f"127.0.0.1:{stack.port}"]) as url:
+        wait_for_scrape(url, 'up{job="serving"} == 1')
+        log(f"Prometheus on {url} scrapes the serving layer every second; the gate reads it")
+        conn = {"conn_type": "canary_metrics", "host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1])}
+        yield {"CANARY_SPECS_DIR": str(specs), "AIRFLOW_CONN_CANARY_PROMETHEUS_DEMO": json.dumps(conn)}
+
+
+def demo(state_dir: Path, *, metrics: str = "local") -> int:
     procs = Processes()
     expected = {GOOD: "promoted", FAULTY: "rolled_back"}
     results: list[dict[str, Any]] = []
     started = time.time()
     try:
-        with local_stack(state_dir, procs) as stack:
+        with local_stack(state_dir, procs) as stack, contextlib.ExitStack() as extras:
+            env = extras.enter_context(prometheus_metrics(stack)) if metrics == "prometheus" else {}
             airflow_home = state_dir / "airflow"
             migrate(airflow_home, stack)
             time.sleep(2)  # a little stable history before the first rollout
             for version in (GOOD, FAULTY):
-                report = run_rollout(stack, airflow_home, version)
+                report = run_rollout(stack, airflow_home, version, extra_env=env)
                 weights = stack.weights()
                 log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
                 results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
@@ -284,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m canary.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".state" / "demo")
     parser.add_argument("--ui", action="store_true", help="start airflow standalone instead of the two rollouts")
+    parser.add_argument("--metrics", choices=("local", "prometheus"), default="local",
+                        help="metrics store the gate reads: the serving layer's SQLite store (default) or a "
+                             "real Prometheus scraping it (needs the prometheus binary)")
     parser.add_argument("--seed-registry", type=Path, metavar="PATH",
                         help="only write the demo model's versions into a local registry file, then exit")
     args = parser.parse_args(argv)
@@ -293,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # SIGTERM (e.g. from CI or `timeout`) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    return ui(args.state_dir) if args.ui else demo(args.state_dir)
+    if args.metrics == "prometheus" and shutil.which("prometheus") is None:
+        parser.error("--metrics prometheus needs the prometheus binary on PATH (Debian: apt-get install prometheus)")
+    return ui(args.state_dir) if args.ui else demo(args.state_dir, metrics=args.metrics)
 
 
 if __name__ == "__main__":

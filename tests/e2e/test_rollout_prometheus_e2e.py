@@ -8,17 +8,17 @@ per-request pairs, so these specs run without a shadow test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+import shutil
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 import yaml
+from services import require_service
 
 from canary.backends.base import ConnInfo
-from canary.demo import Processes, local_stack, migrate, run_rollout
+from canary.demo import Processes, local_stack, migrate, prometheus_server, run_rollout, wait_for_scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -27,16 +27,6 @@ CONN_ID = "canary_prometheus_e2e"
 BASE = 0.01
 # v3 fails 16% of requests: it must be rolled back at the first stage.
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}"}
-
-
-def _harness():
-    """The Prometheus harness of the backend integration tests (a test module, loaded by path)."""
-    path = Path(__file__).resolve().parents[1] / "canary" / "backends" / "test_prometheus_integration.py"
-    spec = importlib.util.spec_from_file_location("prometheus_harness", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rollout_spec() -> dict:
@@ -54,8 +44,7 @@ def rollout_spec() -> dict:
 
 @pytest.fixture(scope="module")
 def e2e(request, tmp_path_factory):
-    harness = _harness()
-    harness.require_prometheus(request)
+    require_service(shutil.which("prometheus") is not None, "prometheus not installed (apt-get install prometheus)")
     root = tmp_path_factory.mktemp("e2e-prom")
     specs = root / "specs"
     specs.mkdir()
@@ -65,8 +54,8 @@ def e2e(request, tmp_path_factory):
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3"),
                          faults=FAULTS, rps=120) as stack:
             target = urlsplit(stack.url).netloc
-            with harness.prometheus_server(root / "prometheus", targets=[target]) as prom_url:
-                harness.wait_for_scrape(prom_url, 'up{job="serving"} == 1')
+            with prometheus_server(root / "prometheus", targets=[target]) as prom_url:
+                wait_for_scrape(prom_url, 'up{job="serving"} == 1')
                 migrate(root / "airflow", stack)
                 prom = urlsplit(prom_url)
                 conn = {"conn_type": "canary_metrics", "host": prom.hostname, "port": prom.port}

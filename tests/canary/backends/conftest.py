@@ -47,3 +47,29 @@ def flush(serving_url: str) -> Callable[[], None]:
                       timeout=10).raise_for_status()
 
     return flush
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A real moto server in a thread on a free loopback port (AWS APIs for the SageMaker/CloudWatch tests)."""
+    from services import require_service
+
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_conn(moto_url: str) -> Iterator[ConnInfo]:
+    """An AWS connection to the moto server, reset to an empty account for each test."""
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    yield ConnInfo(conn_id="aws_moto", login="testing", password="testing",
+                   extra={"region_name": "us-east-1", "endpoint_url": moto_url})

@@ -12,9 +12,7 @@ not request them), ``PartialData`` pagination of very long windows, and CloudWat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,34 +27,6 @@ pytestmark = pytest.mark.integration
 PERIOD_S = 60
 # A fixed, period-aligned origin well inside CloudWatch's retention (moto keeps everything anyway).
 T0 = (int(datetime.now(UTC).timestamp()) // 3600 - 2) * 3600
-
-
-@pytest.fixture(scope="module")
-def moto_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Start a moto server in a thread on a free loopback port for this module."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        # tests/conftest.py's helper: skips locally, fails under CI=true (imported by path, since
-        # tests/canary/backends/conftest.py shadows the module name ``conftest``).
-        root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[2] / "conftest.py"))
-        root_conftest.require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def conn(moto_url: str) -> Iterator[ConnInfo]:
-    import requests
-
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    yield ConnInfo(conn_id="aws_moto", login="testing", password="testing",
-                   extra={"region_name": "us-east-1", "endpoint_url": moto_url})
 
 
 def put(client: Any, variant: str, minute: int, *, requests: int, errors_4xx: int = 0, errors_5xx: int = 0,
@@ -80,12 +50,12 @@ def put(client: Any, variant: str, minute: int, *, requests: int, errors_4xx: in
             for name, count in slow.items()])
 
 
-def test_version_stats_sum_whole_periods(conn: ConnInfo) -> None:
-    cw = aws_client(conn, "cloudwatch")
+def test_version_stats_sum_whole_periods(aws_conn: ConnInfo) -> None:
+    cw = aws_client(aws_conn, "cloudwatch")
     for minute in range(5):
         put(cw, "v-v1", minute, requests=100, errors_4xx=1, errors_5xx=2, latency_us=(10_000.0, 30_000.0))
         put(cw, "v-v2", minute, requests=10, errors_5xx=1, latency_us=(50_000.0,))
-    source = CloudWatchMetricsSource(conn, endpoint="churn")
+    source = CloudWatchMetricsSource(aws_conn, endpoint="churn")
     assert isinstance(source, MetricsSource)
 
     stats = source.version_stats("v1", start_s=T0, end_s=T0 + 5 * PERIOD_S)
@@ -98,12 +68,12 @@ def test_version_stats_sum_whole_periods(conn: ConnInfo) -> None:
     assert (canary.requests, canary.errors, canary.latency_sum_ms, canary.latency_observations) == (50, 5, 250.0, 5)
 
 
-def test_exceedance_counters_become_the_latency_histogram(conn: ConnInfo) -> None:
-    cw = aws_client(conn, "cloudwatch")
+def test_exceedance_counters_become_the_latency_histogram(aws_conn: ConnInfo) -> None:
+    cw = aws_client(aws_conn, "cloudwatch")
     for minute in range(3):
         put(cw, "v-v1", minute, requests=4, latency_us=(20_000.0, 60_000.0, 120_000.0, 400_000.0),
             slow={"LatencyOver100ms": 2, "LatencyOver250ms": 1})
-    source = CloudWatchMetricsSource(conn, endpoint="churn", exceedance_namespace="Canary/SageMaker",
+    source = CloudWatchMetricsSource(aws_conn, endpoint="churn", exceedance_namespace="Canary/SageMaker",
                                      latency_exceedance_metrics={"250": "LatencyOver250ms", 100: "LatencyOver100ms"})
     stats = source.version_stats("v1", start_s=T0, end_s=T0 + 3 * PERIOD_S)
     assert stats.latency_buckets_ms == (100.0, 250.0, math.inf)
@@ -112,20 +82,20 @@ def test_exceedance_counters_become_the_latency_histogram(conn: ConnInfo) -> Non
     assert stats.latency_sum_ms == pytest.approx(3 * 600.0)
 
 
-def test_unknown_variant_and_short_window_have_no_data(conn: ConnInfo) -> None:
-    put(aws_client(conn, "cloudwatch"), "v-v1", 0, requests=5)
-    source = CloudWatchMetricsSource(conn, endpoint="churn")
+def test_unknown_variant_and_short_window_have_no_data(aws_conn: ConnInfo) -> None:
+    put(aws_client(aws_conn, "cloudwatch"), "v-v1", 0, requests=5)
+    source = CloudWatchMetricsSource(aws_conn, endpoint="churn")
     with pytest.raises(NoDataError, match="variant 'v-v9'.*no datapoints"):
         source.version_stats("v9", start_s=T0, end_s=T0 + 10 * PERIOD_S)
     with pytest.raises(NoDataError, match="no whole 60s period"):
         source.version_stats("v1", start_s=T0 + 5, end_s=T0 + 50)
     with pytest.raises(NoDataError):  # data exist, but not for this endpoint
-        CloudWatchMetricsSource(conn, endpoint="other").version_stats("v1", start_s=T0, end_s=T0 + PERIOD_S)
+        CloudWatchMetricsSource(aws_conn, endpoint="other").version_stats("v1", start_s=T0, end_s=T0 + PERIOD_S)
 
 
-def test_shadow_comparison_is_a_configuration_error(conn: ConnInfo) -> None:
+def test_shadow_comparison_is_a_configuration_error(aws_conn: ConnInfo) -> None:
     with pytest.raises(ConfigError, match="shadow.enabled: false"):
-        CloudWatchMetricsSource(conn, endpoint="churn").shadow_summary(stable="v1", candidate="v2", start_s=T0,
+        CloudWatchMetricsSource(aws_conn, endpoint="churn").shadow_summary(stable="v1", candidate="v2", start_s=T0,
                                                                        end_s=T0 + PERIOD_S)
 
 

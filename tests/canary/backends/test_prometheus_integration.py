@@ -5,30 +5,28 @@ counts across two pods and a counter reset, mirrored series excluded, latency bu
 (b) A live scrape (every 1 s) of the embedded serving layer, restarted mid-run: the counts agree with
 the local SQLite source's.
 
-The Prometheus harness here (:func:`prometheus_server`) is also used by the e2e rollout test.
+The Prometheus harness (:func:`canary.demo.prometheus_server`) is shared with the demo and the e2e test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from services import require_service
 
 from canary.backends.base import ConnInfo
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.backends.prometheus import PrometheusMetricsSource
+from canary.demo import free_port, prometheus_server, wait_for_scrape
 from canary.errors import NoDataError
 from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS
 from canary.serving.app import serving_in_thread
@@ -40,70 +38,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 TOKEN = "prometheus-integration-token"
 
 
-def require_prometheus(request: pytest.FixtureRequest) -> None:
+def require_prometheus(request: pytest.FixtureRequest | None = None) -> None:
     """Skip (locally) or fail (CI) without the ``prometheus`` and ``promtool`` binaries."""
-    # tests/conftest.py's helper; the nearer conftest.py shadows the module name `conftest`.
-    top = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[2] / "conftest.py"))
-    top.require_service(shutil.which("prometheus") is not None and shutil.which("promtool") is not None,
-                        "prometheus/promtool not installed (Debian: apt-get install prometheus)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def prometheus_server(workdir: Path, *, targets: Sequence[str] = (), tsdb_dir: Path | None = None,
-                      scrape_interval_s: int = 1) -> Iterator[str]:
-    """Run Prometheus on a free loopback port, scraping ``targets`` (``host:port``); yield its base URL."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    tsdb = tsdb_dir or workdir / "tsdb"
-    config = workdir / "prometheus.yml"
-    target_list = ", ".join(f'"{t}"' for t in targets)
-    config.write_text(
-        f"global:\n  scrape_interval: {scrape_interval_s}s\n  evaluation_interval: {scrape_interval_s}s\n"
-        + (f"scrape_configs:\n  - job_name: serving\n    static_configs:\n      - targets: [{target_list}]\n"
-           if targets else "scrape_configs: []\n"))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = workdir / "prometheus.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready at {url}:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def wait_for_scrape(url: str, query: str, timeout_s: float = 15.0) -> None:
-    """Wait until ``query`` returns a sample (e.g. the first scrape of a target happened)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
-        if result:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{query} never returned data from {url}")
+    require_service(shutil.which("prometheus") is not None and shutil.which("promtool") is not None,
+                    "prometheus/promtool not installed (Debian: apt-get install prometheus)")
 
 
 def conn_for(url: str) -> ConnInfo:
@@ -269,7 +207,7 @@ def test_extra_matchers_select_one_pod(history):
 def test_live_scrape_agrees_with_the_local_store_across_a_restart(request, tmp_path):
     require_prometheus(request)
     db = tmp_path / "metrics.db"
-    port = _free_port()
+    port = free_port()
     options = {"deployments": {"ep": ["v1", "v2", "v3"]}, "faults": {"v2": Faults(error_rate=0.2)}, "seed": 5}
 
     def serve_and_send(seconds: float) -> None:

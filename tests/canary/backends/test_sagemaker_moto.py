@@ -13,8 +13,6 @@ at weight 0 comes back without ``CurrentWeight``; ``InvokeEndpoint`` ignores the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,34 +27,6 @@ ROLE = "arn:aws:iam::123456789012:role/sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:latest"
 
 
-@pytest.fixture(scope="module")
-def moto_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Start a moto server in a thread on a free loopback port for this module."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        # tests/conftest.py's helper: skips locally, fails under CI=true (imported by path, since
-        # tests/canary/backends/conftest.py shadows the module name ``conftest``).
-        root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[2] / "conftest.py"))
-        root_conftest.require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def conn(moto_url: str) -> Iterator[ConnInfo]:
-    import requests
-
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    yield ConnInfo(conn_id="aws_moto", login="testing", password="testing",
-                   extra={"region_name": "us-east-1", "endpoint_url": moto_url})
-
-
 def create_endpoint(client: Any, endpoint: str, weights: dict[str, float]) -> None:
     """Create one model per version and an endpoint with a variant ``v-<version>`` per version."""
     variants = []
@@ -68,9 +38,9 @@ def create_endpoint(client: Any, endpoint: str, weights: dict[str, float]) -> No
     client.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-initial")
 
 
-def test_weights_shift_and_read_back(conn: ConnInfo) -> None:
-    create_endpoint(aws_client(conn, "sagemaker"), "churn", {"v1": 1.0, "v2": 0.0})
-    router = SageMakerTrafficRouter(conn, endpoint="churn", poll_interval_s=0.1)
+def test_weights_shift_and_read_back(aws_conn: ConnInfo) -> None:
+    create_endpoint(aws_client(aws_conn, "sagemaker"), "churn", {"v1": 1.0, "v2": 0.0})
+    router = SageMakerTrafficRouter(aws_conn, endpoint="churn", poll_interval_s=0.1)
     assert router.get_weights() == {"v1": 100, "v2": 0}
     router.deploy("v2")  # already a variant: no UpdateEndpoint call, which moto could not answer
     for split in ({"v1": 95, "v2": 5}, {"v1": 50, "v2": 50}, {"v2": 100}, {"v1": 100}):
@@ -78,9 +48,9 @@ def test_weights_shift_and_read_back(conn: ConnInfo) -> None:
         assert router.get_weights() == {"v1": split.get("v1", 0), "v2": split.get("v2", 0)}
 
 
-def test_weights_stay_whole_percents_with_three_variants(conn: ConnInfo) -> None:
-    create_endpoint(aws_client(conn, "sagemaker"), "fraud", {"a": 1.0, "b": 1.0, "c": 1.0})
-    router = SageMakerTrafficRouter(conn, endpoint="fraud")
+def test_weights_stay_whole_percents_with_three_variants(aws_conn: ConnInfo) -> None:
+    create_endpoint(aws_client(aws_conn, "sagemaker"), "fraud", {"a": 1.0, "b": 1.0, "c": 1.0})
+    router = SageMakerTrafficRouter(aws_conn, endpoint="fraud")
     assert router.get_weights() == {"a": 34, "b": 33, "c": 33}
     router.set_weights({"a": 80, "b": 15, "c": 5})
     assert router.get_weights() == {"a": 80, "b": 15, "c": 5}
@@ -88,7 +58,7 @@ def test_weights_stay_whole_percents_with_three_variants(conn: ConnInfo) -> None
         router.set_weights({"a": 50, "z": 50})
 
 
-def test_missing_endpoint_is_a_backend_error(conn: ConnInfo) -> None:
-    router = SageMakerTrafficRouter(conn, endpoint="nowhere")
+def test_missing_endpoint_is_a_backend_error(aws_conn: ConnInfo) -> None:
+    router = SageMakerTrafficRouter(aws_conn, endpoint="nowhere")
     with pytest.raises(BackendError, match="DescribeEndpoint on endpoint 'nowhere' failed: ValidationException"):
         router.get_weights()

@@ -1,0 +1,16 @@
+"""Checks for the real servers integration tests need (importable as ``services`` from any test)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip when a real service is missing locally; under CI=true a missing service is a failure."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"required service missing in CI: {reason}")
+    pytest.skip(reason)
