@@ -6,12 +6,25 @@ and version (see :data:`REQUIRED_COLUMNS` and the optional ``weight``, ``latency
 every run, as the observe tasks of all stages would see it: a *stage* is a maximal stretch of equal
 ``weight`` (the whole run without a ``weight`` column; then the SRM check is skipped), its window
 starts ``analysis.warmup`` after its first row, and the state of :class:`SequentialAnalyzer` is carried
-from each stage's last evaluation to the next stage. The absolute error-rate and p99 guardrails apply
-as in the gate. Stage progression is not re-simulated.
+from each stage's last evaluation to the next stage. Stage progression is not re-simulated.
+
+Each stretch takes the rules of the spec stage with the same weight (the first such stage; without
+a ``weight`` column, or before the first weight of a run, the spec's first stage; a weight that no
+spec stage has takes the largest ``min_duration`` and ``min_requests`` of the spec and no deadline;
+a weight of 0 is no canary stage and takes no rules). As in the live gate
+(:func:`canary.gate.evaluate_stage`), with ``elapsed`` = time since the stretch's first row:
+
+* the absolute error-rate and p99 guardrails roll back (after ``guardrails.min_requests`` canary
+  requests in the window);
+* after the warm-up, a window with no canary requests (or, below 100%, no stable requests) HALTs once
+  ``elapsed >= min_duration`` (metric ``data``: missing data is not healthy);
+* promotion needs ``elapsed >= min_duration`` and at least ``min_requests`` canary requests in the
+  window of the last stretch, besides every assessment saying ADVANCE.
 
 A run's decision is ``rollback`` or ``halt`` if either ever fires (the first time), else ``promote``
-if every assessment says ADVANCE at the end of the data, else ``timeout`` if the last stage ran past
-the ``max_duration`` of the spec stage with its weight, else ``continue``.
+if the promotion criterion holds at the end of the data (below 100%, with the analyzer evaluated in the
+last stretch; at 100%, where the gate compares nothing, with the last evaluated assessments all
+ADVANCE), else ``timeout`` if the last stretch ran past its ``max_duration``, else ``continue``.
 
 Everything that can fire is computed vectorised over all rows of all runs (label e-processes on a
 grid, SRM, TV bounds, guardrails); the evidence of the row where a run's decision first held, and the
@@ -191,6 +204,33 @@ class Points:
     cum: dict[str, np.ndarray]  # "<version>_<field>" -> cumulative within the stage window
     last_of_stage: np.ndarray
     stage_start_t: np.ndarray
+    elapsed_s: np.ndarray  # since the first row of the stage (the gate's stage clock)
+    min_duration_s: np.ndarray  # rules of the spec stage matched by weight (see _stage_rules)
+    min_requests: np.ndarray
+    max_duration_s: np.ndarray
+    has_rules: np.ndarray  # False for weight 0 (no canary stage)
+    compares: np.ndarray  # canary vs stable is compared (weight below 100 or unknown)
+
+
+def _stage_rules(spec: RolloutSpec, weight: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Return per point ``min_duration_s, min_requests, max_duration_s, has_rules`` of the matching spec stage.
+
+    ``weight`` is the configured canary percentage (nan if unknown: the spec's first stage). The first
+    spec stage with the rounded weight gives the rules; an unmatched weight takes the strictest promotion
+    rules of the spec (largest ``min_duration`` and ``min_requests``) and no deadline; weight 0 none.
+    """
+    stages = spec.stages
+    w = np.where(np.isnan(weight), float(stages[0].weight), np.round(np.nan_to_num(weight)))
+    min_dur = np.full(len(w), max(s.min_duration_s for s in stages), dtype=float)
+    min_req = np.full(len(w), max(s.min_requests for s in stages), dtype=float)
+    max_dur = np.full(len(w), math.inf)
+    matched = np.zeros(len(w), dtype=bool)
+    for s in stages:
+        hit = (w == s.weight) & ~matched
+        min_dur[hit], min_req[hit], max_dur[hit] = s.min_duration_s, s.min_requests, s.max_duration_s
+        matched |= hit
+    has_rules = w > 0
+    return min_dur, min_req, max_dur, has_rules
 
 
 def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
@@ -233,9 +273,11 @@ def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
     evaluated = in_window & compares & (cum["canary_requests"] > 0) & (cum["stable_requests"] > 0)
     last = np.ones(n, dtype=bool)
     last[:-1] = stage_global[1:] != stage_global[:-1]
+    min_dur, min_req, max_dur, has_rules = _stage_rules(spec, w)
     return Points(run=run, run_names=np.asarray(run_names), t=t, stage=stage, weight=w, evaluated=evaluated,
                   in_window=in_window, run_canary_requests=run_canary, cum=cum, last_of_stage=last,
-                  stage_start_t=stage_start_t)
+                  stage_start_t=stage_start_t, elapsed_s=t - stage_start_t, min_duration_s=min_dur,
+                  min_requests=min_req, max_duration_s=max_dur, has_rules=has_rules, compares=np.isnan(w) | (w < 100))
 
 
 def _carry(p: Points, values: np.ndarray, carried_if: np.ndarray) -> np.ndarray:
@@ -297,7 +339,7 @@ def _label_log_e(p: Points, metric: MetricSpec, xc: np.ndarray, xs: np.ndarray, 
 
 def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray]:
     """Return per point: code of what fires (0 none, 1 rollback, 2 halt) and the metric index (-1 guardrail,
-    len(metrics) for srm)."""
+    -3 missing data, len(metrics) for srm)."""
     n = len(p.t)
     metrics = spec.analysis.metrics
     total_w = sum(m.weight for m in metrics)
@@ -321,6 +363,9 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
         bounds = np.array([*layout.latency_bounds_ms, math.inf])
         p99 = _quantile(_latency_hist(p, layout, "canary"), bounds, 0.99)
         mark(guard_ok & (p99 > rails.max_latency_p99_ms), 1, -1)
+    # The gate's order: guardrails, then an empty window HALTs once the minimum duration has passed (the
+    # analyzer is not called on it, and ``evaluated`` is False there anyway).
+    mark(_no_data(p), 2, -3)
 
     rollback = np.zeros(n, dtype=bool)
     halt = np.zeros(n, dtype=bool)
@@ -360,6 +405,14 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
     mark(halt, 2, 0)
     which[(code == 2) & (which == 0)] = halt_metric[(code == 2) & (which == 0)]
     return code, which
+
+
+def _no_data(p: Points) -> np.ndarray:
+    """Points where the gate HALTs for missing data: no canary (below 100%: or stable) requests in the
+    window after the stage's minimum duration."""
+    c = p.cum
+    empty = (c["canary_requests"] == 0) | (p.compares & (c["stable_requests"] == 0))
+    return p.in_window & p.has_rules & (p.elapsed_s >= p.min_duration_s) & empty
 
 
 def _latency_fires(p: Points, layout: Layout, m: MetricSpec, log_thr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +491,31 @@ def _snapshot(p: Points, layout: Layout, i: int) -> Snapshot:
                     end_s=float(p.t[i]))
 
 
+def _weight_label(p: Points, i: int) -> str:
+    return "unknown weight" if np.isnan(p.weight[i]) else f"{p.weight[i]:g}%"
+
+
+def _gate_evidence(p: Points, i: int) -> dict[str, Any]:
+    """Stage clock and rules at point ``i`` (what the gate's ``timing`` evidence holds)."""
+    return {"stage": int(p.stage[i]), "weight_pct": None if np.isnan(p.weight[i]) else float(p.weight[i]),
+            "elapsed_s": float(p.elapsed_s[i]), "min_duration_s": float(p.min_duration_s[i]),
+            "canary_requests": int(p.cum["canary_requests"][i]), "min_requests": int(p.min_requests[i])}
+
+
+def _promotion_waits(p: Points, i: int) -> list[str]:
+    """What keeps the gate from advancing at point ``i`` besides the metrics (empty when nothing does)."""
+    waits = []
+    if not p.has_rules[i]:
+        waits.append("weight 0 is no canary stage")
+    if not p.in_window[i]:
+        waits.append("warming up")
+    if p.elapsed_s[i] < p.min_duration_s[i]:
+        waits.append(f"{p.elapsed_s[i]:g}/{p.min_duration_s[i]:g} s")
+    if p.cum["canary_requests"][i] < max(p.min_requests[i], 1):
+        waits.append(f"{int(p.cum['canary_requests'][i])}/{int(p.min_requests[i])} canary requests")
+    return waits
+
+
 def _weight_pct(p: Points, i: int) -> int:
     return int(round(p.weight[i])) if not np.isnan(p.weight[i]) else 0
 
@@ -458,7 +536,6 @@ def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict
     analyzer = SequentialAnalyzer()
     metrics = spec.analysis.metrics
     rails = spec.analysis.guardrails
-    max_by_weight = {s.weight: s.max_duration_s for s in spec.stages}
     starts = np.flatnonzero(np.r_[True, p.run[1:] != p.run[:-1]])
     ends = np.r_[starts[1:], len(p.t)]
     for a, b in zip(starts, ends, strict=True):
@@ -469,7 +546,14 @@ def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict
             decision = "rollback" if code[i] == 1 else "halt"
             metric_idx = int(which[i])
             evidence: dict[str, Any] = {}
-            if metric_idx == -1:
+            if metric_idx == -3:
+                metric, evidence = "data", {**_gate_evidence(p, i),
+                                            "stable_requests": int(p.cum["stable_requests"][i])}
+                empty = [v for v in ("canary", "stable") if p.cum[f"{v}_requests"][i] == 0
+                         and (v == "canary" or p.compares[i])]
+                evidence["reason"] = (f"no {' or '.join(empty)} requests after {p.elapsed_s[i]:g} s at "
+                                      f"{_weight_label(p, i)} (minimum duration {p.min_duration_s[i]:g} s)")
+            elif metric_idx == -1:
                 c = p.cum
                 metric = "guardrail"
                 evidence = {"canary_requests": int(c["canary_requests"][i]),
@@ -493,15 +577,21 @@ def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict
         i = b - 1
         evaluated = np.flatnonzero(p.evaluated[a:b])
         decision, evidence = "continue", {}
+        non_inferior = False
         if evaluated.size:
             j = a + int(evaluated[-1])
             assessments, _ = _analyze_at(spec, p, layout, j, analyzer)
             evidence = {x.metric: x.decision.value for x in assessments}
-            if assessments and all(x.decision is Decision.ADVANCE for x in assessments):
-                decision = "promote"
-        if decision == "continue":
-            limit = max_by_weight.get(_weight_pct(p, i))
-            if limit is not None and p.t[i] - p.stage_start_t[i] >= limit:
-                decision = "timeout"
+            # Below 100% the gate decides on the last stretch's own evaluation; at 100% it compares
+            # nothing, and the last evaluated (earlier) stage stands for the stages that led there.
+            current = p.stage[j] == p.stage[i] or not p.compares[i]
+            non_inferior = current and bool(assessments) and all(x.decision is Decision.ADVANCE for x in assessments)
+        gate = _gate_evidence(p, i)
+        waiting = _promotion_waits(p, i)
+        evidence["gate"] = {**gate, "waiting": waiting}
+        if non_inferior and not waiting:
+            decision = "promote"
+        elif p.elapsed_s[i] >= p.max_duration_s[i]:
+            decision = "timeout"
         yield {"run": name, "decision": decision, "t": float(p.t[i]),
                "canary_requests": int(p.run_canary_requests[i]), "metric": None, "evidence": evidence}
