@@ -1,0 +1,121 @@
+"""End to end: rollout DAGs on the embedded serving layer and local metrics, with a real MLflow registry.
+
+`airflow dags test` runs the DAG; the registry connection (basic auth) reaches it as
+``AIRFLOW_CONN_<ID>`` and the spec picks ``backends.registry: {name: mlflow, conn_id: <id>}``. The
+serving layer's version names are MLflow's version numbers. The MLflow server harness is the one of
+tests/canary/backends/test_mlflow_registry.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canary.backends.mlflow_registry import MlflowModelRegistry
+from canary.demo import Processes, local_stack, migrate, run_rollout
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
+
+MODEL, ENDPOINT = "e2e-mlflow-model", "e2e-mlflow"
+CONN_ID = "canary_mlflow_e2e"
+BASE = 0.01
+# "3" fails 16% of requests: it must be rolled back at the first stage.
+FAULTS = {"1": f"error_rate={BASE}", "2": f"error_rate={BASE}", "3": f"error_rate={BASE + 0.15}"}
+
+
+def _harness():
+    path = Path(__file__).resolve().parents[1] / "canary" / "backends" / "test_mlflow_registry.py"
+    spec = importlib.util.spec_from_file_location("mlflow_harness", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def rollout_spec() -> dict:
+    return {
+        "model": MODEL, "endpoint": ENDPOINT, "owner": "e2e",
+        "shadow": {"enabled": False},
+        "backends": {"registry": {"name": "mlflow", "conn_id": CONN_ID}},
+        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
+                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
+        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
+                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
+                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
+    }
+
+
+@pytest.fixture(scope="module")
+def e2e(request, tmp_path_factory):
+    harness = _harness()
+    exe = harness.require_mlflow_server(request)
+    root = tmp_path_factory.mktemp("e2e-mlflow")
+    specs = root / "specs"
+    specs.mkdir()
+    (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(rollout_spec()))
+    procs = Processes()
+    try:
+        with harness.mlflow_servers(exe, root / "mlflow", auth=(True,)) as (server,):
+            mlflow = MlflowModelRegistry(server.conn())
+            for i in (1, 2, 3):
+                assert mlflow.register_version(MODEL, f"s3://canary-e2e/{MODEL}/{i}") == str(i)
+            mlflow.set_alias(MODEL, "champion", "1")
+            mlflow.set_alias(MODEL, "challenger", "2")
+            with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("1", "2", "3"),
+                             faults=FAULTS, rps=120) as stack:
+                migrate(root / "airflow", stack)
+                conn = {"conn_type": "canary_registry", "host": server.url, "login": server.username,
+                        "password": server.password}
+                env = {"CANARY_SPECS_DIR": str(specs), f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn),
+                       "MLFLOW_DISABLE_TELEMETRY": "true"}
+                yield stack, root / "airflow", env, mlflow, server
+    finally:
+        procs.stop_all()
+
+
+def test_challenger_is_promoted_and_the_champion_alias_moves_in_mlflow(e2e):
+    stack, home, env, mlflow, _ = e2e
+    report = run_rollout(stack, home, "challenger", extra_env=env)  # resolved through the MLflow alias
+    assert report["outcome"] == "promoted", report
+    assert [s["decision"] for s in report["timeline"]] == ["advance", "advance"]
+    assert stack.weights() == {"2": 100}
+    assert mlflow.aliases(MODEL) == {"challenger": "2", "champion": "2"}
+    tags = mlflow.get_tags(MODEL, "2")
+    assert tags["rollout.result"] == "promoted" and tags["rollout.run_id"]
+    assert json.loads(tags["rollout.summary"])["retired"] == "1"
+    assert mlflow.get_tags(MODEL, "1") == {"rollout.retired_by": "2"}
+    assert mlflow.get_tags(MODEL, "3") == {}
+
+
+def test_faulty_version_is_rolled_back_and_tagged_in_mlflow(e2e):
+    stack, home, env, mlflow, _ = e2e
+    before = mlflow.champion(MODEL)
+    aliases = mlflow.aliases(MODEL)
+    report = run_rollout(stack, home, "3", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
+    assert stack.weights() == {before: 100}
+    assert mlflow.aliases(MODEL) == aliases  # a rollback moves no alias
+    tags = mlflow.get_tags(MODEL, "3")
+    assert tags["rollout.result"] == "rolled_back" and tags["rollout.run_id"]
+    assert tags["rollout.reason"].startswith("stage 1 (25%)"), tags
+    assert json.loads(tags["rollout.summary"]) == {"stable": before}
+
+
+def test_unknown_version_is_refused_before_traffic_moves(e2e):
+    stack, home, env, mlflow, server = e2e
+    serving = stack.weights()
+    with pytest.raises(RuntimeError, match="wrote no report"):  # refused while planning: no plan, no report
+        run_rollout(stack, home, "9", extra_env=env)
+    log = (stack.state_dir / "airflow-9.log").read_text()
+    assert f"rollout refused: version: model '{MODEL}' has no version or alias '9' (known: 1, 2, 3," in log
+    assert stack.weights() == serving
+    assert mlflow.list_versions(MODEL) == ["1", "2", "3"]
+    for airflow_log in stack.state_dir.glob("airflow-*.log"):
+        assert server.password not in airflow_log.read_text(), airflow_log
