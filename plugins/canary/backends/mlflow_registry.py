@@ -152,50 +152,51 @@ class MlflowModelRegistry:
 
     # -- calls, retries and error mapping ----------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., T]) -> T:
+    def _call(self, fn: Callable[..., T], *, retry: bool = True) -> T:
         """Call the client with the connection's credentials; retry transient failures with backoff.
 
         MLflow errors that are not transient propagate unchanged, for the caller to map by error code.
+        Every call made with ``retry`` must be idempotent (reads, setting a tag or an alias).
         """
         from mlflow.exceptions import MlflowException
 
         client = self._client
-        for attempt in range(1, self.max_attempts + 1):
+        attempts = self.max_attempts if retry else 1
+        for attempt in range(1, attempts + 1):
             try:
                 with _scoped_env(self._env):
                     return fn(client)
             except MlflowException as err:
-                if attempt == self.max_attempts or not _is_transient(err):
+                if attempt == attempts or not _is_transient(err):
                     raise
                 time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _backend_error(self, what: str, err: Exception) -> BackendError:
         """Describe a failed call: what was attempted, where, and MLflow's answer (never credentials)."""
-        code = getattr(err, "error_code", None) or type(err).__name__
-        status_fn = getattr(err, "get_http_status_code", None)
-        status = status_fn() if callable(status_fn) else None
         import requests
 
+        code = getattr(err, "error_code", None) or type(err).__name__
         # The client raises INTERNAL_ERROR for every failure without a usable answer; the requests
         # exception it was raised from says which (for 408/429/5xx its own retry layer hides the status).
         cause = err.__cause__ or err.__context__
-        if code in _AUTH_CODES:
-            hint = " (check the connection's login/password or extra.token)"
-        elif isinstance(cause, requests.exceptions.RetryError):
-            hint = f" (the server kept answering with a transient HTTP error (408/429/5xx) after {self.max_attempts} attempts)"
+        status: int | None = None
+        if isinstance(cause, requests.exceptions.RetryError):
+            hint = " (the server kept answering with a transient HTTP error (408/429/5xx))"
         elif isinstance(cause, requests.exceptions.RequestException):
-            hint = f" (no answer from the server after {self.max_attempts} attempts: {type(cause).__name__})"
+            hint = f" (no answer from the server: {type(cause).__name__})"
         else:
-            hint = ""
+            status_fn = getattr(err, "get_http_status_code", None)
+            status = status_fn() if callable(status_fn) else None
+            hint = " (check the connection's login/password or extra.token)" if code in _AUTH_CODES else ""
         return BackendError(BACKEND, f"{what} at {self.tracking_uri} failed: {code}{hint}: {err}", status=status)
 
-    def _run(self, what: str, fn: Callable[..., T]) -> T:
+    def _run(self, what: str, fn: Callable[..., T], *, retry: bool = True) -> T:
         """Call the client; every MLflow error becomes a BackendError naming ``what`` and the server."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._call(fn)
+            return self._call(fn, retry=retry)
         except MlflowException as err:
             raise self._backend_error(what, err) from err
 
@@ -321,8 +322,9 @@ class MlflowModelRegistry:
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise self._backend_error(f"create registered model {name!r}", err) from err
+        # Not retried: a lost answer to a successful request would register a second version.
         created = self._run(f"create a version of model {name!r}",
-                            lambda c: c.create_model_version(name, source, tags=dict(tags or {})))
+                            lambda c: c.create_model_version(name, source, tags=dict(tags or {})), retry=False)
         return str(created.version)
 
     def set_alias(self, model: str, alias: str, version: str) -> None:
