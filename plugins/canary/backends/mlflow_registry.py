@@ -108,7 +108,10 @@ class MlflowModelRegistry:
 
     def __init__(self, conn: ConnInfo, *, registered_model_name: str | None = None,
                  champion_alias: str = CHAMPION, request_timeout_seconds: float = 30.0, max_attempts: int = 3,
-                 backoff_seconds: float = 0.5) -> None:
+                 backoff_seconds: float = 0.5, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"mlflow registry: unknown options {sorted(unknown)}; known: registered_model_name, "
+                              "champion_alias, request_timeout_seconds, max_attempts, backoff_seconds")
         try:
             url = conn.base_url()
         except ValueError as err:

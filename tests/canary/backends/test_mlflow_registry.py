@@ -294,6 +294,8 @@ def test_configuration_errors():
         MlflowModelRegistry(ConnInfo(conn_id="c"))
     with pytest.raises(ConfigError, match="either login/password or extra.token"):
         MlflowModelRegistry(ConnInfo(conn_id="c", host="h", login="u", password="p", extra={"token": "t"}))
+    with pytest.raises(ConfigError, match=r"unknown options \['endpoint'\]; known: registered_model_name"):
+        build_backend("registry", "mlflow", ConnInfo(conn_id="c", host="h"), endpoint="churn")
     with pytest.raises(ConfigError, match="must be http"):
         MlflowModelRegistry(ConnInfo(conn_id="c", host="file:///tmp/mlruns"))
 
