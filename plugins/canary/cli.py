@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "traffic": ("canary.serving.cli", "send synthetic prediction traffic to the embedded serving layer"),
     "plan": ("canary.stats.cli", "expected requests and time to a decision for each stage and metric"),
     "replay": ("canary.stats.cli", "backtest a spec's decision policy on recorded metrics (CSV)"),
+    "trigger": ("canary.trigger_cli", "start a rollout through the Airflow REST API; --wait follows it"),
 }
 
 

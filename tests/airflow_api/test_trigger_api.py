@@ -1,0 +1,93 @@
+"""Starting rollouts through the real Airflow REST API, directly and with ``canary trigger``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from canary.trigger_cli import AirflowApiError, refused_field
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+MODEL = "api-model"  # the model of tests/airflow_api/conftest.py
+DAG_ID = f"canary_rollout__{MODEL}"
+
+
+def canary_trigger(server, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **server.cli_env()}
+    env.pop("CANARY_AIRFLOW_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "canary", "trigger", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+@pytest.mark.parametrize(("conf", "field"), [
+    ({"version": "v2", "stages": [100]}, "stages"),             # fewer weights than the spec's stages
+    ({"version": "v2", "stages": [25, 200]}, "stages"),         # above 100
+    ({"version": "v2", "dry_run": "yes"}, "dry_run"),            # not a boolean
+    ({"version": ""}, "version"),                                # empty
+    ({"version": "v2", "reason": "x" * 501}, "reason"),          # too long
+])
+def test_api_refuses_bad_conf_naming_the_field(airflow_server, conf, field):
+    before = len(airflow_server.runs(DAG_ID))
+    with pytest.raises(AirflowApiError) as err:
+        airflow_server.client().trigger(DAG_ID, conf)
+    assert err.value.status == 400, err.value
+    assert refused_field(err.value.detail) == field, err.value.detail
+    assert len(airflow_server.runs(DAG_ID)) == before
+
+
+def test_api_refuses_a_conf_that_is_not_an_object(airflow_server):
+    with pytest.raises(AirflowApiError) as err:
+        airflow_server.client().request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                                        json_body={"logical_date": None, "conf": "v2"})
+    assert err.value.status == 422 and refused_field(err.value.detail) is None
+
+
+def test_cli_reports_unknown_model_and_refused_field(airflow_server):
+    unknown = canary_trigger(airflow_server, "no-such-model", "--version", "v2")
+    assert unknown.returncode == 2, unknown
+    assert "unknown model 'no-such-model'" in unknown.stderr and "canary_rollout__no-such-model" in unknown.stderr
+    bad = canary_trigger(airflow_server, MODEL, "--version", "v2", "--stages", "100")
+    assert bad.returncode == 2 and "field 'stages'" in bad.stderr, bad.stderr
+    wrong_password = subprocess.run([sys.executable, "-m", "canary", "trigger", MODEL, "--version", "v2"],
+                                    env={**os.environ, **airflow_server.cli_env(), "CANARY_AIRFLOW_PASSWORD": "nope"},
+                                    capture_output=True, text=True, timeout=60)
+    assert wrong_password.returncode == 2 and "/auth/token: HTTP 401" in wrong_password.stderr
+
+
+@pytest.mark.parametrize(("args", "refusal"), [
+    (["--version", "v404"], "version: model 'api-model' has no version or alias 'v404'"),
+    (["--version", "v2", "--stages", "50,25"], "stages[1]: must be greater than stages[0] (50)"),
+])
+def test_what_the_schema_cannot_express_is_refused_by_the_first_task_before_traffic_moves(airflow_server, args,
+                                                                                        refusal):
+    weights = airflow_server.stack.weights()
+    result = canary_trigger(airflow_server, MODEL, *args, "--wait", "--timeout", "3m", "--poll-interval", "1s")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    summary, report = result.stdout.strip().splitlines()[-2:]
+    assert f"REFUSED - {refusal}" in summary, summary
+    assert json.loads(report)["outcome"] == "refused"
+    run = airflow_server.runs(DAG_ID)[0]
+    assert run["state"] == "failed" and run["conf"]["version"] == args[1]
+    client = airflow_server.client()
+    assert client.task_instance(DAG_ID, run["dag_run_id"], "validate_request")["state"] == "failed"
+    assert client.task_instance(DAG_ID, run["dag_run_id"], "deploy_canary")["state"] != "success"
+    assert f"rollout refused: {refusal}" in client.task_log(DAG_ID, run["dag_run_id"], "validate_request", 1)
+    assert airflow_server.stack.weights() == weights
+
+
+def test_good_rollout_through_cli_wait_ends_promoted(airflow_server):
+    result = canary_trigger(airflow_server, MODEL, "--version", "v2", "--reason", "api test", "--wait",
+                            "--timeout", "4m", "--poll-interval", "2s")
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    summary, report_line = result.stdout.strip().splitlines()[-2:]
+    assert "PROMOTED" in summary
+    report = json.loads(report_line)
+    assert report["outcome"] == "promoted" and report["candidate"] == "v2"
+    assert airflow_server.password not in result.stdout + result.stderr
+    assert airflow_server.stack.weights() == {"v2": 100}
+    assert airflow_server.registry().champion(MODEL) == "v2"
