@@ -52,9 +52,9 @@ def rollout_spec() -> dict:
 
 
 @pytest.fixture(scope="module")
-def e2e(request, tmp_path_factory):
+def e2e(tmp_path_factory):
     harness = _harness()
-    exe = harness.require_mlflow_server(request)
+    exe = harness.require_mlflow_server()
     root = tmp_path_factory.mktemp("e2e-mlflow")
     specs = root / "specs"
     specs.mkdir()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from services import require_service
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo, ModelRegistry
@@ -76,12 +77,10 @@ class MlflowServer:
         return ConnInfo(**{**fields, **overrides})
 
 
-def require_mlflow_server(request: pytest.FixtureRequest) -> Path:
+def require_mlflow_server() -> Path:
     """Return the server executable; skip (locally) or fail (CI) when it cannot be had."""
     exe, why = mlflow_server_executable()
-    # tests/conftest.py's helper; the nearer conftest.py shadows the module name `conftest`.
-    top = request.config.pluginmanager.get_plugin(str(ROOT / "tests" / "conftest.py"))
-    top.require_service(exe is not None, why)
+    require_service(exe is not None, why)
     assert exe is not None
     return exe
 
@@ -128,8 +127,8 @@ def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (Fals
 
 
 @pytest.fixture(scope="module")
-def servers(request, tmp_path_factory) -> Iterator[list[MlflowServer]]:
-    with mlflow_servers(require_mlflow_server(request), tmp_path_factory.mktemp("mlflow"), auth=(False, True)) as srvs:
+def servers(tmp_path_factory) -> Iterator[list[MlflowServer]]:
+    with mlflow_servers(require_mlflow_server(), tmp_path_factory.mktemp("mlflow"), auth=(False, True)) as srvs:
         yield srvs
 
 
