@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fast_spec import fast_spec
 
 from canary.backends.base import ConnInfo
 from canary.demo import Processes, local_stack, migrate, run_rollout
@@ -24,29 +25,14 @@ FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_
           "v4": f"error_rate={BASE}", "v5": "error_rate=0.6"}
 
 
-def spec(model: str, **overrides) -> dict:
-    data = {
-        "model": model, "endpoint": ENDPOINT, "owner": "e2e",
-        "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.3,
-                   "min_prediction_agreement": 0.7},
-        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
-                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
-        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
-                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
-                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
-    }
-    data.update(overrides)
-    return data
-
-
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     specs = root / "specs"
     specs.mkdir()
-    (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec(MODEL)))
+    (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(MODEL, ENDPOINT)))
     # Same endpoint, metrics through a connection that does not exist: its observe task must fail.
-    broken = spec("e2e-broken", shadow={"enabled": False},
+    broken = fast_spec("e2e-broken", ENDPOINT, shadow={"enabled": False},
                   backends={"metrics": {"name": "local", "conn_id": "no_such_connection"}})
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
     procs = Processes()

@@ -2,19 +2,17 @@
 
 `airflow dags test` runs the DAG; the registry connection (basic auth) reaches it as
 ``AIRFLOW_CONN_<ID>`` and the spec picks ``backends.registry: {name: mlflow, conn_id: <id>}``. The
-serving layer's version names are MLflow's version numbers. The MLflow server harness is the one of
-tests/canary/backends/test_mlflow_registry.py.
+serving layer's version names are MLflow's version numbers. The MLflow server comes from tests/mlflow_harness.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from fast_spec import fast_spec
+from mlflow_harness import mlflow_servers, require_mlflow_server
 
 from canary.backends.mlflow_registry import MlflowModelRegistry
 from canary.demo import Processes, local_stack, migrate, run_rollout
@@ -28,40 +26,20 @@ BASE = 0.01
 FAULTS = {"1": f"error_rate={BASE}", "2": f"error_rate={BASE}", "3": f"error_rate={BASE + 0.15}"}
 
 
-def _harness():
-    path = Path(__file__).resolve().parents[1] / "canary" / "backends" / "test_mlflow_registry.py"
-    spec = importlib.util.spec_from_file_location("mlflow_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def rollout_spec() -> dict:
-    return {
-        "model": MODEL, "endpoint": ENDPOINT, "owner": "e2e",
-        "shadow": {"enabled": False},
-        "backends": {"registry": {"name": "mlflow", "conn_id": CONN_ID}},
-        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
-                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
-        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
-                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
-                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
-    }
+    return fast_spec(MODEL, ENDPOINT, shadow={"enabled": False}, backends={"registry": {"name": "mlflow", "conn_id": CONN_ID}})
 
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    harness = _harness()
-    exe = harness.require_mlflow_server()
+    exe = require_mlflow_server()
     root = tmp_path_factory.mktemp("e2e-mlflow")
     specs = root / "specs"
     specs.mkdir()
     (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(rollout_spec()))
     procs = Processes()
     try:
-        with harness.mlflow_servers(exe, root / "mlflow", auth=(True,)) as (server,):
+        with mlflow_servers(exe, root / "mlflow", auth=(True,)) as (server,):
             mlflow = MlflowModelRegistry(server.conn())
             for i in (1, 2, 3):
                 assert mlflow.register_version(MODEL, f"s3://canary-e2e/{MODEL}/{i}") == str(i)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
+from fast_spec import fast_spec
 from services import require_service
 
 from canary.backends.base import ConnInfo
@@ -30,16 +31,8 @@ FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_
 
 
 def rollout_spec() -> dict:
-    return {
-        "model": MODEL, "endpoint": ENDPOINT, "owner": "e2e",
-        "shadow": {"enabled": False},
-        "backends": {"metrics": {"name": "prometheus", "conn_id": CONN_ID}},
-        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
-                   {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
-        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
-                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
-                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
-    }
+    return fast_spec(MODEL, ENDPOINT, shadow={"enabled": False},
+                     backends={"metrics": {"name": "prometheus", "conn_id": CONN_ID}})
 
 
 @pytest.fixture(scope="module")

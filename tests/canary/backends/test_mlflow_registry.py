@@ -8,123 +8,25 @@ first, since a healthy server cannot be made to fail on cue.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.server
 import json
 import os
-import secrets
-import shutil
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from services import require_service
+from mlflow_harness import ROOT, MlflowServer, mlflow_servers, require_mlflow_server
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo, ModelRegistry
 from canary.backends.mlflow_registry import MAX_TAG_VALUE_CHARS, MlflowModelRegistry
-from canary.demo import Processes, free_port, wait_http
+from canary.demo import free_port
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-ROOT = Path(__file__).resolve().parents[3]
-#: The server matches the client (mlflow-skinny in requirements.txt); [auth] adds basic auth.
-MLFLOW_SERVER_REQUIREMENT = "mlflow[auth]==3.17.2"
-SERVER_VENV = Path(os.environ.get("CANARY_MLFLOW_VENV", ROOT / ".state" / "mlflow-venv"))
-ADMIN = "admin"
-
-
-def mlflow_server_executable() -> tuple[Path | None, str]:
-    """Return the ``mlflow`` executable of the server virtualenv, creating it with ``uv`` if needed."""
-    exe = SERVER_VENV / "bin" / "mlflow"
-    stamp = SERVER_VENV / ".canary-installed"
-    if exe.exists() and stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
-        return exe, ""
-    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    if uv is None:
-        return None, f"no MLflow server in {SERVER_VENV} and no `uv` to create it"
-    SERVER_VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(SERVER_VENV.parent / (SERVER_VENV.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs create it once
-        if stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
-            return exe, ""
-        steps = [[uv, "venv", "-q", "--allow-existing", "-p", sys.executable, str(SERVER_VENV)],
-                 [uv, "pip", "install", "-q", "-p", str(SERVER_VENV / "bin" / "python"), MLFLOW_SERVER_REQUIREMENT]]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                return None, f"cannot install the MLflow server ({' '.join(step[:3])}): {done.stderr[-500:]}"
-        stamp.write_text(MLFLOW_SERVER_REQUIREMENT)
-    return exe, ""
-
-
-@dataclass(frozen=True)
-class MlflowServer:
-    url: str
-    username: str
-    password: str = ""
-
-    def conn(self, **overrides) -> ConnInfo:
-        fields = {"conn_id": "mlflow_test", "host": self.url, "login": self.username or None,
-                  "password": self.password or None}
-        return ConnInfo(**{**fields, **overrides})
-
-
-def require_mlflow_server() -> Path:
-    """Return the server executable; skip (locally) or fail (CI) when it cannot be had."""
-    exe, why = mlflow_server_executable()
-    require_service(exe is not None, why)
-    assert exe is not None
-    return exe
-
-
-@contextlib.contextmanager
-def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (False,)) -> Iterator[list[MlflowServer]]:
-    """Run one ``mlflow server`` per entry of ``auth`` (basic auth on or off) on free loopback ports.
-
-    They start concurrently (~8-15 s each, most of it imports) and are stopped, process group and
-    all, when the block ends.
-    """
-    procs = Processes()
-    started = []
-    try:
-        for i, with_auth in enumerate(auth):
-            workdir = state_dir / f"server-{i}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            password = "Pw-" + secrets.token_urlsafe(18) if with_auth else ""
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-            env.pop("PYTHONDONTWRITEBYTECODE", None)  # the first start caches bytecode: later ones are faster
-            env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # two processes, no job runner
-                        "MLFLOW_DISABLE_TELEMETRY": "true"})
-            app = []
-            if with_auth:
-                env.update({"MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
-                app = ["--app-name", "basic-auth"]  # its user database, basic_auth.db, lands in cwd
-            log_path = workdir / "mlflow-server.log"
-            with open(log_path, "w") as log:
-                proc = procs.start("mlflow", [
-                    str(exe), "server", *app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                    "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-                    "--default-artifact-root", str(workdir / "artifacts")],
-                    cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{port}"
-            started.append((proc, log_path, MlflowServer(url=url, username=ADMIN if with_auth else "",
-                                                          password=password)))
-        for proc, log_path, srv in started:
-            wait_http(f"{srv.url}/health", timeout_s=120, alive=proc, log_file=log_path)
-        yield [srv for _proc, _log, srv in started]
-    finally:
-        procs.stop_all()
-
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory) -> Iterator[list[MlflowServer]]:
