@@ -155,7 +155,7 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                                    log_file)
             client = server.client()
             dag_ids = [f"canary_rollout__{m}" for m in (MODEL, NO_CANDIDATE_MODEL, TRIED_MODEL, OPTED_OUT_MODEL)]
-            for dag_id in dag_ids:
+            for dag_id in [*dag_ids, "nightly_rollouts"]:
                 _wait_for(f"DAG {dag_id} to be parsed", lambda d=dag_id: client.request("GET", f"/api/v2/dags/{d}"),
                           proc, log_file, STARTUP_TIMEOUT_S)
             server.set_paused(f"canary_rollout__{MODEL}", False)

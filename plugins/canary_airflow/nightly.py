@@ -1,0 +1,143 @@
+"""The ``nightly_rollouts`` DAG: start one rollout per model with a new candidate, report the rest.
+
+Graph::
+
+    select_candidates >> start_rollout (one mapped TriggerDagRunOperator per model to start) >> report
+
+Only specs with ``schedule.nightly_cron`` set take part (the field opts a model in; the DAG itself runs
+on ``$CANARY_NIGHTLY_CRON``, default ``0 2 * * *``). Conf ``{"force": true}`` re-rolls versions that
+were already rolled out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, BaseOperator, Param, TriggerRule
+from airflow.sdk.exceptions import AirflowFailException
+
+from canary.errors import CanaryError, SpecError
+from canary.spec import load_spec, spec_files
+from canary_airflow.factory import START_DATE, specs_dir
+from canary_airflow.operators import registry_hook
+
+NIGHTLY_DAG_ID = "nightly_rollouts"
+DEFAULT_NIGHTLY_CRON = "0 2 * * *"
+SELECT_TASK_ID = "select_candidates"
+ACTIVE_STATES = ["queued", "running"]
+
+
+def nightly_cron() -> str:
+    """Return ``$CANARY_NIGHTLY_CRON`` or the default (02:00 every day)."""
+    return os.environ.get("CANARY_NIGHTLY_CRON") or DEFAULT_NIGHTLY_CRON
+
+
+class SelectNightlyRolloutsOperator(BaseOperator):
+    """Decide, per opted-in spec, whether to start a rollout tonight; return the triggers to map over.
+
+    Pushes every decision (started, skipped, errors, with reasons) as XCom ``choices``.
+
+    :param specs_path: directory of rollout specs.
+    """
+
+    template_fields: Sequence[str] = ("specs_path",)
+    ui_color = "#e8f1ff"
+
+    def __init__(self, *, specs_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.specs_path = specs_path
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        from canary.nightly import NightlyChoice, choose, rollout_run_id
+
+        conf = {**context["params"], **(context["dag_run"].conf or {})}
+        force = conf.get("force") is True
+        choices: list[NightlyChoice] = []
+        for path in spec_files(self.specs_path):
+            try:
+                spec = load_spec(path)
+            except SpecError as err:
+                choices.append(NightlyChoice(model=path.stem, dag_id=f"canary_rollout__{path.stem}", action="error",
+                                             reason=f"invalid spec: {err}"))
+                continue
+            if spec.schedule.nightly_cron is None:
+                choices.append(NightlyChoice(model=spec.model, dag_id=spec.dag_id, action="skip",
+                                             reason="not opted in (schedule.nightly_cron is not set)"))
+                continue
+            try:
+                registry = registry_hook(spec).registry
+            except CanaryError as err:
+                choices.append(NightlyChoice(model=spec.model, dag_id=spec.dag_id, action="error",
+                                             reason=f"registry: {err}"))
+                continue
+            active = context["ti"].get_dr_count(dag_id=spec.dag_id, states=ACTIVE_STATES)
+            choices.append(choose(spec.model, spec.dag_id, registry, active_runs=active, force=force))
+        for c in choices:
+            self.log.info("NIGHTLY %s: %s%s - %s", c.model, c.action, f" {c.version}" if c.version else "", c.reason)
+        context["ti"].xcom_push(key="choices", value=[c.to_dict() for c in choices])
+        return [{"trigger_dag_id": c.dag_id, "trigger_run_id": rollout_run_id(context["run_id"], c.version or ""),
+                 "conf": {"version": c.version, "reason": f"nightly: {c.reason}"},
+                 "note": f"started by {NIGHTLY_DAG_ID} run {context['run_id']}: {c.reason}"}
+                for c in choices if c.action == "start"]
+
+
+class NightlyReportOperator(BaseOperator):
+    """Log and return what the nightly run started and skipped, and why; fail if a model could not be checked."""
+
+    ui_color = "#eeeeee"
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from canary.nightly import summarize
+
+        ti = context["ti"]
+        choices = ti.xcom_pull(task_ids=SELECT_TASK_ID, key="choices")
+        if choices is None:
+            raise AirflowFailException(f"{SELECT_TASK_ID} recorded no decisions (did it fail?)")
+        report = summarize(choices)
+        states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
+        per_run: dict[str, Any] = states.get(context["run_id"], states)
+        report["trigger_failures"] = sorted(t for t, s in per_run.items() if s == "failed")
+        for kind in ("started", "skipped", "errors"):
+            for c in report[kind]:
+                self.log.info("NIGHTLY %s %s%s: %s", kind, c["model"], f" {c['version']}" if c["version"] else "",
+                              c["reason"])
+        if report["errors"] or report["trigger_failures"]:
+            context["ti"].xcom_push(key="return_value", value=report)
+            raise AirflowFailException(
+                "nightly rollouts: could not check "
+                + (", ".join(f"{c['model']} ({c['reason']})" for c in report["errors"]) or "-")
+                + f"; failed tasks: {', '.join(report['trigger_failures']) or '-'}")
+        return report
+
+
+def build_nightly_dag(*, specs_path: str | Path | None = None, schedule: str | None = None) -> DAG:
+    """Build the ``nightly_rollouts`` DAG."""
+    with DAG(
+        dag_id=NIGHTLY_DAG_ID,
+        description="Start one rollout per model with a new candidate version",
+        schedule=schedule or nightly_cron(),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        params={"force": Param(False, type="boolean", title="Force",
+                               description="Also re-roll versions that were already rolled out.")},
+        doc_md=__doc__,
+        tags=["canary", "nightly"],
+        default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    ) as dag:
+        select = SelectNightlyRolloutsOperator(task_id=SELECT_TASK_ID, specs_path=str(specs_path or specs_dir()))
+        start = TriggerDagRunOperator.partial(
+            task_id="start_rollout", wait_for_completion=False, skip_when_already_exists=True,
+            map_index_template="{{ task.trigger_dag_id }}",
+        ).expand_kwargs(select.output)
+        report = NightlyReportOperator(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
+        select >> start >> report
+    return dag
+
+
+__all__ = ["NIGHTLY_DAG_ID", "build_nightly_dag", "nightly_cron"]
