@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from fast_spec import fast_spec
 
 from canary.backends.base import ConnInfo
 from canary.demo import LocalStack, Processes, free_port, local_stack
@@ -32,21 +33,9 @@ FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_
 STARTUP_TIMEOUT_S = 150.0
 
 
-def fast_spec(model: str, **overrides) -> dict:
-    """A spec that decides within seconds at ~120 requests/s."""
-    data = {
-        "model": model, "endpoint": ENDPOINT, "owner": "api-tests",
-        "shadow": {"requests": 40, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.3,
-                   "min_prediction_agreement": 0.7},
-        "stages": [{"weight": 25, "min_duration": "5s", "max_duration": "90s", "min_requests": 100},
-                   {"weight": 100, "min_duration": "3s", "max_duration": "30s", "min_requests": 50}],
-        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
-                     "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
-                     "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
-        "schedule": {"nightly_cron": "0 2 * * *"},
-    }
-    data.update(overrides)
-    return data
+def opted_in_spec(model: str) -> dict:
+    """The shared fast spec on this endpoint, opted in to the nightly schedule."""
+    return fast_spec(model, ENDPOINT, owner="api-tests", schedule={"nightly_cron": "0 2 * * *"})
 
 
 @dataclass
@@ -120,8 +109,8 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
     specs = root / "specs"
     specs.mkdir()
     for model in (MODEL, NO_CANDIDATE_MODEL, TRIED_MODEL):
-        (specs / f"{model}.yaml").write_text(yaml.safe_dump(fast_spec(model)))
-    (specs / f"{OPTED_OUT_MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(OPTED_OUT_MODEL, schedule={})))
+        (specs / f"{model}.yaml").write_text(yaml.safe_dump(opted_in_spec(model)))
+    (specs / f"{OPTED_OUT_MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(OPTED_OUT_MODEL, ENDPOINT)))
     procs = Processes()
     try:
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3"),

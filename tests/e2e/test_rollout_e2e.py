@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fast_spec import fast_spec
+from fast_spec import FIRST_STAGE_PCT, fast_spec
 
 from canary.backends.base import ConnInfo
 from canary.demo import Processes, local_stack, migrate, run_rollout
@@ -68,11 +68,12 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     report = run_rollout(stack, home, "v3", extra_env=env)
     assert report["outcome"] == "rolled_back", report
     assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
-    assert report["timeline"][0]["weight_pct"] == 25
+    assert report["timeline"][0]["weight_pct"] == FIRST_STAGE_PCT
     assert stack.weights() == {before: 100}
     assert registry(stack).champion(MODEL) == before
     tags = registry(stack).get_tags(MODEL, "v3")
-    assert any("rolled_back" in str(v) or "rollback" in str(k) for k, v in tags.items()), tags
+    assert tags["rollout.result"] == "rolled_back", tags
+    assert tags["rollout.reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): ") and "error_rate" in tags["rollout.reason"], tags
 
 
 def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):

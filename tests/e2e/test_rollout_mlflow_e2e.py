@@ -11,7 +11,7 @@ import json
 
 import pytest
 import yaml
-from fast_spec import fast_spec
+from fast_spec import FIRST_STAGE_PCT, fast_spec
 from mlflow_harness import mlflow_servers, require_mlflow_server
 
 from canary.backends.mlflow_registry import MlflowModelRegistry
@@ -82,7 +82,7 @@ def test_faulty_version_is_rolled_back_and_tagged_in_mlflow(e2e):
     assert mlflow.aliases(MODEL) == aliases  # a rollback moves no alias
     tags = mlflow.get_tags(MODEL, "3")
     assert tags["rollout.result"] == "rolled_back" and tags["rollout.run_id"]
-    assert tags["rollout.reason"].startswith("stage 1 (25%)"), tags
+    assert tags["rollout.reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%)"), tags
     assert json.loads(tags["rollout.summary"]) == {"stable": before}
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from fast_spec import fast_spec
+from fast_spec import FIRST_STAGE_PCT, fast_spec
 from services import require_service
 
 from canary.backends.base import ConnInfo
@@ -88,7 +88,7 @@ def test_faulty_candidate_is_rolled_back_on_prometheus_metrics(e2e):
     report = run_rollout(stack, home, "v3", extra_env=env)
     assert report["outcome"] == "rolled_back", report
     assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
-    assert report["timeline"][0]["weight_pct"] == 25
+    assert report["timeline"][0]["weight_pct"] == FIRST_STAGE_PCT
     assert stack.weights() == {before: 100}
     assert registry(stack).champion(MODEL) == before
 

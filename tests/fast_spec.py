@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The first stage's canary share: large enough that a healthy candidate is shown non-inferior at
+#: alpha 0.001 in well under the stage's deadline at ~120 requests/s.
+FIRST_STAGE_PCT = 50
+
 
 def fast_spec(model: str, endpoint: str, **overrides: Any) -> dict[str, Any]:
-    """Return a spec: 25% then 100%, error rate only, polls every 2 s; ``overrides`` replace top-level keys."""
+    """Return a spec: 50% then 100%, error rate only, polls every 2 s; ``overrides`` replace top-level keys."""
     spec = {
         "model": model, "endpoint": endpoint, "owner": "e2e",
         "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.3,
                    "min_prediction_agreement": 0.7},
-        "stages": [{"weight": 25, "min_duration": "8s", "max_duration": "90s", "min_requests": 150},
+        "stages": [{"weight": FIRST_STAGE_PCT, "min_duration": "8s", "max_duration": "3m", "min_requests": 150},
                    {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
-        "analysis": {"alpha": 0.05, "poll_interval": "2s", "warmup": "1s",
+        # alpha 0.001: a test asserting that a healthy candidate is promoted must not flake on the 5%
+        # false-rollback rate a production alpha allows (the faulty candidates are caught at once anyway).
+        "analysis": {"alpha": 0.001, "poll_interval": "2s", "warmup": "1s",
                      "metrics": [{"name": "error_rate", "kind": "error_rate", "tolerance": 1.5, "mde": 3.0}],
                      "guardrails": {"max_error_rate": 0.5, "min_requests": 100}},
     }
