@@ -112,20 +112,39 @@ class Processes:
         self.procs.append((name, proc))
         return proc
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL whatever is left.
+
+        A group can outlive its leader (``airflow standalone`` exits on SIGTERM while its scheduler
+        may not), so the check is on the whole group, not the leader alone.
+        """
         for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 10
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + grace_s
         for _name, proc in reversed(self.procs):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            while group_running(proc.pid) and time.time() < deadline:
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed_by = time.time() + 5  # SIGKILL is asynchronous: wait until the kernel is done
+            while group_running(proc.pid) and time.time() < killed_by:
+                time.sleep(0.05)
         self.procs.clear()
+
+
+def group_running(pgid: int) -> bool:
+    """Return True while a process of group ``pgid`` is still running (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # fields after the ")" that ends the command name: state, ppid, pgrp, ...
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def wait_http(url: str, timeout_s: float = 60.0, *, alive: subprocess.Popen[Any] | None = None,
