@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from canary.backends.base import ModelRegistry
 from canary.errors import RequestError, UnknownVersionError
-from canary.spec import RolloutSpec, StageSpec, parse_spec
+from canary.spec import ApprovalMode, RolloutSpec, StageSpec, parse_spec
+
+#: Approval modes from the fewest to the most human checks: a run may ask for more than its spec, never fewer.
+APPROVAL_ORDER: tuple[ApprovalMode, ...] = (ApprovalMode.NONE, ApprovalMode.BEFORE_PROMOTE, ApprovalMode.EVERY_STAGE)
+
+
+def allowed_approval_modes(spec: RolloutSpec) -> list[str]:
+    """Return the approval modes a run of ``spec`` may ask for: the spec's own and every stricter one."""
+    return [m.value for m in APPROVAL_ORDER[APPROVAL_ORDER.index(spec.policy.approval):]]
 
 
 class RolloutRequest(BaseModel):
@@ -21,6 +29,8 @@ class RolloutRequest(BaseModel):
     version: str = Field(min_length=1, description="candidate version or registry alias (e.g. 'challenger')")
     stages: list[int] | None = Field(None, description="canary weights overriding the spec's, same count")
     dry_run: bool = False
+    approval: ApprovalMode | None = Field(None, description="human approvals for this run; stricter than the "
+                                                            "spec's policy.approval only")
     reason: str = ""
     force: bool = False
 
@@ -88,10 +98,23 @@ def effective_stages(spec: RolloutSpec, override: list[int] | None) -> tuple[Sta
     return tuple(s.model_copy(update={"weight": w}) for s, w in zip(spec.stages, override, strict=True))
 
 
+def effective_spec(spec: RolloutSpec, approval: ApprovalMode | None) -> RolloutSpec:
+    """Apply a run's approval mode; refuse one with fewer human checks than the spec declares."""
+    if approval is None or approval is spec.policy.approval:
+        return spec
+    allowed = allowed_approval_modes(spec)
+    if approval.value not in allowed:
+        raise RequestError("approval", f"the spec declares policy.approval {spec.policy.approval.value!r}; a run "
+                                       f"may only ask for as many or more approvals ({', '.join(allowed)}), "
+                                       f"got {approval.value!r}")
+    return spec.model_copy(update={"policy": spec.policy.model_copy(update={"approval": approval})})
+
+
 def plan_rollout(spec: RolloutSpec, request: RolloutRequest, registry: ModelRegistry, *, run_id: str,
                  now_s: float) -> RolloutPlan:
     """Resolve versions and stages; refuse anything that cannot run, before any traffic moves."""
     stages = effective_stages(spec, request.stages)
+    spec = effective_spec(spec, request.approval)
     try:
         candidate = registry.resolve(spec.model, request.version)
     except UnknownVersionError as err:

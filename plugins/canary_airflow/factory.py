@@ -1,6 +1,7 @@
 """The one DAG factory: a rollout DAG per spec file.
 
-Graph (stage groups repeat; ``approve`` exists only where the policy can hold for a human)::
+Graph (stage groups repeat; ``approve`` runs only when the gate holds for a human, and is skipped otherwise,
+so a run may ask for stricter approvals than its spec without another DAG shape)::
 
     validate_request >> shadow_test >> deploy_canary
       >> stage_1[set_traffic >> observe >> gate -> proceed | approve | rollback]
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from canary.durations import format_duration
 from canary.errors import SpecError
-from canary.spec import ApprovalMode, HaltPolicy, RolloutSpec, TimeoutPolicy, load_spec, spec_files
+from canary.request import allowed_approval_modes
+from canary.spec import RolloutSpec, load_spec, spec_files
 from canary_airflow.operators import (
     PLAN_TASK_ID,
     PROMOTE_TASK_ID,
@@ -40,6 +43,8 @@ from canary_airflow.sensors import CanaryObserveSensor
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "include" / "rollouts"
 START_DATE = datetime(2025, 1, 1)
+#: How long an approval waits for a person before it fails (and ``finalize`` returns traffic to stable).
+APPROVAL_TIMEOUT_HOURS = 24
 
 
 def specs_dir() -> Path:
@@ -60,16 +65,13 @@ def rollout_params(spec: RolloutSpec) -> dict[str, Param]:
                                     f"(spec: {weights})."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Read and decide everything, change no traffic and no registry state."),
+        "approval": Param(spec.policy.approval.value, type="string", enum=allowed_approval_modes(spec),
+                          title="Approval mode",
+                          description="Human approvals in this run: 'before_promote' asks before the last stage "
+                                      "promotes, 'every_stage' after every stage. A run may ask for more "
+                                      f"approvals than the spec ({spec.policy.approval.value}), never fewer."),
         "reason": Param("", type="string", maxLength=500, title="Reason", description="Why this rollout (audit)."),
     }
-
-
-def _needs_approval_task(spec: RolloutSpec, index: int) -> bool:
-    policy, last = spec.policy, index == len(spec.stages) - 1
-    return (policy.approval is ApprovalMode.EVERY_STAGE
-            or (last and policy.approval is ApprovalMode.BEFORE_PROMOTE)
-            or policy.on_timeout is TimeoutPolicy.HOLD_FOR_APPROVAL
-            or policy.on_halt is HaltPolicy.HOLD_FOR_APPROVAL)
 
 
 def _doc(spec: RolloutSpec, spec_path: Path) -> str:
@@ -115,24 +117,19 @@ def build_rollout_dag(spec_path: str | Path) -> DAG:
                 observe = CanaryObserveSensor(task_id="observe", stage_index=i,
                                               stage_max_duration_s=stage.max_duration_s,
                                               poll_interval_s=spec.analysis.poll_interval_s, retries=0)
-                has_approval = _needs_approval_task(spec, i)
-                gate = CanaryGateOperator(task_id="gate", stage_index=i, has_approval=has_approval)
+                gate = CanaryGateOperator(task_id="gate", stage_index=i, has_approval=True)
                 proceed = EmptyOperator(task_id="proceed")
                 rollback = RollbackOperator(task_id="rollback", stage_index=i)
-                set_traffic >> observe >> gate >> [proceed, rollback]
-                nexts: list[Any] = [proceed]
-                if has_approval:
-                    from airflow.providers.standard.operators.hitl import ApprovalOperator
-
-                    approve = ApprovalOperator(
-                        task_id="approve",
-                        subject=f"{spec.model}: continue the rollout after stage {i + 1} ({stage.weight}%)?",
-                        body="The gate could not decide on its own or the policy asks for a person. "
-                             "See the gate task's log and XCom for the evidence.",
-                        execution_timeout=timedelta(hours=24),
-                    )
-                    gate >> approve
-                    nexts.append(approve)
+                # Skipped unless the gate holds (policy hold, or the run's approval mode asks for a person).
+                approve = ApprovalOperator(
+                    task_id="approve",
+                    subject=f"{spec.model}: continue the rollout after stage {i + 1} ({stage.weight}%)?",
+                    body="The gate could not decide on its own or the approval mode asks for a person. "
+                         "See the gate task's log and XCom for the evidence.",
+                    execution_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
+                )
+                set_traffic >> observe >> gate >> [proceed, rollback, approve]
+                nexts: list[Any] = [proceed, approve]
             upstream >> set_traffic
             upstream = nexts
             leaves.append(rollback)

@@ -5,7 +5,7 @@ from fakes import FakeRegistry
 
 from canary.errors import RequestError
 from canary.request import RolloutPlan, RolloutRequest, effective_stages, plan_rollout
-from canary.spec import parse_spec
+from canary.spec import ApprovalMode, parse_spec
 
 SPEC = parse_spec({"model": "m", "endpoint": "e",
                    "stages": [{"weight": 5, "min_duration": "1m"}, {"weight": 25}, {"weight": 100}]})
@@ -72,3 +72,32 @@ def test_plan_refuses_a_model_without_champion(registry):
     FakeRegistry.aliases = {"m": {}}
     with pytest.raises(RequestError, match="no champion"):
         plan_rollout(SPEC, RolloutRequest(version="2"), registry, run_id="r", now_s=0.0)
+
+
+@pytest.mark.parametrize(
+    ("spec_mode", "asked", "effective"),
+    [("none", None, "none"), ("none", "every_stage", "every_stage"), ("before_promote", "every_stage", "every_stage"),
+     ("before_promote", "before_promote", "before_promote"), ("every_stage", None, "every_stage")],
+)
+def test_a_run_may_ask_for_more_approvals(registry, spec_mode, asked, effective):
+    spec = SPEC.model_copy(update={"policy": SPEC.policy.model_copy(update={"approval": ApprovalMode(spec_mode)})})
+    request = RolloutRequest.from_conf({"version": "2", "approval": asked})
+    plan = plan_rollout(spec, request, registry, run_id="r", now_s=0.0)
+    assert plan.spec.policy.approval.value == effective
+    assert RolloutPlan.from_dict(plan.to_dict()).spec.policy.approval.value == effective
+
+
+@pytest.mark.parametrize(("spec_mode", "asked"), [("every_stage", "none"), ("every_stage", "before_promote"),
+                                                  ("before_promote", "none")])
+def test_a_run_may_not_drop_approvals_the_spec_declares(registry, spec_mode, asked):
+    spec = SPEC.model_copy(update={"policy": SPEC.policy.model_copy(update={"approval": ApprovalMode(spec_mode)})})
+    with pytest.raises(RequestError) as info:
+        plan_rollout(spec, RolloutRequest.from_conf({"version": "2", "approval": asked}), registry, run_id="r",
+                     now_s=0.0)
+    assert info.value.field == "approval" and f"declares policy.approval {spec_mode!r}" in str(info.value)
+
+
+def test_an_unknown_approval_mode_names_the_field():
+    with pytest.raises(RequestError) as info:
+        RolloutRequest.from_conf({"version": "2", "approval": "sometimes"})
+    assert info.value.field == "approval"

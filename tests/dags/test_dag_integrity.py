@@ -106,13 +106,13 @@ def test_ruff_air3_rules_pass_on_dags_and_plugins():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize(("policy", "groups_with_approval"), [
-    ({"approval": "every_stage"}, {1, 2, 3}),
-    ({"approval": "before_promote"}, {3}),
-    ({"on_timeout": "hold_for_approval"}, {1, 2, 3}),
-    ({}, set()),
+@pytest.mark.parametrize(("policy", "allowed"), [
+    ({"approval": "every_stage"}, ["every_stage"]),
+    ({"approval": "before_promote"}, ["before_promote", "every_stage"]),
+    ({"on_timeout": "hold_for_approval"}, ["none", "before_promote", "every_stage"]),
+    ({}, ["none", "before_promote", "every_stage"]),
 ])
-def test_approval_tasks_exist_only_where_the_policy_can_hold(tmp_path, policy, groups_with_approval):
+def test_every_stage_can_hold_and_the_form_offers_only_stricter_approval(tmp_path, policy, allowed):
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
     from canary_airflow.factory import build_rollout_dag
@@ -121,9 +121,7 @@ def test_approval_tasks_exist_only_where_the_policy_can_hold(tmp_path, policy, g
     path.write_text(yaml.safe_dump({"model": "held", "endpoint": "e", "policy": policy,
                                     "stages": [{"weight": 10}, {"weight": 50}, {"weight": 100}]}))
     dag = build_rollout_dag(path)
-    found = {i for i in (1, 2, 3) if dag.has_task(f"stage_{i}.approve")}
-    assert found == groups_with_approval
-    for i in found:
+    for i in (1, 2, 3):
         approve = dag.get_task(f"stage_{i}.approve")
         assert isinstance(approve, ApprovalOperator)
         assert f"stage_{i}.approve" in dag.get_task(f"stage_{i}.gate").downstream_task_ids
@@ -131,3 +129,5 @@ def test_approval_tasks_exist_only_where_the_policy_can_hold(tmp_path, policy, g
         assert nxt in approve.downstream_task_ids
         # Both ways into the next step must be able to start it alone.
         assert dag.get_task(nxt).trigger_rule.value == "none_failed_min_one_success"
+    schema = dag.params.get_param("approval").schema
+    assert schema["enum"] == allowed and dag.params["approval"] == allowed[0]
