@@ -11,7 +11,20 @@ DEFAULT_CONN_IDS = {
     "serving": "canary_serving_default",
     "metrics": "canary_metrics_default",
     "registry": "canary_registry_default",
+    "lock": "canary_lock_default",
 }
+
+#: One rollout per endpoint (``concurrency``): a second rollout waits (or is refused) while one runs.
+LOCK_ON_BUSY = "wait"
+LOCK_MAX_WAIT_S = 3600.0
+LOCK_POLL_INTERVAL_S = 30.0
+#: A lease not renewed for this long is free again (a crashed Airflow cannot wedge an endpoint).
+#: Renewed by every rollout task and every observe poll; the gate extends it over an approval.
+LEASE_TTL_S = 3600.0
+#: Bounds that catch typos: waiting a week or holding an unrenewed lease for days is a mistake.
+MAX_LOCK_WAIT_S = 7 * 24 * 3600.0
+MIN_LEASE_TTL_S = 60.0
+MAX_LEASE_TTL_S = 24 * 3600.0
 
 #: One-sided false-rollback rate of the whole analysis (all metrics together).
 ALPHA = 0.05

@@ -41,6 +41,7 @@ class Backends(_Strict):
     serving: BackendRef = BackendRef(conn_id=defaults.DEFAULT_CONN_IDS["serving"])
     metrics: BackendRef = BackendRef(conn_id=defaults.DEFAULT_CONN_IDS["metrics"])
     registry: BackendRef = BackendRef(conn_id=defaults.DEFAULT_CONN_IDS["registry"])
+    lock: BackendRef = BackendRef(conn_id=defaults.DEFAULT_CONN_IDS["lock"])
 
     def conn_id(self, role: str) -> str:
         """Return the connection id of ``role``, falling back to the role's default connection."""
@@ -122,6 +123,21 @@ class AnalysisSpec(_Strict):
     guardrails: Guardrails = Guardrails()
 
 
+class OnBusy(StrEnum):
+    WAIT = "wait"
+    REFUSE = "refuse"
+
+
+class ConcurrencySpec(_Strict):
+    """One rollout per endpoint: what a rollout does while another one holds the endpoint's lease."""
+
+    on_busy: OnBusy = OnBusy(defaults.LOCK_ON_BUSY)
+    max_wait_s: Duration = Field(defaults.LOCK_MAX_WAIT_S, alias="max_wait", gt=0, le=defaults.MAX_LOCK_WAIT_S)
+    poll_interval_s: Duration = Field(defaults.LOCK_POLL_INTERVAL_S, alias="poll_interval", gt=0)
+    lease_ttl_s: Duration = Field(defaults.LEASE_TTL_S, alias="lease_ttl", ge=defaults.MIN_LEASE_TTL_S,
+                                  le=defaults.MAX_LEASE_TTL_S)
+
+
 class TimeoutPolicy(StrEnum):
     ROLLBACK = "rollback"
     HOLD_FOR_APPROVAL = "hold_for_approval"
@@ -165,6 +181,7 @@ class RolloutSpec(_Strict):
     analysis: AnalysisSpec = AnalysisSpec()
     policy: PolicySpec = PolicySpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    concurrency: ConcurrencySpec = ConcurrencySpec()
 
     @property
     def dag_id(self) -> str:
@@ -204,7 +221,7 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     from canary.backends import KNOWN_BACKENDS  # lazy: keeps the spec module import-light
 
     problems: list[tuple[str, str]] = []
-    for role in ("serving", "metrics", "registry"):
+    for role in ("serving", "metrics", "registry", "lock"):
         name = getattr(spec.backends, role).name
         if name not in KNOWN_BACKENDS[role]:
             problems.append((f"backends.{role}.name",
@@ -226,6 +243,12 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     if spec.stages and spec.stages[-1].weight != 100:
         problems.append((f"stages[{len(spec.stages) - 1}].weight",
                          f"the last stage must be 100 (full promotion), got {spec.stages[-1].weight}"))
+    lease_ttl_s = spec.concurrency.lease_ttl_s
+    if lease_ttl_s < 3 * spec.analysis.poll_interval_s:
+        problems.append(("concurrency.lease_ttl", f"must be at least 3 x analysis.poll_interval "
+                                                  f"({3 * spec.analysis.poll_interval_s:g}s): each poll renews it"))
+    if spec.concurrency.poll_interval_s > spec.concurrency.max_wait_s:
+        problems.append(("concurrency.poll_interval", "must not exceed concurrency.max_wait"))
     seen: set[str] = set()
     for i, metric in enumerate(spec.analysis.metrics):
         loc = f"analysis.metrics[{i}]"
