@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from canary.backends import KNOWN_BACKENDS
-from canary.backends.base import ConnInfo, ShadowSummary
-from canary.errors import NoDataError, UnknownVersionError
+from canary.backends.base import ConnInfo, PendingChange, ShadowSummary
+from canary.errors import BackendError, ChangeFailedError, NoDataError, UnknownVersionError
 from canary.metrics import VersionStats, cumulative_from_latencies
 
 StatsFn = Callable[[str, float, float], VersionStats]
@@ -61,6 +61,66 @@ class FakeRegistry:
         pass
 
 
+class FakeRouter:
+    """Traffic router that applies every change at once (like the embedded serving layer); records calls."""
+
+    weights: dict[str, int] = {}
+    calls: list[tuple[Any, ...]] = []
+
+    def __init__(self, conn: ConnInfo, **options: Any) -> None:
+        self.options = options
+
+    @classmethod
+    def reset(cls, weights: Mapping[str, int]) -> None:
+        cls.weights = dict(weights)
+        cls.calls = []
+        FakeSettlingRouter.states = []
+
+    def deploy(self, version: str) -> None:
+        self.calls.append(("deploy", version))
+        FakeRouter.weights.setdefault(version, 0)
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        self.calls.append(("set_weights", dict(weights)))
+        FakeRouter.weights = {v: weights.get(v, 0) for v in {*FakeRouter.weights, *weights}}
+
+    def get_weights(self) -> dict[str, int]:
+        return dict(FakeRouter.weights)
+
+    def remove(self, version: str) -> None:
+        self.calls.append(("remove", version))
+        FakeRouter.weights.pop(version, None)
+
+    def set_mirror(self, version: str | None, percent: int = 100) -> None:
+        self.calls.append(("set_mirror", version, percent))
+
+
+class FakeSettlingRouter(FakeRouter):
+    """A router whose changes take effect asynchronously: ``states`` scripts what each check sees.
+
+    ``"InService"`` (also when the script is exhausted) is settled, ``"Failed"`` raises
+    :class:`ChangeFailedError`, ``"Unreachable"`` a transient :class:`BackendError`; anything else is pending.
+    """
+
+    states: list[str] = []
+
+    def without_waiting(self) -> FakeSettlingRouter:
+        self.calls.append(("without_waiting",))
+        return self
+
+    def pending_change(self, previous: PendingChange | None = None) -> PendingChange | None:
+        self.calls.append(("pending_change", dict(previous.token) if previous else None))
+        state = FakeSettlingRouter.states.pop(0) if FakeSettlingRouter.states else "InService"
+        if state == "InService":
+            return None
+        if state == "Failed":
+            raise ChangeFailedError("fake", "endpoint 'e' is Failed: not enough ml.m5.large capacity")
+        if state == "Unreachable":
+            raise BackendError("fake", "DescribeEndpoint on endpoint 'e' failed: ThrottlingException")
+        return PendingChange(backend="fake", resource="endpoint 'e'", state=state,
+                             token={"expected_config": "e-cfg2"}, poll_interval_s=5.0, timeout_s=60.0)
+
+
 def constant_rate_stats(rates: Mapping[str, tuple[float, float]]) -> StatsFn:
     """Stats growing linearly in window length: ``rates[version] = (requests_per_s, error_rate)``."""
 
@@ -76,3 +136,5 @@ def constant_rate_stats(rates: Mapping[str, tuple[float, float]]) -> StatsFn:
 def install() -> None:
     KNOWN_BACKENDS["metrics"]["fake"] = "fakes:FakeMetrics"
     KNOWN_BACKENDS["registry"]["fake"] = "fakes:FakeRegistry"
+    KNOWN_BACKENDS["serving"]["fake"] = "fakes:FakeRouter"
+    KNOWN_BACKENDS["serving"]["fake-settling"] = "fakes:FakeSettlingRouter"

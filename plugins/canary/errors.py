@@ -30,6 +30,13 @@ class BackendError(CanaryError):
         super().__init__(f"{backend}: {message}")
 
 
+class ChangeFailedError(BackendError):
+    """A change the backend accepted ended in failure (e.g. a SageMaker update that went ``Failed``).
+
+    Waiting or polling again will not help; a new attempt of the change might.
+    """
+
+
 class NoDataError(BackendError):
     """A metrics backend returned no data for a version: never read as healthy."""
 

@@ -11,15 +11,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from canary.backends import TrafficRouter, without_waiting
 from canary.errors import CanaryError, RequestError, SpecError
 from canary.phases import Action, GateResult, Outcome
 from canary.request import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec import RolloutSpec, load_spec
 from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
+from canary_airflow.serving_changes import (
+    ServingChangeError,
+    check_settled,
+    defer_while_changing,
+    serving_ref,
+)
 
 PLAN_TASK_ID = "validate_request"
 SHADOW_TASK_ID = "shadow_test"
@@ -47,9 +55,43 @@ def registry_hook(spec: RolloutSpec) -> CanaryRegistryHook:
 
 
 class CanaryBaseOperator(BaseOperator):
-    """Base of the rollout steps: reads the frozen plan and builds backends from it."""
+    """Base of the rollout steps: reads the frozen plan and builds backends from it.
+
+    Steps that change the traffic split wait for the serving backend to apply each change (a SageMaker
+    endpoint update takes minutes). Deferrable (the default), they issue the change, check once, and
+    defer to :class:`~canary_airflow.serving_changes.ServingChangeTrigger` while it is being applied;
+    the resumed task runs its idempotent steps again from the start.
+
+    :param deferrable: wait for serving changes in the triggerer (default from
+        ``[operators] default_deferrable``); false: the backend waits inside the task.
+    """
 
     ui_color = "#fff7e6"
+
+    def __init__(self, *, deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=True),
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deferrable = deferrable
+
+    def changing_router(self, spec: RolloutSpec) -> TrafficRouter:
+        """Return the spec's router; deferrable, one that does not wait for its changes to take effect."""
+        router = serving_hook(spec).router
+        return without_waiting(router) if self.deferrable else router
+
+    def settle(self, spec: RolloutSpec, router: TrafficRouter) -> None:
+        """Return once ``router`` has no change in progress; deferrable, defer the task until then."""
+        if self.deferrable:
+            defer_while_changing(self, router, serving_ref(spec))
+
+    def resume_after_serving_change(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resume after a deferred wait: fail on a failed change, else run the (idempotent) steps again."""
+        try:
+            check_settled(event)
+        except ServingChangeError as err:
+            if err.final:
+                raise AirflowFailException(f"serving change failed: {err}") from err
+            raise  # a timeout or a backend that could not be reached: the task's retries may help
+        return self.execute(context)
 
     def plan(self, context: Any) -> RolloutPlan:
         data = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
@@ -126,12 +168,14 @@ class DeployCanaryOperator(CanaryBaseOperator):
 
     def execute(self, context: Any) -> dict[str, int]:
         plan = self.plan(context)
-        router = serving_hook(plan.spec).router
+        router = self.changing_router(plan.spec)
         if plan.dry_run:
             weights = router.get_weights()
             self.say(plan, f"would deploy {plan.candidate} at 0%; current split {weights}")
             return weights
+        self.settle(plan.spec, router)  # an update in progress (e.g. before a retry) first
         router.deploy(plan.candidate)
+        self.settle(plan.spec, router)
         weights = router.get_weights()
         if weights.get(plan.candidate, 0) != 0:
             raise AirflowFailException(f"{plan.candidate} already receives {weights[plan.candidate]}% traffic; "
@@ -164,7 +208,10 @@ class SetTrafficOperator(CanaryBaseOperator):
         if plan.dry_run:
             self.say(plan, f"stage {self.stage_index + 1}: would set {split}")
         else:
-            serving_hook(plan.spec).router.set_weights(split)
+            router = self.changing_router(plan.spec)
+            self.settle(plan.spec, router)
+            router.set_weights(split)
+            self.settle(plan.spec, router)  # the stage's clock starts once the split is in effect
             self.say(plan, f"stage {self.stage_index + 1}: traffic set to {weight}% canary")
         return {"stage_index": self.stage_index, "weight": weight, "started_at_s": time.time(), "split": split}
 
@@ -213,11 +260,19 @@ def next_action_for(plan: RolloutPlan, stage_index: int, result: GateResult) -> 
     return next_action(spec, stage_index, result)
 
 
-def roll_back(plan: RolloutPlan, reason: str, *, log: Any) -> None:
-    """Return all traffic to stable, remove the candidate and tell the registry why. Idempotent."""
-    router = serving_hook(plan.spec).router
+def roll_back(plan: RolloutPlan, reason: str, *, log: Any, task: CanaryBaseOperator | None = None) -> None:
+    """Return all traffic to stable, remove the candidate and tell the registry why. Idempotent.
+
+    With ``task``, its router and its waits are used: deferrable, each change may defer the task, whose
+    resumption calls this again (the steps already done are no-ops).
+    """
+    router = task.changing_router(plan.spec) if task else serving_hook(plan.spec).router
+    settle = (lambda: task.settle(plan.spec, router)) if task else (lambda: None)
+    settle()
     router.set_weights({plan.stable: 100})
+    settle()
     router.remove(plan.candidate)
+    settle()
     registry_hook(plan.spec).registry.record_rollback(plan.model, plan.candidate, run_id=plan.run_id,
                                                       reason=reason, summary={"stable": plan.stable})
     log(f"rolled back: 100% on {plan.stable}, {plan.candidate} removed ({reason})")
@@ -240,7 +295,7 @@ class RollbackOperator(CanaryBaseOperator):
         if plan.dry_run:
             self.say(plan, f"would roll back: {reason}")
         else:
-            roll_back(plan, reason, log=lambda m: self.say(plan, m))
+            roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
         return {"outcome": Outcome.ROLLED_BACK.value, "reason": reason, "stage_index": self.stage_index,
                 "metric": gate.get("metric")}
 
@@ -256,9 +311,12 @@ class PromoteOperator(CanaryBaseOperator):
         if plan.dry_run:
             self.say(plan, f"would promote {plan.candidate} and retire {plan.stable}")
             return {"outcome": Outcome.DRY_RUN.value, "reason": reason}
-        router = serving_hook(plan.spec).router
+        router = self.changing_router(plan.spec)
+        self.settle(plan.spec, router)
         router.set_weights({plan.candidate: 100})
+        self.settle(plan.spec, router)
         router.remove(plan.stable)
+        self.settle(plan.spec, router)
         registry_hook(plan.spec).registry.promote(plan.model, plan.candidate, run_id=plan.run_id,
                                                   summary={"retired": plan.stable, "reason": reason})
         self.say(plan, f"promoted {plan.candidate}; {plan.stable} retired")
@@ -305,7 +363,7 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
                       else "stopped before promotion (approval rejected or run stopped)")
         if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks:
             try:
-                roll_back(plan, reason, log=lambda m: self.say(plan, m))
+                roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
             except CanaryError as err:  # retried: the task's retries exist for exactly this
                 raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
         report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
@@ -316,6 +374,14 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
             context["ti"].xcom_push(key="return_value", value=report)
             raise AirflowFailException(f"rollout {outcome.value}: {reason}")
         return report
+
+    def resume_after_serving_change(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resume the return to stable; any wait that did not settle fails the try, so a retry does it again."""
+        try:
+            check_settled(event)
+        except ServingChangeError as err:
+            raise RuntimeError(f"could not return traffic to stable yet: {err}") from err
+        return self.execute(context)
 
     def _failed_tasks(self, context: Any) -> list[str]:
         try:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from canary.backends.base import ConnInfo, MetricsSource, ModelRegistry, ShadowSummary, TrafficRouter
+from canary.backends.base import (
+    ConnInfo,
+    MetricsSource,
+    ModelRegistry,
+    PendingChange,
+    SettlingTrafficRouter,
+    ShadowSummary,
+    TrafficRouter,
+    pending_change,
+    without_waiting,
+)
 from canary.errors import ConfigError
 
 __all__ = [
-    "KNOWN_BACKENDS", "ConnInfo", "MetricsSource", "ModelRegistry", "ShadowSummary", "TrafficRouter",
-    "build_backend",
+    "KNOWN_BACKENDS", "ConnInfo", "MetricsSource", "ModelRegistry", "PendingChange", "SettlingTrafficRouter",
+    "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "without_waiting",
 ]
 
 #: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.

@@ -71,6 +71,62 @@ class TrafficRouter(Protocol):
         """Mirror ``percent`` of requests to ``version`` without serving its answers (None stops)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class PendingChange:
+    """A traffic change the backend accepted but has not finished applying (e.g. a SageMaker endpoint update).
+
+    JSON-able through :meth:`to_dict`, so that the wait for it can move into an Airflow trigger.
+    """
+
+    backend: str
+    resource: str  # e.g. "endpoint 'churn'"
+    state: str  # the backend's own word for "still changing", e.g. "Updating"
+    token: Mapping[str, Any] = field(default_factory=dict)  # backend-specific: what "done" means
+    poll_interval_s: float = 30.0
+    timeout_s: float = 1800.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "resource": self.resource, "state": self.state, "token": dict(self.token),
+                "poll_interval_s": self.poll_interval_s, "timeout_s": self.timeout_s}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingChange:
+        return cls(backend=str(data["backend"]), resource=str(data["resource"]), state=str(data["state"]),
+                   token=dict(data.get("token") or {}), poll_interval_s=float(data["poll_interval_s"]),
+                   timeout_s=float(data["timeout_s"]))
+
+
+@runtime_checkable
+class SettlingTrafficRouter(TrafficRouter, Protocol):
+    """Optional part of a router whose changes take effect asynchronously (SageMaker endpoint updates).
+
+    A caller that wants to wait elsewhere (an Airflow trigger) takes :meth:`without_waiting`, makes a
+    change, then asks :meth:`pending_change` once. Routers that apply a change before answering (the
+    embedded serving layer) need neither: :func:`pending_change` treats them as always settled.
+    """
+
+    def without_waiting(self) -> TrafficRouter:
+        """Return a router that issues changes and returns without waiting for them to take effect."""
+
+    def pending_change(self, previous: PendingChange | None = None) -> PendingChange | None:
+        """Check once: None when settled, else what is still changing.
+
+        :param previous: the pending change returned earlier (possibly by another process), whose token
+            says what "settled" means; without it, the last change this router made.
+        :raises ChangeFailedError: the change failed (e.g. the endpoint went ``Failed``).
+        """
+
+
+def without_waiting(router: TrafficRouter) -> TrafficRouter:
+    """Return ``router`` set to issue changes without waiting for them (as it is if it never waits)."""
+    return router.without_waiting() if isinstance(router, SettlingTrafficRouter) else router
+
+
+def pending_change(router: TrafficRouter, previous: PendingChange | None = None) -> PendingChange | None:
+    """Check once whether a change of ``router`` is still being applied (None for routers that never lag)."""
+    return router.pending_change(previous) if isinstance(router, SettlingTrafficRouter) else None
+
+
 @runtime_checkable
 class MetricsSource(Protocol):
     """Reads cumulative per-version statistics from a metrics store."""

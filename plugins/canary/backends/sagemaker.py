@@ -18,10 +18,11 @@ The model must already exist (the training pipeline creates it); this router onl
   other sampling percentages raise :class:`BackendError` rather than guess at a ratio.
 
 Endpoint updates are asynchronous. With ``wait=True`` (default) every mutating call waits, bounded by
-``wait_timeout_s``, until the endpoint is ``InService`` on the expected config; :meth:`wait_until_in_service`
-and :meth:`endpoint_status` are separate so that an Airflow task can defer the wait instead
-(``wait=False``). Before changing anything, a call waits for an update already in progress (or, with
-``wait=False``, raises), so a retried task never stacks updates.
+``wait_timeout_s``, until the endpoint is ``InService`` on the expected config. An Airflow task defers
+the wait instead: it takes :meth:`without_waiting`, makes the change, and asks :meth:`pending_change`
+once; a trigger then asks :meth:`pending_change` with the returned :class:`PendingChange` (whose token
+carries the expected config) until it answers None. Before changing anything, a call waits for an
+update already in progress (or, with ``wait=False``, raises), so a retried task never stacks updates.
 
 Endpoint config names are ``<endpoint>-<digest of the config>``: a retry after a failure between
 ``CreateEndpointConfig`` and ``UpdateEndpoint`` reuses the config it created.
@@ -34,6 +35,7 @@ never logged or put into error messages.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -41,8 +43,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from canary.backends.base import ConnInfo
-from canary.errors import BackendError, ConfigError
+from canary.backends.base import ConnInfo, PendingChange
+from canary.errors import BackendError, ChangeFailedError, ConfigError
 
 BACKEND = "sagemaker"
 
@@ -131,6 +133,8 @@ class SageMakerTrafficRouter:
         self._sleep = sleep
         self._clock = clock
         self._client = sagemaker_client if sagemaker_client is not None else aws_client(conn, "sagemaker")
+        #: The endpoint config the last UpdateEndpoint of this router switched to (what "settled" means).
+        self._expected_config: str | None = None
 
     # -- naming ---------------------------------------------------------------------------------------
 
@@ -260,6 +264,46 @@ class SageMakerTrafficRouter:
 
     # -- waiting --------------------------------------------------------------------------------------
 
+    def without_waiting(self) -> SageMakerTrafficRouter:
+        """Return a copy (same client) whose changes return right after the API call (``wait=False``)."""
+        router = copy.copy(self)
+        router.wait = False
+        return router
+
+    def pending_change(self, previous: PendingChange | None = None) -> PendingChange | None:
+        """Describe the endpoint once: None when it is InService (on the expected config), else what is pending.
+
+        :param previous: a pending change returned earlier, possibly by another process; its token names
+            the expected config. Without it, the config of this router's last ``UpdateEndpoint``, if any.
+        :raises ChangeFailedError: the endpoint is in a failed state, or InService on another config
+            (SageMaker rolled the update back).
+        """
+        expected = previous.token.get("expected_config") if previous is not None else self._expected_config
+        endpoint = self._describe_endpoint()
+        if self._settled(endpoint, expected):
+            return None
+        return PendingChange(backend=BACKEND, resource=f"endpoint {self.endpoint!r}",
+                             state=str(endpoint.get("EndpointStatus")),
+                             token={"endpoint": self.endpoint, "expected_config": expected},
+                             poll_interval_s=self.poll_interval_s, timeout_s=self.wait_timeout_s)
+
+    def _settled(self, endpoint: Mapping[str, Any], expected_config: str | None) -> bool:
+        """Return whether the described endpoint is InService (on ``expected_config``); raise if it never will be."""
+        status = endpoint.get("EndpointStatus")
+        reason = endpoint.get("FailureReason")
+        if status == "InService":
+            if expected_config and endpoint.get("EndpointConfigName") != expected_config:
+                raise ChangeFailedError(BACKEND, f"endpoint {self.endpoint!r} is InService on config "
+                                                 f"{endpoint.get('EndpointConfigName')!r}, not {expected_config!r}: "
+                                                 f"the update was rolled back ({reason or 'no failure reason'}); "
+                                                 "see the endpoint's events in the SageMaker console")
+            return True
+        if status in FAILED_STATES:
+            raise ChangeFailedError(BACKEND, f"endpoint {self.endpoint!r} is {status}: "
+                                             f"{reason or 'no failure reason'}; fix the endpoint (or its model) "
+                                             "in SageMaker, then retry the task")
+        return False
+
     def endpoint_status(self) -> dict[str, Any]:
         """Return ``{"status", "config", "failure_reason"}`` of the endpoint (one DescribeEndpoint)."""
         endpoint = self._describe_endpoint()
@@ -277,19 +321,12 @@ class SageMakerTrafficRouter:
         deadline = self._clock() + timeout_s
         while True:
             endpoint = self._describe_endpoint()
-            status = endpoint.get("EndpointStatus")
-            reason = endpoint.get("FailureReason")
-            if status == "InService":
-                if expected_config and endpoint.get("EndpointConfigName") != expected_config:
-                    raise BackendError(BACKEND, f"endpoint {self.endpoint!r} is InService on config "
-                                                f"{endpoint.get('EndpointConfigName')!r}, not {expected_config!r}: "
-                                                f"the update was rolled back ({reason or 'no failure reason'})")
+            if self._settled(endpoint, expected_config):
                 return endpoint
-            if status in FAILED_STATES:
-                raise BackendError(BACKEND, f"endpoint {self.endpoint!r} is {status}: {reason or 'no failure reason'}")
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise BackendError(BACKEND, f"endpoint {self.endpoint!r} still {status} after {timeout_s:g}s")
+                raise BackendError(BACKEND, f"endpoint {self.endpoint!r} still {endpoint.get('EndpointStatus')} "
+                                            f"after {timeout_s:g}s (wait_timeout_s)")
             self._sleep(min(self.poll_interval_s, remaining))
 
     # -- internals ------------------------------------------------------------------------------------
@@ -306,8 +343,7 @@ class SageMakerTrafficRouter:
                 raise BackendError(BACKEND, f"endpoint {self.endpoint!r} is {status}; wait until it is InService")
             endpoint = self.wait_until_in_service()
         elif status in FAILED_STATES:
-            raise BackendError(BACKEND, f"endpoint {self.endpoint!r} is {status}: "
-                                        f"{endpoint.get('FailureReason') or 'no failure reason'}")
+            self._settled(endpoint, None)  # raises ChangeFailedError naming state and reason
         return endpoint
 
     def _endpoint_config(self, endpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,6 +400,7 @@ class SageMakerTrafficRouter:
         if not self._config_exists(name, variant):
             self._call("create_endpoint_config", variant=variant, EndpointConfigName=name, **body)
         self._call("update_endpoint", variant=variant, EndpointName=self.endpoint, EndpointConfigName=name)
+        self._expected_config = name
         if self.wait:
             self.wait_until_in_service(expected_config=name)
 

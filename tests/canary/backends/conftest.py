@@ -52,19 +52,10 @@ def flush(serving_url: str) -> Callable[[], None]:
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """A real moto server in a thread on a free loopback port (AWS APIs for the SageMaker/CloudWatch tests)."""
-    from services import require_service
+    from moto_harness import moto_server
 
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        require_service(False, "moto[server] is not installed (pip install 'moto[server]==5.2.*')")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

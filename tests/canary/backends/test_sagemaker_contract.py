@@ -8,6 +8,7 @@ states other than InService, and error responses.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -364,3 +365,44 @@ def test_bad_options_are_configuration_errors() -> None:
                                sagemaker_client=client)
     with pytest.raises(ConfigError, match="initial_instance_count"):
         SageMakerTrafficRouter(ConnInfo(), endpoint=ENDPOINT, initial_instance_count=0, sagemaker_client=client)
+
+
+def test_without_waiting_returns_after_update_endpoint_and_pending_change_names_the_config(aws: Harness) -> None:
+    """The deferrable path: issue the change, check once, hand the expected config to a trigger."""
+    from canary.backends import PendingChange
+
+    router = aws.router().without_waiting()
+    aws.ok("describe_endpoint", endpoint(variants=[live("v-v1", 100.0, 1), live("v-v2", 0.0, 1)]))
+    aws.ok("describe_endpoint_config", config("churn-cfg1", [spec_variant("v-v1", "churn-v1", 1.0),
+                                                             spec_variant("v-v2", "churn-v2", 0.0)]))
+    name = aws.create_and_switch(router, {"ProductionVariants": [spec_variant("v-v1", "churn-v1", 100.0)]})
+    router.remove("v2")  # no DescribeEndpoint after UpdateEndpoint: nothing waits
+    assert aws.sleeps == []
+
+    aws.ok("describe_endpoint", endpoint(name, "Updating"), {"EndpointName": ENDPOINT})
+    pending = router.pending_change()
+    assert pending == PendingChange(backend="sagemaker", resource="endpoint 'churn'", state="Updating",
+                                    token={"endpoint": ENDPOINT, "expected_config": name}, poll_interval_s=10.0,
+                                    timeout_s=60.0)
+    assert PendingChange.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
+    # Another process (the trigger) with a fresh router checks against the token, not its own history.
+    aws.ok("describe_endpoint", endpoint(name, "InService"))
+    assert aws.router().pending_change(pending) is None
+
+
+def test_pending_change_fails_on_a_rolled_back_update_and_on_a_failed_endpoint(aws: Harness) -> None:
+    from canary.backends import PendingChange
+    from canary.errors import ChangeFailedError
+
+    pending = PendingChange(backend="sagemaker", resource="endpoint 'churn'", state="Updating",
+                            token={"endpoint": ENDPOINT, "expected_config": "churn-new"})
+    aws.ok("describe_endpoint", endpoint("churn-cfg1", FailureReason="Image pull failed"))
+    with pytest.raises(ChangeFailedError, match="InService on config 'churn-cfg1', not 'churn-new': the update "
+                                                "was rolled back \\(Image pull failed\\)"):
+        aws.router().pending_change(pending)
+    aws.ok("describe_endpoint", endpoint("churn-new", "Failed", FailureReason="capacity"))
+    with pytest.raises(ChangeFailedError, match="'churn' is Failed: capacity; fix the endpoint"):
+        aws.router().pending_change(pending)
+    # A weight shift names no config: InService on any config is settled.
+    aws.ok("describe_endpoint", endpoint("churn-cfg1"))
+    assert aws.router().pending_change() is None

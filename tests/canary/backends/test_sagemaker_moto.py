@@ -5,8 +5,10 @@ UpdateEndpointWeightsAndCapacities, so reading and shifting weights, the no-op d
 already there and the error on a missing endpoint are exercised end to end over HTTP.
 
 What moto cannot exercise (covered by ``test_sagemaker_contract.py`` with the exact boto3 calls instead):
-``UpdateEndpoint`` is not implemented (moto answers HTTP 500), so deploying a new variant, removing one
-and switching shadow variants cannot run; shadow variants (``ShadowProductionVariants``) are silently
+``UpdateEndpoint`` is not implemented (moto answers HTTP 500). The tests marked "extension" add it on the
+test side (``moto_harness.update_endpoint_extension``: the endpoint takes the new config's variants, as
+AWS does when the update finishes) to run deploy and remove against moto's configs and endpoints; the
+update itself is then the extension's, not moto's. Shadow variants (``ShadowProductionVariants``) are silently
 dropped from endpoint configs; endpoints are InService at once, so waits never poll; a variant created
 at weight 0 comes back without ``CurrentWeight``; ``InvokeEndpoint`` ignores the weights.
 """
@@ -19,7 +21,7 @@ import pytest
 
 from canary.backends.base import ConnInfo
 from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
-from canary.errors import BackendError
+from canary.errors import BackendError, ChangeFailedError
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +64,47 @@ def test_missing_endpoint_is_a_backend_error(aws_conn: ConnInfo) -> None:
     router = SageMakerTrafficRouter(aws_conn, endpoint="nowhere")
     with pytest.raises(BackendError, match="DescribeEndpoint on endpoint 'nowhere' failed: ValidationException"):
         router.get_weights()
+
+
+def test_extension_deploy_shift_promote_and_remove_on_moto(aws_conn: ConnInfo) -> None:
+    """UpdateEndpoint is the test-side extension; configs, models, DescribeEndpoint and weights are moto's."""
+    from moto_harness import update_endpoint_extension
+
+    client = aws_client(aws_conn, "sagemaker")
+    create_endpoint(client, "churn", {"v1": 1.0})
+    client.create_model(ModelName="churn-v2", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    with update_endpoint_extension(updating_s=0.3):
+        router = SageMakerTrafficRouter(aws_conn, endpoint="churn", poll_interval_s=0.1, wait_timeout_s=10)
+        router.deploy("v2")  # waits (polls moto) until the endpoint is InService on the new config
+        described = client.describe_endpoint(EndpointName="churn")
+        assert described["EndpointStatus"] == "InService"
+        config = client.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        assert [(v["VariantName"], v["ModelName"], v["InitialInstanceCount"]) for v in config["ProductionVariants"]] \
+            == [("v-v1", "churn-v1", 1), ("v-v2", "churn-v2", 1)]
+        assert router.get_weights() == {"v1": 100, "v2": 0}
+        router.deploy("v2")  # a retry is a no-op
+        router.set_weights({"v1": 50, "v2": 50})
+        assert router.get_weights() == {"v1": 50, "v2": 50}
+        router.set_weights({"v2": 100})
+        router.remove("v1")
+        assert router.get_weights() == {"v2": 100}
+        assert [v["VariantName"] for v in client.describe_endpoint(EndpointName="churn")["ProductionVariants"]] \
+            == ["v-v2"]
+
+        quick = router.without_waiting()
+        quick.deploy("v1")  # returns while the endpoint is Updating; the deferrable tasks check once
+        pending = quick.pending_change()
+        assert pending is not None and pending.state == "Updating"
+        assert pending.token["expected_config"] == client.describe_endpoint(EndpointName="churn")["EndpointConfigName"]
+        router.wait_until_in_service()
+        assert SageMakerTrafficRouter(aws_conn, endpoint="churn").pending_change(pending) is None
+
+
+def test_pending_change_on_another_config_is_a_change_failure(aws_conn: ConnInfo) -> None:
+    from canary.backends import PendingChange
+
+    create_endpoint(aws_client(aws_conn, "sagemaker"), "churn", {"v1": 1.0})
+    pending = PendingChange(backend="sagemaker", resource="endpoint 'churn'", state="Updating",
+                            token={"endpoint": "churn", "expected_config": "churn-never-applied"})
+    with pytest.raises(ChangeFailedError, match="InService on config 'churn-initial', not 'churn-never-applied'"):
+        SageMakerTrafficRouter(aws_conn, endpoint="churn").pending_change(pending)
