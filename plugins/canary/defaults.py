@@ -49,6 +49,13 @@ SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
 
 NIGHTLY_CRON = "0 2 * * *"
 
+#: Event-driven starts (``schedule.on_registry_event``): what the registry watcher polls for and how often.
+REGISTRY_EVENT_WATCH = "new_version"
+REGISTRY_EVENT_ALIAS = "challenger"
+REGISTRY_EVENT_POLL_INTERVAL_S = 30.0
+#: The fastest a watcher may poll a registry.
+REGISTRY_EVENT_MIN_POLL_INTERVAL_S = 1.0
+
 #: Upper bounds that catch typos (a 30-day stage is a mistake, not a plan).
 MAX_STAGE_DURATION_S = 7 * 24 * 3600.0
 MAX_STAGES = 20

@@ -163,8 +163,27 @@ class PolicySpec(_Strict):
     approval: ApprovalMode = ApprovalMode.NONE
 
 
+class RegistryWatch(StrEnum):
+    """What the registry watcher of ``schedule.on_registry_event`` reacts to."""
+
+    NEW_VERSION = "new_version"  # a version registered after the last one seen
+    ALIAS = "alias"  # ``alias`` (e.g. challenger) moved to another version
+    NONE = "none"  # no watcher: events are pushed (POST /api/v2/assets/events)
+
+
+class RegistryEventSpec(_Strict):
+    """Start a rollout when the registry says so: a watcher polls it, or a system pushes an asset event."""
+
+    enabled: bool = False
+    watch: RegistryWatch = RegistryWatch(defaults.REGISTRY_EVENT_WATCH)
+    alias: str = Field(defaults.REGISTRY_EVENT_ALIAS, pattern=NAME_PATTERN, max_length=200)
+    poll_interval_s: Duration = Field(defaults.REGISTRY_EVENT_POLL_INTERVAL_S, alias="poll_interval",
+                                      ge=defaults.REGISTRY_EVENT_MIN_POLL_INTERVAL_S, le=24 * 3600.0)
+
+
 class ScheduleSpec(_Strict):
     nightly_cron: str | None = None
+    on_registry_event: RegistryEventSpec = RegistryEventSpec()
 
 
 class RolloutSpec(_Strict):
@@ -273,6 +292,12 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
 
         if not croniter.is_valid(cron):
             problems.append(("schedule.nightly_cron", f"not a valid cron expression: {cron!r} (e.g. '0 2 * * *')"))
+    events = spec.schedule.on_registry_event
+    champion_alias = str(spec.backends.registry.options.get("champion_alias", "champion"))
+    if events.enabled and events.watch is RegistryWatch.ALIAS and events.alias == champion_alias:
+        problems.append(("schedule.on_registry_event.alias",
+                         f"must not be the champion alias {champion_alias!r}: watch the alias candidates are "
+                         "given, e.g. 'challenger'"))
     if spec.analysis.poll_interval_s > min(s.max_duration_s for s in spec.stages):
         problems.append(("analysis.poll_interval", "must not exceed the shortest stage max_duration"))
     return problems

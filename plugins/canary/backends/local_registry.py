@@ -160,6 +160,12 @@ class LocalModelRegistry:
             self._require_version(entry, model, version)
             entry["aliases"][alias] = version
 
+    def alias_version(self, model: str, alias: str) -> str | None:
+        """Return the version ``alias`` names; None if the alias is not set or the model not registered."""
+        entry = self._read()["models"].get(model)
+        version = None if entry is None else entry["aliases"].get(alias)
+        return None if version is None else str(version)
+
     def get_tags(self, model: str, version: str) -> dict[str, str]:
         entry = self._model(self._read(), model)
         self._require_version(entry, model, version)

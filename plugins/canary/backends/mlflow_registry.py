@@ -272,6 +272,23 @@ class MlflowModelRegistry:
         version = (registered.aliases or {}).get(self.champion_alias)
         return None if version is None else str(version)
 
+    def alias_version(self, model: str, alias: str) -> str | None:
+        """Return the version ``alias`` names; None if the alias is not set or the model not registered.
+
+        One request (the registered model carries its aliases), so a watcher can poll it cheaply.
+        """
+        from mlflow.exceptions import MlflowException
+
+        name = self._name(model)
+        try:
+            registered = self._call(lambda c: c.get_registered_model(name))
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise self._backend_error(f"get registered model {name!r}", err) from err
+        version = (registered.aliases or {}).get(alias)
+        return None if version is None else str(version)
+
     def list_versions(self, model: str) -> list[str]:
         """Return every version of the model, oldest first ([] if it is not registered)."""
         name = self._name(model)

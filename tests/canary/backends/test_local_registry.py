@@ -85,3 +85,12 @@ def test_concurrent_writers_lose_nothing(path):
         assert p.exitcode == 0
     versions = LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(path)})).list_versions("m")
     assert len(versions) == 100 and len(set(versions)) == 100
+
+
+def test_alias_version(reg):
+    assert reg.alias_version("m", "challenger") == "3"
+    assert reg.alias_version("m", "champion") == "1"
+    assert reg.alias_version("m", "canary") is None
+    assert reg.alias_version("other", "challenger") is None
+    reg.set_alias("m", "challenger", "2")
+    assert reg.alias_version("m", "challenger") == "2"

@@ -268,3 +268,19 @@ def test_persistent_5xx_gives_up_with_the_status(flaky):
                                            r"answering with a transient HTTP error \(408/429/5xx\)\)"):
         r.champion("m")
     assert len(handler.requests) == 2
+
+
+def test_alias_version(reg, model):
+    assert reg.alias_version(model, "challenger") == "3"
+    assert reg.alias_version(model, "champion") == "1"
+    assert reg.alias_version(model, "canary") is None
+    assert reg.alias_version("no-such-model", "challenger") is None
+    reg.set_alias(model, "challenger", "2")
+    assert reg.alias_version(model, "challenger") == "2"
+
+
+def test_alias_version_failure_names_the_server(model):
+    dead = build_backend("registry", "mlflow", ConnInfo(conn_id="t", host=f"http://127.0.0.1:{free_port()}"),
+                         max_attempts=1, request_timeout_seconds=2)
+    with pytest.raises(BackendError, match=rf"get registered model '{model}' at http://127.0.0.1:\d+ failed"):
+        dead.alias_version(model, "challenger")
