@@ -26,7 +26,8 @@ from canary.errors import CanaryError, RequestError, UnknownVersionError
 from canary.nightly import TaggedRegistry, candidates
 
 ASSET_PREFIX = "canary_registry__"
-URI_SCHEME = "canary-registry"
+#: A private ("x-") scheme: Airflow leaves it as it is instead of loading every provider's URI handlers.
+URI_SCHEME = "x-canary-registry"
 #: Causes a watcher reports; pushed events may name their own (free text).
 CAUSE_NEW_VERSION = "new_version"
 CAUSE_ALIAS_MOVED = "alias_moved"
@@ -42,7 +43,7 @@ def asset_name(model: str) -> str:
 
 
 def asset_uri(model: str) -> str:
-    """Return the URI of that asset (``canary-registry://<model>``)."""
+    """Return the URI of that asset (``x-canary-registry://<model>``)."""
     return f"{URI_SCHEME}://{model}"
 
 

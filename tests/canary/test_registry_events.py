@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from registry_fakes import MemoryRegistry
 
-from canary.errors import BackendError, RequestError, SpecError, UnknownVersionError
+from canary.errors import BackendError, RequestError, SpecError
 from canary.registry_events import (
     AssetEventInput,
     Watermark,
@@ -20,53 +21,6 @@ from canary.registry_events import (
     summarize,
 )
 from canary.spec import RegistryWatch, parse_spec
-
-
-class MemoryRegistry:
-    """A registry at the interface: versions in order, aliases, tags; ``fail`` makes every read raise."""
-
-    def __init__(self, versions: list[str], *, champion: str | None = "1", aliases: Mapping[str, str] | None = None,
-                 tags: Mapping[str, Mapping[str, str]] | None = None) -> None:
-        self.versions = list(versions)
-        self.aliases = {**({"champion": champion} if champion else {}), **(aliases or {})}
-        self.tags = {v: dict((tags or {}).get(v, {})) for v in versions}
-        self.fail: Exception | None = None
-
-    def _check(self) -> None:
-        if self.fail is not None:
-            raise self.fail
-
-    def resolve(self, model: str, ref: str) -> str:
-        self._check()
-        if ref in self.aliases:
-            return self.aliases[ref]
-        if ref in self.versions:
-            return ref
-        raise UnknownVersionError(model, ref, [*self.versions, *sorted(self.aliases)])
-
-    def champion(self, model: str) -> str | None:
-        self._check()
-        return self.aliases.get("champion")
-
-    def list_versions(self, model: str) -> list[str]:
-        self._check()
-        return list(self.versions)
-
-    def alias_version(self, model: str, alias: str) -> str | None:
-        self._check()
-        return self.aliases.get(alias)
-
-    def get_tags(self, model: str, version: str) -> dict[str, str]:
-        self._check()
-        return dict(self.tags[version])
-
-    def promote(self, model: str, version: str, *, run_id: str, summary: Mapping[str, Any]) -> None:
-        raise AssertionError("the dispatcher never writes to the registry")
-
-    def record_rollback(self, model: str, version: str, *, run_id: str, reason: str,
-                        summary: Mapping[str, Any]) -> None:
-        raise AssertionError("the dispatcher never writes to the registry")
-
 
 BASE_SPEC = {"model": "m", "endpoint": "e", "stages": [{"weight": 50}, {"weight": 100}]}
 
