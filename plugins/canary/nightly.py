@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from canary.backends.base import ModelRegistry
@@ -77,6 +78,28 @@ def choose(model: str, dag_id: str, registry: TaggedRegistry, *, active_runs: in
                          reason=f"{newest} registered after champion {champion}, {why}{note}")
 
 
+def is_due(cron: str, at: datetime) -> bool:
+    """Return whether ``cron`` (UTC) fires at the minute of ``at`` (a scheduled nightly run's logical time)."""
+    from croniter import croniter  # an Airflow dependency
+
+    return bool(croniter.match(cron, at.astimezone(UTC).replace(second=0, microsecond=0)))
+
+
+def nightly_time_choice(model: str, dag_id: str, *, own_cron: str | None, default_cron: str,
+                        run_at: datetime | None) -> NightlyChoice | None:
+    """Return a ``skip`` choice when a scheduled run is not the model's nightly time, else None (take part).
+
+    ``run_at`` is the scheduled run's logical time; None (a manual run) checks every opted-in model.
+    """
+    cron = own_cron or default_cron
+    if run_at is None or is_due(cron, run_at):
+        return None
+    source = "schedule.nightly_cron" if own_cron else "$CANARY_NIGHTLY_CRON"
+    return NightlyChoice(model=model, dag_id=dag_id, action="skip",
+                         reason=f"not due at {run_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC (its time: {cron!r} "
+                                f"from {source})")
+
+
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.~:+-]")
 
 
@@ -92,4 +115,5 @@ def summarize(choices: list[Mapping[str, Any]]) -> dict[str, Any]:
             "errors": [dict(c) for c in choices if c["action"] == "error"]}
 
 
-__all__ = ["NightlyChoice", "TaggedRegistry", "candidates", "choose", "rollout_run_id", "summarize"]
+__all__ = ["NightlyChoice", "TaggedRegistry", "candidates", "choose", "is_due", "nightly_time_choice",
+           "rollout_run_id", "summarize"]

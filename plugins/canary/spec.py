@@ -182,7 +182,14 @@ class RegistryEventSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    nightly_cron: str | None = None
+    """Automatic rollout starts. ``nightly`` takes part at the nightly DAG's default time, ``nightly_cron`` at its own."""
+
+    nightly: bool = Field(False, description="take part in the nightly pick-up at $CANARY_NIGHTLY_CRON")
+    nightly_cron: str | None = Field(None, description="take part at this cron time (UTC) instead; implies nightly")
+
+    @property
+    def takes_part_nightly(self) -> bool:
+        return self.nightly or self.nightly_cron is not None
     on_registry_event: RegistryEventSpec = RegistryEventSpec()
 
 

@@ -4,9 +4,10 @@ Graph::
 
     select_candidates >> start_rollout (one mapped TriggerDagRunOperator per model to start) >> report
 
-Only specs with ``schedule.nightly_cron`` set take part (the field opts a model in; the DAG itself runs
-on ``$CANARY_NIGHTLY_CRON``, default ``0 2 * * *``). Conf ``{"force": true}`` re-rolls versions that
-were already rolled out.
+Only specs with ``schedule.nightly: true`` (at ``$CANARY_NIGHTLY_CRON``, default ``0 2 * * *``) or
+``schedule.nightly_cron`` (at that time) take part. The DAG runs at every one of those times (one
+timetable of all of them, UTC); a scheduled run checks the models whose time it is, a manual run every
+opted-in model. Conf ``{"force": true}`` re-rolls versions that were already rolled out.
 """
 
 from __future__ import annotations
@@ -43,20 +44,25 @@ class SelectNightlyRolloutsOperator(BaseOperator):
     Pushes every decision (started, skipped, errors, with reasons) as XCom ``choices``.
 
     :param specs_path: directory of rollout specs.
+    :param default_cron: the time of specs with ``schedule.nightly: true`` (the DAG's default cron).
     """
 
     template_fields: Sequence[str] = ("specs_path",)
     ui_color = "#e8f1ff"
 
-    def __init__(self, *, specs_path: str, **kwargs: Any) -> None:
+    def __init__(self, *, specs_path: str, default_cron: str = DEFAULT_NIGHTLY_CRON, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.specs_path = specs_path
+        self.default_cron = default_cron
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from canary.nightly import NightlyChoice, choose, rollout_run_id
+        from canary.nightly import NightlyChoice, choose, nightly_time_choice, rollout_run_id
 
-        conf = {**context["params"], **(context["dag_run"].conf or {})}
+        dag_run = context["dag_run"]
+        conf = {**context["params"], **(dag_run.conf or {})}
         force = conf.get("force") is True
+        scheduled = str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "scheduled"
+        run_at = dag_run.logical_date if scheduled else None
         choices: list[NightlyChoice] = []
         for path in spec_files(self.specs_path):
             try:
@@ -65,9 +71,14 @@ class SelectNightlyRolloutsOperator(BaseOperator):
                 choices.append(NightlyChoice(model=path.stem, dag_id=f"canary_rollout__{path.stem}", action="error",
                                              reason=f"invalid spec: {err}"))
                 continue
-            if spec.schedule.nightly_cron is None:
+            if not spec.schedule.takes_part_nightly:
                 choices.append(NightlyChoice(model=spec.model, dag_id=spec.dag_id, action="skip",
-                                             reason="not opted in (schedule.nightly_cron is not set)"))
+                                             reason="not opted in (set schedule.nightly or schedule.nightly_cron)"))
+                continue
+            not_due = nightly_time_choice(spec.model, spec.dag_id, own_cron=spec.schedule.nightly_cron,
+                                          default_cron=self.default_cron, run_at=run_at)
+            if not_due is not None:
+                choices.append(not_due)
                 continue
             try:
                 registry = registry_hook(spec).registry
@@ -115,12 +126,35 @@ class NightlyReportOperator(BaseOperator):
         return report
 
 
+def spec_crons(specs_path: str | Path) -> list[str]:
+    """Return the distinct ``schedule.nightly_cron`` of the valid specs (invalid ones are the rollout DAGs' errors)."""
+    crons: set[str] = set()
+    for path in spec_files(specs_path):
+        try:
+            cron = load_spec(path).schedule.nightly_cron
+        except SpecError:
+            continue
+        if cron:
+            crons.add(cron)
+    return sorted(crons)
+
+
+def nightly_timetable(default_cron: str, crons: Sequence[str]) -> Any:
+    """Return the DAG's schedule: the default cron, or one timetable firing at every distinct time (UTC)."""
+    from airflow.sdk import MultipleCronTriggerTimetable
+
+    every = [default_cron, *(c for c in crons if c != default_cron)]
+    return every[0] if len(every) == 1 else MultipleCronTriggerTimetable(*every, timezone="UTC")
+
+
 def build_nightly_dag(*, specs_path: str | Path | None = None, schedule: str | None = None) -> DAG:
     """Build the ``nightly_rollouts`` DAG."""
+    specs_path = specs_path or specs_dir()
+    default_cron = schedule or nightly_cron()
     with DAG(
         dag_id=NIGHTLY_DAG_ID,
         description="Start one rollout per model with a new candidate version",
-        schedule=schedule or nightly_cron(),
+        schedule=nightly_timetable(default_cron, spec_crons(specs_path)),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -130,7 +164,8 @@ def build_nightly_dag(*, specs_path: str | Path | None = None, schedule: str | N
         tags=["canary", "nightly"],
         default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
     ) as dag:
-        select = SelectNightlyRolloutsOperator(task_id=SELECT_TASK_ID, specs_path=str(specs_path or specs_dir()))
+        select = SelectNightlyRolloutsOperator(task_id=SELECT_TASK_ID, specs_path=str(specs_path),
+                                               default_cron=default_cron)
         start = TriggerDagRunOperator.partial(
             task_id="start_rollout", wait_for_completion=False, skip_when_already_exists=True,
             map_index_template="{{ task.trigger_dag_id }}",

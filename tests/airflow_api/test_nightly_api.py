@@ -44,7 +44,7 @@ def test_nightly_starts_the_newest_candidate_once_and_says_why_it_skips(airflow_
         assert skipped == {
             "api-nocand": "no version after champion v1 that was not rolled out yet",
             "api-tried": "no version after champion v1 that was not rolled out yet",
-            "api-optout": "not opted in (schedule.nightly_cron is not set)",
+            "api-optout": "not opted in (set schedule.nightly or schedule.nightly_cron)",
         }
         assert report["errors"] == [] and report["trigger_failures"] == []
         started = [r for r in server.runs(DAG_ID) if r["dag_run_id"].startswith("nightly__")]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
 
 from canary.errors import BackendError
-from canary.nightly import candidates, choose, rollout_run_id, summarize
+from canary.nightly import candidates, choose, is_due, nightly_time_choice, rollout_run_id, summarize
 
 RESULT = "rollout.result"
 
@@ -79,3 +81,33 @@ def test_summarize_groups_by_action():
     report = summarize(choices)
     assert [c["model"] for c in report["started"]] == ["a"] and [c["model"] for c in report["skipped"]] == ["b"]
     assert report["errors"] == []
+
+
+AT_0200 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("cron", "at", "due"), [
+    ("0 2 * * *", AT_0200, True),
+    ("0 2 * * *", AT_0200 + timedelta(seconds=30), True),          # same minute
+    ("0 2 * * *", AT_0200 + timedelta(minutes=1), False),
+    ("0 14 * * *", AT_0200, False),
+    ("0 2 * * 1-5", AT_0200, True),                                  # 2026-12-01 is a Tuesday
+    ("0 2 * * 6", AT_0200, False),
+    ("0 3 * * *", AT_0200.astimezone(timezone(timedelta(hours=-1))), False),  # compared in UTC
+])
+def test_is_due_matches_the_minute_in_utc(cron, at, due):
+    assert is_due(cron, at) is due
+
+
+@pytest.mark.parametrize(("own", "run_at", "skipped", "fragment"), [
+    (None, AT_0200, False, ""),                                       # nightly: true, default time
+    ("0 14 * * *", AT_0200, True, "its time: '0 14 * * *' from schedule.nightly_cron"),
+    ("0 14 * * *", AT_0200.replace(hour=14), False, ""),
+    (None, AT_0200.replace(hour=14), True, "its time: '0 2 * * *' from $CANARY_NIGHTLY_CRON"),
+    ("0 14 * * *", None, False, ""),                                  # a manual run checks everyone
+])
+def test_nightly_time_choice(own, run_at, skipped, fragment):
+    choice = nightly_time_choice("m", "canary_rollout__m", own_cron=own, default_cron="0 2 * * *", run_at=run_at)
+    assert (choice is not None) is skipped
+    if skipped:
+        assert choice.action == "skip" and fragment in choice.reason and "not due at" in choice.reason
