@@ -26,3 +26,9 @@ SPECS_DIR = ROOT / "include" / "rollouts"
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _own_lock_store(monkeypatch, tmp_path_factory):
+    """Each test gets its own local endpoint-lease store: a lease left by one test never blocks another."""
+    monkeypatch.setenv("CANARY_LOCK_PATH", str(tmp_path_factory.mktemp("locks") / "canary_locks.db"))

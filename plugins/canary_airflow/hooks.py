@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 
 from canary.backends import ConnInfo, MetricsSource, ModelRegistry, TrafficRouter, build_backend
+from canary.lock import EndpointLock
 
 
 def conn_info(conn: Any) -> ConnInfo:
@@ -112,4 +113,45 @@ class CanaryRegistryHook(CanaryBackendHook):
 
     @property
     def registry(self) -> ModelRegistry:
+        return self.client
+
+
+class CanaryLockHook(CanaryBackendHook):
+    """Endpoint leases: one rollout per endpoint (see :mod:`canary.lock`).
+
+    The ``local`` store needs no connection: without ``canary_lock_default`` it uses
+    ``$CANARY_LOCK_PATH`` or ``$AIRFLOW_HOME/canary_locks.db``. Any other store needs its connection.
+    """
+
+    role = "lock"
+    default_conn_name = "canary_lock_default"
+    conn_type = "canary_lock"
+    hook_name = "Canary endpoint lock"
+
+    def _without_connection(self, err: Exception) -> Any:
+        if self.backend != "local" or self.conn_id != self.default_conn_name:
+            raise err
+        return build_backend(self.role, self.backend, ConnInfo(conn_id=self.conn_id), **self.options)
+
+    @cached_property
+    def client(self) -> Any:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            info = conn_info(self.get_connection(self.conn_id))
+        except AirflowNotFoundException as err:
+            return self._without_connection(err)
+        return build_backend(self.role, self.backend, info, **self.options)
+
+    async def aclient(self) -> Any:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            info = conn_info(await self.aget_connection(self.conn_id))
+        except AirflowNotFoundException as err:
+            return self._without_connection(err)
+        return build_backend(self.role, self.backend, info, **self.options)
+
+    @property
+    def lock(self) -> EndpointLock:
         return self.client

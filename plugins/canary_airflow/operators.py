@@ -18,9 +18,18 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from canary.backends import TrafficRouter, without_waiting
 from canary.errors import CanaryError, RequestError, SpecError
+from canary.lock import LeaseLostError
 from canary.phases import Action, GateResult, Outcome
 from canary.request import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec import RolloutSpec, load_spec
+from canary_airflow.endpoint_lock import (
+    APPROVAL_TIMEOUT_S,
+    EndpointLeaseMixin,
+    lease_holder,
+    lease_key,
+    lock_hook,
+    renew_lease,
+)
 from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
 from canary_airflow.serving_changes import (
     ServingChangeError,
@@ -67,6 +76,13 @@ class CanaryBaseOperator(BaseOperator):
     """
 
     ui_color = "#fff7e6"
+    #: Reading the plan renews the run's endpoint lease (one rollout per endpoint): every step that may
+    #: move traffic first makes sure this run still owns the endpoint. ``finalize`` checks on its own.
+    renews_lease = True
+
+    def lease_ttl_s(self, plan: RolloutPlan) -> float:
+        """Return how long the lease must last from this step's start until the next renewal."""
+        return plan.spec.concurrency.lease_ttl_s
 
     def __init__(self, *, deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=True),
                  **kwargs: Any) -> None:
@@ -97,7 +113,10 @@ class CanaryBaseOperator(BaseOperator):
         data = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
         if not data:
             raise AirflowFailException(f"no rollout plan in XCom of {PLAN_TASK_ID!r}; did it run?")
-        return RolloutPlan.from_dict(data)
+        plan = RolloutPlan.from_dict(data)
+        if self.renews_lease:
+            renew_lease(plan, ttl_s=self.lease_ttl_s(plan))
+        return plan
 
     def say(self, plan: RolloutPlan, message: str) -> None:
         """Log one timeline line (prefixed so the demo and the report can pick them out)."""
@@ -105,10 +124,12 @@ class CanaryBaseOperator(BaseOperator):
         self.log.info("CANARY %s %s: %s%s", plan.model, plan.candidate, prefix, message)
 
 
-class ValidateRolloutRequestOperator(CanaryBaseOperator):
-    """Validate the spec and the run's conf, resolve versions, and freeze the rollout plan.
+class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
+    """Validate the spec and the run's conf, resolve versions, take the endpoint, and freeze the plan.
 
-    Anything that cannot run is refused here, before any traffic moves, with the field named.
+    Anything that cannot run is refused here, before any traffic moves, with the field named. While
+    another rollout holds the endpoint's lease it waits in the triggerer (``concurrency.on_busy: wait``,
+    up to ``max_wait``) or is refused naming that rollout (``refuse``); a dry run takes no lease.
 
     :param spec_path: the model's YAML spec.
     """
@@ -129,6 +150,8 @@ class ValidateRolloutRequestOperator(CanaryBaseOperator):
             request = RolloutRequest.from_conf(conf)
             plan = plan_rollout(spec, request, registry_hook(spec).registry,
                                 run_id=context["run_id"], now_s=time.time())
+            plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry_hook(spec).registry,
+                                                                 run_id=context["run_id"], now_s=time.time()))
         except (SpecError, RequestError) as err:
             raise AirflowFailException(f"rollout refused: {err}") from err
         weights = " -> ".join(f"{s.weight}%" for s in plan.stages)
@@ -141,6 +164,10 @@ class ShadowTestOperator(CanaryBaseOperator):
     """Mirror real requests to the candidate, compare with stable, and fail the rollout if it differs."""
 
     ui_color = "#f0e8ff"
+
+    def lease_ttl_s(self, plan: RolloutPlan) -> float:
+        # The shadow test renews nothing while it runs (up to its max_duration, then the task's timeout).
+        return plan.spec.concurrency.lease_ttl_s + plan.spec.shadow.max_duration_s + 120.0
 
     def execute(self, context: Any) -> dict[str, Any]:
         plan = self.plan(context)
@@ -249,6 +276,8 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
         if action is Action.ROLLBACK:
             return f"{group}.rollback"
         if action is Action.HOLD:
+            # Nothing renews the lease while a person decides: make it outlast the approval's timeout.
+            renew_lease(plan, ttl_s=APPROVAL_TIMEOUT_S + plan.spec.concurrency.lease_ttl_s)
             return f"{group}.approve"
         return f"{group}.proceed"
 
@@ -333,6 +362,7 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
     """
 
     ui_color = "#eeeeee"
+    renews_lease = False  # it must run even when the lease is lost or the lock store is down
 
     def __init__(self, *, stage_count: int, **kwargs: Any) -> None:
         # Returning traffic to stable must survive a flaky backend: retried (the verdict itself is not).
@@ -361,11 +391,16 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
             outcome = Outcome.FAILED if failed else Outcome.ROLLED_BACK
             reason = (f"task(s) {', '.join(failed)} failed" if failed
                       else "stopped before promotion (approval rejected or run stopped)")
-        if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks:
+        lost = None if plan.dry_run else self._lease_lost(plan)
+        if lost is not None and not outcome.is_success():
+            outcome, reason = Outcome.FAILED, f"{reason}; {lost}: traffic left to the rollout that owns the endpoint"
+        if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks and lost is None:
             try:
                 roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
             except CanaryError as err:  # retried: the task's retries exist for exactly this
                 raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
+        if not plan.dry_run and lost is None:
+            self._release_lease(plan)  # traffic is settled (on stable, or promoted): the endpoint is free
         report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
                               stages=[s for s in stages if s])
         paths = write_report(report)
@@ -382,6 +417,32 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         except ServingChangeError as err:
             raise RuntimeError(f"could not return traffic to stable yet: {err}") from err
         return self.execute(context)
+
+    def _lease_lost(self, plan: RolloutPlan) -> LeaseLostError | None:
+        """Return the loss if another rollout owns the endpoint now (then its traffic is not ours to move).
+
+        A lock store that cannot be reached is no reason to leave traffic on a candidate: that only warns.
+        """
+        try:
+            lock_hook(plan.spec).lock.renew(lease_key(plan.spec), lease_holder(plan),
+                                            ttl_s=plan.spec.concurrency.lease_ttl_s)
+        except LeaseLostError as err:
+            self.log.error("%s: not touching its traffic", err)
+            return err
+        except Exception as err:  # the safety net must not depend on the lock store
+            self.log.warning("could not check the endpoint lease (%s); returning traffic to stable anyway", err)
+        return None
+
+    def _release_lease(self, plan: RolloutPlan) -> None:
+        key = lease_key(plan.spec)
+        try:
+            released = lock_hook(plan.spec).lock.release(key, lease_holder(plan))
+        except Exception as err:  # not worth failing the run over: the lease expires by itself
+            self.log.warning("could not release the lease on endpoint %s (%s); it expires after %ss", key, err,
+                             plan.spec.concurrency.lease_ttl_s)
+            return
+        self.say(plan, f"released the lease on endpoint {key}" if released
+                 else f"held no lease on endpoint {key} any more")
 
     def _failed_tasks(self, context: Any) -> list[str]:
         try:

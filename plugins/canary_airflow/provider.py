@@ -47,5 +47,16 @@ def get_provider_info() -> dict[str, Any]:
                                      "host": "https://mlflow.internal (MLflow) or empty (local)"},
                 },
             },
+            {
+                "hook-class-name": "canary_airflow.hooks.CanaryLockHook",
+                "connection-type": "canary_lock",
+                "hook-name": "Canary endpoint lock",
+                "ui-field-behaviour": {
+                    "hidden-fields": [],
+                    "relabeling": {"schema": "Database"},
+                    "placeholders": {"extra": '{"path": "/data/canary_locks.db"} (local) or empty (postgres)',
+                                     "host": "postgres.internal (postgres) or empty (local)"},
+                },
+            },
         ],
     }

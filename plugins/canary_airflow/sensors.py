@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from canary.observe import StageWatch, poll_stage
 from canary.phases import GateResult
 from canary.request import RolloutPlan
+from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
 from canary_airflow.operators import PLAN_TASK_ID, metrics_hook, stage_group
 from canary_airflow.triggers import CanaryObserveTrigger
 
@@ -67,6 +68,7 @@ class CanaryObserveSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> PokeReturnValue:
         plan, watch = self._setup(context)
+        renew_lease(plan)  # every look renews the endpoint lease (the trigger renews at its polls)
         stage = plan.stages[self.stage_index]
         source = metrics_hook(plan.spec).source
         result, state = poll_stage(plan.spec, stage, watch, source)
@@ -97,6 +99,7 @@ class CanaryObserveSensor(BaseSensorOperator):
                 watch=watch.to_dict(),
                 metrics={"name": ref.name, "conn_id": plan.spec.backends.conn_id("metrics"),
                          "options": {"endpoint": plan.spec.endpoint, **ref.options}},
+                lease=observe_lease_kwargs(plan),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=stage.max_duration_s + TIMEOUT_SLACK_S),

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from canary.errors import BackendError
+from canary.lock import Lease, LeaseHolder, LeaseLostError, blocking_lease
 from canary.observe import StageWatch, default_analyzer, poll_stage
 from canary.phases import Decision, GateResult
 from canary.spec import StageSpec, parse_spec
@@ -30,19 +31,46 @@ class CanaryObserveTrigger(BaseTrigger):
     :param stage: the stage spec (``model_dump(by_alias=True)``).
     :param watch: :class:`~canary.observe.StageWatch` as a dict.
     :param metrics: ``{"name", "conn_id", "options"}`` of the metrics backend.
+    :param lease: the run's endpoint lease, renewed at every poll: ``{"lock", "key", "dag_id", "run_id",
+        "ttl_s"}`` (None: nothing to renew, e.g. a dry run). A lost lease fires HALT (metric ``lease``).
     """
 
     def __init__(self, *, spec: dict[str, Any], stage: dict[str, Any], watch: dict[str, Any],
-                 metrics: dict[str, Any]) -> None:
+                 metrics: dict[str, Any], lease: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.stage = stage
         self.watch = watch
         self.metrics = metrics
+        self.lease = lease
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"spec": self.spec, "stage": self.stage, "watch": self.watch, "metrics": self.metrics})
+                {"spec": self.spec, "stage": self.stage, "watch": self.watch, "metrics": self.metrics,
+                 "lease": self.lease})
+
+    async def _lease_store(self) -> Any:
+        if not self.lease:
+            return None
+        from canary_airflow.hooks import CanaryLockHook
+
+        ref = self.lease["lock"]
+        return await CanaryLockHook(ref["name"], ref["conn_id"], **ref.get("options", {})).aclient()
+
+    async def _renew(self, store: Any) -> LeaseLostError | None:
+        """Renew the lease; return the loss if another rollout has it (a store error only warns: the TTL
+        covers many polls, and the next successful renewal re-takes a lease nobody else took)."""
+        if store is None:
+            return None
+        lease = self.lease or {}
+        holder = LeaseHolder(dag_id=lease["dag_id"], run_id=lease["run_id"])
+        try:
+            await asyncio.to_thread(store.renew, lease["key"], holder, ttl_s=float(lease["ttl_s"]))
+        except LeaseLostError as err:
+            return err
+        except BackendError as err:
+            self.log.warning("could not renew the lease on endpoint %s: %s", lease["key"], err)
+        return None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from canary_airflow.hooks import CanaryMetricsHook
@@ -53,8 +81,14 @@ class CanaryObserveTrigger(BaseTrigger):
         analyzer = default_analyzer()
         hook = CanaryMetricsHook(self.metrics["name"], self.metrics["conn_id"], **self.metrics.get("options", {}))
         source = await hook.aclient()
+        lease_store = await self._lease_store()
         polls, failures = 0, 0
         while True:
+            lost = await self._renew(lease_store)
+            if lost is not None:
+                result = GateResult(decision=Decision.HALT, metric="lease", reason=f"{lost}: stopped observing")
+                yield TriggerEvent(self._payload(result, watch.carry_state, polls))
+                return
             try:
                 result, state = await asyncio.to_thread(poll_stage, spec, stage, watch, source, analyzer=analyzer)
                 failures = 0
@@ -80,3 +114,70 @@ class CanaryObserveTrigger(BaseTrigger):
     def _payload(self, result: GateResult, state: Any, polls: int) -> dict[str, Any]:
         return {"stage_index": self.watch["stage_index"], "result": result.to_dict(),
                 "state": dict(state) if state else None, "polls": polls}
+
+
+class EndpointLeaseTrigger(BaseTrigger):
+    """Wait until an endpoint's lease is free (or expired), or until the deadline; never takes it.
+
+    Only reads the lease store, so it is idempotent and may run twice; the resumed task takes the
+    lease (and defers again if another waiting rollout was faster). Fires ``{"status": "free"|"timeout",
+    "holder": <lease dict or None>, "deadline_s", "waiting_since_s", "error"}``.
+
+    :param lock: ``{"name", "conn_id", "options"}`` of the lock backend.
+    :param key: the endpoint's lease key (``<serving backend>/<endpoint>``).
+    :param dag_id: the waiting run's DAG (its own lease does not block it).
+    :param run_id: the waiting run.
+    :param deadline_s: epoch seconds after which it fires ``timeout`` (``concurrency.max_wait``).
+    :param waiting_since_s: when the run started waiting (reported back).
+    :param poll_interval_s: how often the store is read.
+    """
+
+    def __init__(self, *, lock: dict[str, Any], key: str, dag_id: str, run_id: str, deadline_s: float,
+                 waiting_since_s: float, poll_interval_s: float) -> None:
+        super().__init__()
+        self.lock = lock
+        self.key = key
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.deadline_s = deadline_s
+        self.waiting_since_s = waiting_since_s
+        self.poll_interval_s = poll_interval_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"lock": self.lock, "key": self.key, "dag_id": self.dag_id, "run_id": self.run_id,
+                 "deadline_s": self.deadline_s, "waiting_since_s": self.waiting_since_s,
+                 "poll_interval_s": self.poll_interval_s})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from canary_airflow.hooks import CanaryLockHook
+
+        store = await CanaryLockHook(self.lock["name"], self.lock["conn_id"], **self.lock.get("options", {})).aclient()
+        holder = LeaseHolder(dag_id=self.dag_id, run_id=self.run_id)
+        blocking: Lease | None = None
+        failures = 0
+        while True:
+            now = time.time()
+            try:
+                blocking = await asyncio.to_thread(blocking_lease, store, self.key, holder, now)
+                failures, error = 0, None
+            except BackendError as err:
+                failures += 1
+                error = str(err)
+                self.log.warning("reading the lease of endpoint %s failed (%d in a row): %s", self.key, failures, err)
+            else:
+                if blocking is None:
+                    yield TriggerEvent(self._payload("free", None, None))
+                    return
+            if now >= self.deadline_s:
+                yield TriggerEvent(self._payload("timeout", blocking, error))
+                return
+            if failures == 0:
+                assert blocking is not None
+                self.log.info("endpoint %s still held by %s", self.key, blocking.describe())
+            pause = self.poll_interval_s if failures == 0 else min(self.poll_interval_s, 2.0**failures)
+            await asyncio.sleep(max(0.0, min(pause, self.deadline_s - now)))
+
+    def _payload(self, status: str, blocking: Lease | None, error: str | None) -> dict[str, Any]:
+        return {"status": status, "key": self.key, "holder": blocking.to_dict() if blocking else None,
+                "deadline_s": self.deadline_s, "waiting_since_s": self.waiting_since_s, "error": error}

@@ -14,7 +14,7 @@ def test_connection_types_reach_airflow_connection_form():
         warnings.simplefilter("ignore")
         hooks = manager.hooks
     expected = {"canary_serving": "CanaryServingHook", "canary_metrics": "CanaryMetricsHook",
-                "canary_registry": "CanaryRegistryHook"}
+                "canary_registry": "CanaryRegistryHook", "canary_lock": "CanaryLockHook"}
     for conn_type, hook in expected.items():
         assert hooks[conn_type] is not None
         assert hooks[conn_type].hook_class_name == f"canary_airflow.hooks.{hook}"

@@ -9,7 +9,6 @@ share one store: use the ``postgres`` lock backend there (or a path on storage a
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ class LocalEndpointLock(SqlEndpointLock):
     driver_errors = (sqlite3.Error, OSError)
 
     def __init__(self, conn: ConnInfo | None = None, *, path: str | Path | None = None, table: str = DEFAULT_TABLE,
-                 busy_timeout_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 busy_timeout_s: float = 30.0, clock: Callable[[], float] | None = None) -> None:
         super().__init__(table=table, clock=clock)
         extra_path = (conn.extra.get("path") if conn is not None else None) or None
         self.path = Path(path or extra_path or default_lock_path()).expanduser()

@@ -7,7 +7,6 @@ Connection (Airflow's ``postgres`` conventions): ``host``, ``port`` (5432), ``lo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ class PostgresEndpointLock(SqlEndpointLock):
     driver_errors = (psycopg2.Error,)
 
     def __init__(self, conn: ConnInfo, *, table: str = DEFAULT_TABLE, connect_timeout_s: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         super().__init__(table=table, clock=clock)
         if not conn.host:
             raise ConfigError(f"lock connection {conn.conn_id!r}: the postgres lock backend needs a host")

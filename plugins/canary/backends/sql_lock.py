@@ -36,7 +36,7 @@ class SqlEndpointLock:
     #: Database errors this driver raises (wrapped into :class:`BackendError`).
     driver_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self, *, table: str = DEFAULT_TABLE, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, table: str = DEFAULT_TABLE, clock: Callable[[], float] | None = None) -> None:
         self.table = check_table_name(table)
         self.clock = clock
         self._schema_ready = False
@@ -95,7 +95,7 @@ class SqlEndpointLock:
         """Upsert the lease if free, expired or ours; return (our lease, None) or (None, the current lease)."""
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
-        now = self.clock()
+        now = self.clock() if self.clock else time.time()  # looked up per call: patchable
         t = self.table
         mine = f"{t}.dag_id = excluded.dag_id AND {t}.run_id = excluded.run_id"
         statement = (
