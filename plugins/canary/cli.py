@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("canary.stats.cli", "expected requests and time to a decision for each stage and metric"),
     "replay": ("canary.stats.cli", "backtest a spec's decision policy on recorded metrics (CSV)"),
     "trigger": ("canary.trigger_cli", "start a rollout through the Airflow REST API; --wait follows it"),
+    "lock": ("canary.lock_cli", "list endpoint leases (one rollout per endpoint) or release a stale one"),
 }
 
 
