@@ -126,7 +126,7 @@ def build_rollout_dag(spec_path: str | Path) -> DAG:
                     subject=f"{spec.model}: continue the rollout after stage {i + 1} ({stage.weight}%)?",
                     body="The gate could not decide on its own or the approval mode asks for a person. "
                          "See the gate task's log and XCom for the evidence.",
-                    execution_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
+                    response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
                 )
                 set_traffic >> observe >> gate >> [proceed, rollback, approve]
                 nexts: list[Any] = [proceed, approve]

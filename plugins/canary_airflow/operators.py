@@ -153,6 +153,9 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
             plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry_hook(spec).registry,
                                                                  run_id=context["run_id"], now_s=time.time()))
         except (SpecError, RequestError) as err:
+            from canary_airflow.run_notes import write_run_note
+
+            write_run_note(context, f"REFUSED before any traffic moved - {err}", log=self.log)
             raise AirflowFailException(f"rollout refused: {err}") from err
         weights = " -> ".join(f"{s.weight}%" for s in plan.stages)
         self.say(plan, f"rollout of {plan.candidate} against champion {plan.stable}, stages {weights}"
@@ -405,6 +408,11 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
                               stages=[s for s in stages if s])
         paths = write_report(report)
         self.say(plan, f"outcome {outcome.value}: {reason} (report {paths[0]})")
+        from canary_airflow.run_notes import write_run_note
+
+        dry = "[dry run] " if plan.dry_run and outcome is not Outcome.DRY_RUN else ""
+        write_run_note(context, f"{dry}{outcome.value.upper().replace('_', ' ')} {plan.candidate} "
+                                f"(stable {plan.stable}) - {reason}", log=self.log)
         if not outcome.is_success():
             context["ti"].xcom_push(key="return_value", value=report)
             raise AirflowFailException(f"rollout {outcome.value}: {reason}")

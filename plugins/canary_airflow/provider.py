@@ -58,5 +58,15 @@ def get_provider_info() -> dict[str, Any]:
                                      "host": "postgres.internal (postgres) or empty (local)"},
                 },
             },
+            {
+                "hook-class-name": "canary_airflow.run_notes.CanaryAirflowApiHook",
+                "connection-type": "canary_airflow_api",
+                "hook-name": "Canary: Airflow REST API (run notes)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port"],
+                    "relabeling": {"host": "API server URL"},
+                    "placeholders": {"host": "http://airflow-apiserver:8080", "extra": '{"token": "..."} (optional)'},
+                },
+            },
         ],
     }

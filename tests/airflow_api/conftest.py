@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -131,6 +132,12 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             }
             env.pop("CANARY_NIGHTLY_CRON", None)
+            # A known admin password (the simple auth manager keeps it), so tasks can write run notes.
+            home.mkdir(parents=True, exist_ok=True)
+            admin_password = secrets.token_urlsafe(16)
+            (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": admin_password}))
+            env["AIRFLOW_CONN_CANARY_AIRFLOW_API_DEFAULT"] = json.dumps(
+                {"conn_type": "canary_airflow_api", "host": url, "login": "admin", "password": admin_password})
             _seed(AirflowServer(url, "", "", stack, home, reports, root).registry())
             log_file = root / "airflow.log"
             started = time.time()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from urllib.parse import quote
 
 import pytest
 
@@ -77,6 +80,7 @@ def test_what_the_schema_cannot_express_is_refused_by_the_first_task_before_traf
     assert client.task_instance(DAG_ID, run["dag_run_id"], "validate_request")["state"] == "failed"
     assert client.task_instance(DAG_ID, run["dag_run_id"], "deploy_canary")["state"] != "success"
     assert f"rollout refused: {refusal}" in client.task_log(DAG_ID, run["dag_run_id"], "validate_request", 1)
+    assert run["note"].startswith(f"REFUSED before any traffic moved - {refusal}"), run["note"]
     assert airflow_server.stack.weights() == weights
 
 
@@ -91,3 +95,45 @@ def test_good_rollout_through_cli_wait_ends_promoted(airflow_server):
     assert airflow_server.password not in result.stdout + result.stderr
     assert airflow_server.stack.weights() == {"v2": 100}
     assert airflow_server.registry().champion(MODEL) == "v2"
+    run = airflow_server.runs(DAG_ID)[0]
+    assert run["note"].startswith("PROMOTED v2 (stable v1) - every stage passed"), run["note"]
+
+
+def test_api_refuses_an_approval_mode_outside_the_form(airflow_server):
+    with pytest.raises(AirflowApiError) as err:
+        airflow_server.client().trigger(DAG_ID, {"version": "v2", "approval": "sometimes"})
+    assert err.value.status == 400 and refused_field(err.value.detail) == "approval", err.value.detail
+
+
+def _answer_when_asked(server, run_id: str, task_id: str, option: str, timeout_s: float = 300) -> None:
+    client, deadline = server.client(), time.time() + timeout_s
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/-1/hitlDetails"
+    while time.time() < deadline:
+        state = client.task_instance(DAG_ID, run_id, task_id)["state"]
+        if state in ("deferred", "running", "awaiting_input"):
+            with contextlib.suppress(AirflowApiError):  # the HITL detail appears once the task has deferred
+                if client.request("GET", path).get("response_received") is False:
+                    client.request("PATCH", path, json_body={"chosen_options": [option]})
+                    return
+        assert state not in ("success", "failed", "skipped", "upstream_failed"), (task_id, state)
+        time.sleep(1)
+    raise AssertionError(f"{task_id} never asked for approval; see {server.log_file}")
+
+
+def test_approval_mode_from_the_form_holds_every_stage_for_a_person(airflow_server):
+    """every_stage (stricter than the spec's none): approve stage 1, reject before promotion -> rolled back."""
+    server, version = airflow_server, "v4"
+    server.registry().register_version(MODEL, version)
+    champion, weights = server.registry().champion(MODEL), server.stack.weights()
+    run_id = server.client().trigger(DAG_ID, {"version": version, "approval": "every_stage",
+                                              "reason": "approval test"})["dag_run_id"]
+    _answer_when_asked(server, run_id, "stage_1.approve", "Approve")
+    _answer_when_asked(server, run_id, "stage_2.approve", "Reject")
+    assert server.wait_run(DAG_ID, run_id, timeout_s=180) == "failed"
+    client = server.client()
+    assert client.task_instance(DAG_ID, run_id, "stage_2.set_traffic")["state"] == "success"
+    assert client.task_instance(DAG_ID, run_id, "promote")["state"] == "skipped"
+    report = client.xcom(DAG_ID, run_id, "finalize")
+    assert report["outcome"] == "rolled_back" and "approval rejected" in report["reason"], report
+    assert server.stack.weights() == weights and server.registry().champion(MODEL) == champion
+    assert client.dag_run(DAG_ID, run_id)["note"].startswith(f"ROLLED BACK {version} (stable {champion})")

@@ -18,4 +18,5 @@ def test_connection_types_reach_airflow_connection_form():
     for conn_type, hook in expected.items():
         assert hooks[conn_type] is not None
         assert hooks[conn_type].hook_class_name == f"canary_airflow.hooks.{hook}"
+    assert hooks["canary_airflow_api"].hook_class_name == "canary_airflow.run_notes.CanaryAirflowApiHook"
     assert manager.field_behaviours["canary_serving"]["relabeling"] == {"password": "Admin token"}
