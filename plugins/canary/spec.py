@@ -186,11 +186,11 @@ class ScheduleSpec(_Strict):
 
     nightly: bool = Field(False, description="take part in the nightly pick-up at $CANARY_NIGHTLY_CRON")
     nightly_cron: str | None = Field(None, description="take part at this cron time (UTC) instead; implies nightly")
+    on_registry_event: RegistryEventSpec = RegistryEventSpec()
 
     @property
     def takes_part_nightly(self) -> bool:
         return self.nightly or self.nightly_cron is not None
-    on_registry_event: RegistryEventSpec = RegistryEventSpec()
 
 
 class RolloutSpec(_Strict):
