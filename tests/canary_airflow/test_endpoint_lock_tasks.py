@@ -321,3 +321,66 @@ def test_observe_trigger_halts_when_another_rollout_took_the_lease(store, clock)
     assert event["result"]["decision"] == "halt" and event["result"]["metric"] == "lease"
     assert "canary_rollout__m run run-2 lost the lease on endpoint local/e" in event["result"]["reason"]
     assert "canary_rollout__other run manual__other" in event["result"]["reason"]
+
+
+# -- finalize: release after traffic is settled; never touch traffic another rollout owns -------------
+
+class FinalizeTI:
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> Any:
+        return self.plan if (task_ids, key) == (PLAN_TASK_ID, "return_value") else None
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+    def get_task_states(self, dag_id: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {run_ids[0]: {"stage_1.observe": "failed"}}
+
+
+def finalize(tmp_path, monkeypatch) -> tuple[dict[str, Any], Any]:
+    """Run finalize after a failed observe, with 25% on the candidate; return its report and the error."""
+    from canary.request import RolloutRequest, plan_rollout
+    from canary_airflow.operators import FinalizeRolloutOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_FAKE_SERVING", json.dumps({"conn_type": "canary_serving", "host": "x"}))
+    monkeypatch.setenv("CANARY_REPORTS_DIR", str(tmp_path / "reports"))
+    data = spec_data()
+    data["backends"]["serving"] = {"name": "fake", "conn_id": "fake_serving"}
+    plan = plan_rollout(parse_spec(data), RolloutRequest.from_conf({"version": "v2"}), fakes.FakeRegistry(None),
+                        run_id=ME.run_id, now_s=NOW).to_dict()
+    fakes.FakeRouter.reset({"v1": 75, "v2": 25})
+    ti = FinalizeTI(plan)
+    ctx = {"ti": ti, "run_id": ME.run_id, "dag": SimpleNamespace(dag_id=ME.dag_id), "dag_run": None, "params": {}}
+    with pytest.raises(AirflowFailException) as err:
+        FinalizeRolloutOperator(task_id="finalize", stage_count=2, deferrable=False).execute(ctx)
+    return ti.pushed["return_value"], err.value
+
+
+def test_finalize_returns_traffic_to_stable_then_releases_the_lease(tmp_path, monkeypatch, store):
+    store.acquire("fake/e", ME, ttl_s=300)
+    report, err = finalize(tmp_path, monkeypatch)
+    assert fakes.FakeRouter.weights == {"v1": 100}
+    assert report["outcome"] == "failed" and "stage_1.observe failed" in str(err)
+    assert store.get("fake/e") is None
+
+
+def test_finalize_leaves_the_traffic_of_a_rollout_that_took_the_endpoint_alone(tmp_path, monkeypatch, store):
+    store.acquire("fake/e", OTHER, ttl_s=3600)  # ours expired and another rollout took the endpoint
+    report, err = finalize(tmp_path, monkeypatch)
+    assert fakes.FakeRouter.weights == {"v1": 75, "v2": 25}  # untouched: it is the other rollout's now
+    assert [c for c in fakes.FakeRouter.calls if c[0] in ("set_weights", "remove")] == []
+    assert report["outcome"] == "failed"
+    assert "lost the lease on endpoint fake/e" in report["reason"] and "canary_rollout__other" in report["reason"]
+    assert store.get("fake/e").holder == OTHER
+
+
+def test_finalize_returns_traffic_even_when_the_lock_store_is_down(tmp_path, monkeypatch, store):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_LOCK", json.dumps({"conn_type": "canary_lock",
+                                                             "extra": {"path": str(tmp_path / "file" / "x.db")}}))
+    report, _err = finalize(tmp_path, monkeypatch)
+    assert fakes.FakeRouter.weights == {"v1": 100}
+    assert report["outcome"] == "failed"
