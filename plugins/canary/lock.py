@@ -11,8 +11,10 @@ The stores (:class:`EndpointLock`) live in :mod:`canary.backends` (``local``: SQ
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -145,5 +147,34 @@ def blocking_lease(lock: EndpointLock, key: str, holder: LeaseHolder, now_s: flo
     return lease
 
 
+def lock_store_conflicts(specs: Iterable[tuple[str, Any]]) -> list[tuple[str, str, str]]:
+    """Return ``(source, field, message)`` for specs sharing an endpoint but not the lock store.
+
+    Leases only exclude each other within one store: two specs on one endpoint that name different
+    stores (backend, connection or options) could roll out at the same time, so both are refused.
+
+    :param specs: ``(source, RolloutSpec)`` pairs, e.g. every valid spec of a directory.
+    """
+    groups: dict[str, list[tuple[str, Any, str]]] = {}
+    for source, spec in specs:
+        lock = spec.backends.lock
+        store = f"{lock.name} (connection {spec.backends.conn_id('lock')}" + \
+            (f", options {json.dumps(lock.options, sort_keys=True)})" if lock.options else ")")
+        key = endpoint_lease_key(spec.backends.serving.name, spec.endpoint)
+        groups.setdefault(key, []).append((source, spec, store))
+    problems = []
+    for key, members in groups.items():
+        if len({store for _source, _spec, store in members}) < 2:
+            continue
+        for source, _spec, store in members:
+            others = "; ".join(f"{other.model}: {other_store}" for _s, other, other_store in members
+                               if other_store != store)
+            problems.append((source, "backends.lock",
+                             f"endpoint {key} is shared with specs whose lock store differs ({others}; this one: "
+                             f"{store}): name the same lock store in every spec of the endpoint, or their "
+                             "rollouts do not exclude each other"))
+    return problems
+
+
 __all__ = ["EndpointBusyError", "EndpointLock", "Lease", "LeaseHolder", "LeaseLostError", "blocking_lease",
-           "default_lock_path", "endpoint_lease_key"]
+           "default_lock_path", "endpoint_lease_key", "lock_store_conflicts"]

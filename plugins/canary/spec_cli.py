@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from canary.errors import SpecError
+from canary.lock import lock_store_conflicts
 from canary.spec import load_spec, spec_files
 
 
@@ -26,6 +27,7 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"no spec files under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     bad = 0
+    valid = []
     for path in files:
         try:
             spec = load_spec(path)
@@ -33,6 +35,10 @@ def run_validate(args: argparse.Namespace) -> int:
             bad += 1
             print(err, file=sys.stderr)
         else:
+            valid.append((str(path), spec))
             weights = " -> ".join(str(s.weight) for s in spec.stages)
             print(f"{path}: ok ({spec.dag_id}, stages {weights})")
+    for source, field, message in lock_store_conflicts(valid):  # across files: one endpoint, one lock store
+        bad += 1
+        print(SpecError(source, [(field, message)]), file=sys.stderr)
     return 1 if bad else 0

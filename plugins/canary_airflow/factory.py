@@ -24,6 +24,7 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from canary.durations import format_duration
 from canary.errors import SpecError
+from canary.lock import lock_store_conflicts
 from canary.request import allowed_approval_modes
 from canary.spec import RolloutSpec, load_spec, spec_files
 from canary_airflow.operators import (
@@ -161,6 +162,7 @@ def build_all(directory: str | Path | None = None) -> tuple[dict[str, DAG], list
     """Build a DAG per valid spec; return them with the errors of the invalid ones."""
     dags: dict[str, DAG] = {}
     errors: list[SpecError] = []
+    valid: list[tuple[str, RolloutSpec]] = []
     for path in spec_files(directory or specs_dir()):
         try:
             dag = build_rollout_dag(path)
@@ -168,6 +170,11 @@ def build_all(directory: str | Path | None = None) -> tuple[dict[str, DAG], list
             errors.append(err)
             continue
         dags[dag.dag_id] = dag
+        valid.append((str(path), load_spec(path)))
+    # Specs sharing an endpoint must share the lock store, or their rollouts could overlap: refuse both.
+    for source, field, message in lock_store_conflicts(valid):
+        errors.append(SpecError(source, [(field, message)]))
+        dags.pop(f"canary_rollout__{Path(source).stem}", None)
     return dags, errors
 
 

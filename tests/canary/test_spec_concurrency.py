@@ -45,3 +45,30 @@ def test_bad_options_name_the_field(patch, field, message):
     problems = dict(err.value.problems)
     assert field in problems, err.value
     assert message in problems[field], problems[field]
+
+
+def test_specs_sharing_an_endpoint_must_share_the_lock_store(tmp_path, capsys):
+    import yaml
+
+    from canary.cli import main
+    from canary.lock import lock_store_conflicts
+
+    a = parse_spec({**BASE, "model": "a"})
+    b = parse_spec({**BASE, "model": "b", "backends": {"lock": {"name": "postgres", "conn_id": "pg"}}})
+    c = parse_spec({**BASE, "model": "c", "endpoint": "other", "backends": {"lock": {"name": "postgres"}}})
+    same = parse_spec({**BASE, "model": "d", "backends": {"lock": {"conn_id": "canary_lock_default"}}})
+    problems = lock_store_conflicts([("a.yaml", a), ("b.yaml", b), ("c.yaml", c), ("d.yaml", same)])
+    assert [(src, field) for src, field, _ in problems] == [("a.yaml", "backends.lock"), ("b.yaml", "backends.lock"),
+                                                          ("d.yaml", "backends.lock")]
+    assert problems[1][2].startswith("endpoint local/e is shared with specs whose lock store differs "
+                                     "(a: local (connection canary_lock_default); d: local (connection "
+                                     "canary_lock_default); this one: postgres (connection pg))")
+    assert lock_store_conflicts([("a.yaml", a), ("d.yaml", same), ("c.yaml", c)]) == []
+
+    for name, data in (("a", {**BASE, "model": "a"}),
+                       ("b", {**BASE, "model": "b", "backends": {"lock": {"name": "postgres"}}})):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    assert main(["validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.yaml'}: backends.lock: endpoint local/e is shared with specs" in err
+    assert f"{tmp_path / 'b.yaml'}: backends.lock: endpoint local/e is shared with specs" in err
