@@ -12,7 +12,8 @@ method, for as long as the context is open, doing what AWS does once an update h
 endpoint takes the new endpoint config and its production variants (``CurrentWeight`` = the config's
 ``InitialVariantWeight``, instance counts = ``InitialInstanceCount``). With ``updating_s > 0`` the
 endpoint also reports ``Updating`` for that many seconds after the call (AWS takes minutes), so that
-waits for an update really wait. Everything else (configs, models, DescribeEndpoint,
+waits for an update really wait; with ``updating_s=math.inf`` it stays ``Updating`` until the test
+calls :meth:`UpdateControl.finish`. Everything else (configs, models, DescribeEndpoint,
 UpdateEndpointWeightsAndCapacities, CloudWatch) stays moto's own code.
 """
 
@@ -42,11 +43,27 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+class UpdateControl:
+    """What a test sees of the extension: DescribeEndpoint calls per endpoint, and finishing an update."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.settles_at: dict[str, float] = {}  # endpoint name -> monotonic time its update finishes
+        self.describe_calls: dict[str, int] = {}
+
+    def finish(self, endpoint: str) -> None:
+        """Let the update in progress on ``endpoint`` finish now (its next DescribeEndpoint says InService)."""
+        with self.lock:
+            if endpoint in self.settles_at:
+                self.settles_at[endpoint] = 0.0
+
+
 @contextlib.contextmanager
-def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[None]:
+def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[UpdateControl]:
     """Give moto's in-process SageMaker server an ``UpdateEndpoint`` (see the module docstring).
 
-    :param updating_s: seconds the endpoint reports ``Updating`` after each UpdateEndpoint.
+    :param updating_s: seconds the endpoint reports ``Updating`` after each UpdateEndpoint
+        (``math.inf``: until :meth:`UpdateControl.finish`).
     :raises RuntimeError: when the installed moto implements UpdateEndpoint itself (drop the extension).
     """
     from moto.core.responses import ActionResult
@@ -58,16 +75,15 @@ def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[None]:
     if "update_endpoint" in vars(SageMakerResponse):
         raise RuntimeError("moto's SageMakerResponse already has update_endpoint: moto implements UpdateEndpoint "
                            "now (or the extension is open twice); use moto's and drop this extension")
-    settles_at: dict[str, float] = {}  # endpoint name -> monotonic time its update finishes
-    lock = threading.Lock()
+    control = UpdateControl()
     original_describe = SageMakerResponse.describe_endpoint
 
     def finish_due_updates(endpoint: FakeEndpoint) -> None:
-        with lock:
-            due = settles_at.get(endpoint.endpoint_name)
+        with control.lock:
+            due = control.settles_at.get(endpoint.endpoint_name)
             if due is not None and time.monotonic() >= due:
                 endpoint.endpoint_status = "InService"
-                del settles_at[endpoint.endpoint_name]
+                del control.settles_at[endpoint.endpoint_name]
 
     def update_endpoint(self: SageMakerResponse) -> ActionResult:
         backend = self.sagemaker_backend
@@ -85,13 +101,16 @@ def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[None]:
         endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
         endpoint.last_modified_time = utcnow()
         if updating_s > 0:
-            with lock:
+            with control.lock:
                 endpoint.endpoint_status = "Updating"
-                settles_at[name] = time.monotonic() + updating_s
+                control.settles_at[name] = time.monotonic() + updating_s
         return ActionResult({"EndpointArn": endpoint.arn})
 
     def describe_endpoint(self: SageMakerResponse) -> ActionResult:
-        endpoint = self.sagemaker_backend.endpoints.get(self._get_param("EndpointName"))
+        name = self._get_param("EndpointName")
+        endpoint = self.sagemaker_backend.endpoints.get(name)
+        with control.lock:
+            control.describe_calls[name] = control.describe_calls.get(name, 0) + 1
         if endpoint is not None:
             finish_due_updates(endpoint)
         return original_describe(self)
@@ -99,7 +118,7 @@ def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[None]:
     SageMakerResponse.update_endpoint = update_endpoint
     SageMakerResponse.describe_endpoint = describe_endpoint
     try:
-        yield
+        yield control
     finally:
         del SageMakerResponse.update_endpoint
         SageMakerResponse.describe_endpoint = original_describe

@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest
 MODEL, ENDPOINT = "e2e-sm-model", "e2e-sm"
 CONN_ID = "aws_canary_e2e"
 #: Seconds an endpoint stays Updating after UpdateEndpoint (the extension's; AWS takes minutes).
-UPDATING_S = 1.5
+UPDATING_S = 3.0
 RPS = 500.0  # simulated: costs nothing, and a stage reaches its decision sooner
 BASE = 0.01
 #: Per-version error rates; v3 fails 16% of requests (5XX) and must be rolled back at the first stage.

@@ -15,6 +15,7 @@ at weight 0 comes back without ``CurrentWeight``; ``InvokeEndpoint`` ignores the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -91,13 +92,17 @@ def test_extension_deploy_shift_promote_and_remove_on_moto(aws_conn: ConnInfo) -
         assert [v["VariantName"] for v in client.describe_endpoint(EndpointName="churn")["ProductionVariants"]] \
             == ["v-v2"]
 
+    with update_endpoint_extension(updating_s=math.inf) as control:  # Updating until finished below
         quick = router.without_waiting()
         quick.deploy("v1")  # returns while the endpoint is Updating; the deferrable tasks check once
         pending = quick.pending_change()
         assert pending is not None and pending.state == "Updating"
         assert pending.token["expected_config"] == client.describe_endpoint(EndpointName="churn")["EndpointConfigName"]
-        router.wait_until_in_service()
+        with pytest.raises(BackendError, match="'churn' is Updating; wait until it is InService"):
+            quick.set_weights({"v1": 50, "v2": 50})  # nothing is stacked on an update in progress
+        control.finish("churn")
         assert SageMakerTrafficRouter(aws_conn, endpoint="churn").pending_change(pending) is None
+        assert router.get_weights() == {"v1": 0, "v2": 100}
 
 
 def test_pending_change_on_another_config_is_a_change_failure(aws_conn: ConnInfo) -> None:
