@@ -1,0 +1,199 @@
+"""Event-driven starts on a real Airflow: events pushed through the REST API, and a watcher on a real MLflow server.
+
+The module adds two specs to the session's Airflow for its own duration (and removes them again, so the
+other tests see the specs they expect): ``api-push`` (local registry, push only) and ``api-mlflow``
+(a real MLflow registry, watched for new versions every second). Their rollout DAGs stay paused, so a
+started rollout stays queued and moves no traffic; the test deletes those runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+import yaml
+from fast_spec import fast_spec
+from mlflow_harness import mlflow_servers, require_mlflow_server
+
+from canary.backends import build_backend
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ENDPOINT = "api"  # the endpoint of tests/airflow_api/conftest.py
+DISPATCHER = "canary_registry_events"
+PUSH_MODEL, WATCHED_MODEL = "api-push", "api-mlflow"
+MLFLOW_CONN_ID = "canary_registry_mlflow_events"
+WAIT_S = 120.0
+
+
+@dataclass
+class EventsSetup:
+    server: object
+    client: object  # one client (and token) for the module: the API server is slow on a loaded machine
+    mlflow_registry: object
+
+
+def runs(client, dag_id: str) -> list[dict]:
+    return client.request("GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                          params={"order_by": "-run_after", "limit": 50})["dag_runs"]
+
+
+def wait_for(what: str, check, timeout_s: float = WAIT_S, interval_s: float = 1.0):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def reparse(client, dag_id: str) -> None:
+    """Ask the DAG processor to parse the file of ``dag_id`` now (the specs are read at parse time)."""
+    token = client.request("GET", f"/api/v2/dags/{dag_id}")["file_token"]
+    client.request("PUT", f"/api/v2/parseDagFile/{token}")
+
+
+def asset(client, model: str) -> dict | None:
+    name = f"canary_registry__{model}"
+    found = [a for a in client.request("GET", "/api/v2/assets", params={"name_pattern": name})["assets"]
+             if a["name"] == name]
+    return found[0] if found else None
+
+
+def dag_exists(client, dag_id: str) -> bool:
+    try:
+        client.request("GET", f"/api/v2/dags/{dag_id}")
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
+    server, client = airflow_server, airflow_server.client()
+    specs = server.home.parent / "specs"  # CANARY_SPECS_DIR of the session's Airflow
+    with mlflow_servers(require_mlflow_server(), tmp_path_factory.mktemp("mlflow_events")) as [mlflow]:
+        client.request("POST", "/api/v2/connections", json_body={
+            "connection_id": MLFLOW_CONN_ID, "conn_type": "canary_registry", "host": mlflow.url})
+        mlflow_registry = build_backend("registry", "mlflow", mlflow.conn())
+        mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/1")
+        mlflow_registry.set_alias(WATCHED_MODEL, "champion", "1")
+        local = server.registry()
+        for version, tags in (("v1", {}), ("v2", {}), ("v3", {"rollout.result": "rolled_back"})):
+            local.register_version(PUSH_MODEL, version, tags=tags)
+        local.set_alias(PUSH_MODEL, "champion", "v1")
+        added = {
+            PUSH_MODEL: fast_spec(PUSH_MODEL, ENDPOINT, schedule={"on_registry_event": {"enabled": True,
+                                                                                        "watch": "none"}}),
+            WATCHED_MODEL: fast_spec(WATCHED_MODEL, ENDPOINT,
+                                     backends={"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}},
+                                     schedule={"on_registry_event": {"enabled": True, "poll_interval": "1s"}}),
+        }
+        for model, spec in added.items():
+            (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
+        try:
+            reparse(client, "canary_rollout__api-model")
+            reparse(client, DISPATCHER)
+            for model in added:
+                wait_for(f"DAG canary_rollout__{model}", lambda m=model: dag_exists(client, f"canary_rollout__{m}"))
+                wait_for(f"asset of {model}", lambda m=model: asset(client, m))
+            # Watchers run only for assets a non-paused DAG is scheduled on, decided when the file is parsed.
+            server.set_paused(DISPATCHER, False)
+            reparse(client, DISPATCHER)
+            wait_for("the MLflow watcher", lambda: asset(client, WATCHED_MODEL)["watchers"])
+            yield EventsSetup(server=server, client=client, mlflow_registry=mlflow_registry)
+        finally:
+            server.set_paused(DISPATCHER, True)
+            for model in added:
+                (specs / f"{model}.yaml").unlink()
+                for run in runs(client, f"canary_rollout__{model}"):
+                    client.request("DELETE", f"/api/v2/dags/canary_rollout__{model}/dagRuns/"
+                                             f"{quote(run['dag_run_id'], safe='')}")
+            reparse(client, "canary_rollout__api-model")
+            reparse(client, DISPATCHER)
+            client.request("DELETE", f"/api/v2/connections/{MLFLOW_CONN_ID}")
+
+
+def push(client, model: str, extra: dict, *, asset_of: str | None = None) -> dict:
+    asset_id = asset(client, asset_of or model)["id"]
+    return client.request("POST", "/api/v2/assets/events", json_body={"asset_id": asset_id, "extra": extra})
+
+
+def dispatcher_reports(client, after: set[str], *, until) -> list[tuple[str, dict]]:
+    """Wait until the dispatcher runs not in ``after`` are finished and ``until(reports)``; return them."""
+
+    def finished():
+        new = [r for r in runs(client, DISPATCHER) if r["dag_run_id"] not in after]
+        if not new or any(r["state"] not in ("success", "failed") for r in new):
+            return None
+        reports = [(r["state"], client.xcom(DISPATCHER, r["dag_run_id"], "report")) for r in new]
+        return reports if until([rep for _state, rep in reports]) else None
+
+    return wait_for("the dispatcher's report", finished, timeout_s=WAIT_S, interval_s=2.0)
+
+
+def run_ids(client) -> set[str]:
+    return {r["dag_run_id"] for r in runs(client, DISPATCHER)}
+
+
+def test_a_pushed_event_starts_the_rollout_of_that_version(events):
+    client = events.client
+    before = run_ids(client)
+    push(client, PUSH_MODEL, {"model": PUSH_MODEL, "version": "v2", "reason": "registered by training run 42"})
+    [(state, report)] = dispatcher_reports(client, before, until=lambda reps: any(r["started"] for r in reps))
+    assert state == "success", report
+    [started] = report["started"]
+    assert (started["model"], started["version"]) == (PUSH_MODEL, "v2")
+    assert report["refused"] == [] and report["errors"] == [] and report["trigger_failures"] == []
+    [run] = runs(client, f"canary_rollout__{PUSH_MODEL}")
+    try:
+        assert run["dag_run_id"] == started["run_id"] and run["dag_run_id"].startswith("registry__v2__")
+        assert run["state"] == "queued"  # the rollout DAG is paused: nothing moves
+        assert run["conf"] == {"version": "v2",
+                               "reason": "registry event (REST API, pushed): registered by training run 42"}
+    finally:  # no rollout of the model left queued for the next test
+        client.request("DELETE", f"/api/v2/dags/canary_rollout__{PUSH_MODEL}/dagRuns/"
+                                 f"{quote(run['dag_run_id'], safe='')}")
+
+
+@pytest.mark.parametrize(("extra", "kind", "reason"), [
+    ({"model": "no-such-model", "version": "v2"}, "refused",
+     "model: unknown model 'no-such-model': no spec with schedule.on_registry_event.enabled "
+     "(known: api-mlflow, api-push)"),
+    ({"model": PUSH_MODEL}, "refused",
+     'version: is missing; the event\'s extra must be {"model": "<model>", "version": "<version>"}'),
+    ({"model": PUSH_MODEL, "version": 2}, "refused", 'version: must be a non-empty string, got 2 (quote it: "2")'),
+    ({"model": PUSH_MODEL, "version": "v3"}, "skipped", "v3 was already rolled out (rollout.result=rolled_back)"),
+])
+def test_bad_events_are_refused_naming_the_field_and_start_nothing(events, extra, kind, reason):
+    # One event at a time: Airflow hands events that arrive on an asset while its run is being created
+    # to the run of the next event.
+    client = events.client
+    before, rollouts = run_ids(client), len(runs(client, f"canary_rollout__{PUSH_MODEL}"))
+    push(client, PUSH_MODEL, extra)
+    [(state, report)] = dispatcher_reports(client, before, until=lambda reps: any(r[kind] for r in reps))
+    assert [c["reason"] for c in report[kind]] == [reason]
+    assert report["started"] == [] and len(runs(client, f"canary_rollout__{PUSH_MODEL}")) == rollouts
+    assert state == ("failed" if kind == "refused" else "success")  # a refusal shows as a failed run
+
+
+def test_the_watcher_starts_a_rollout_when_a_version_is_registered_in_mlflow(events):
+    client = events.client
+    dag_id = f"canary_rollout__{WATCHED_MODEL}"
+    assert runs(client, dag_id) == []  # only the champion so far: nothing to report
+    version = events.mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/2")
+    started = time.time()
+    [run] = wait_for(f"a rollout run of {WATCHED_MODEL} version {version}", lambda: runs(client, dag_id))
+    print(f"\nwatcher-driven rollout run created {time.time() - started:.1f}s after registering version {version}")
+    assert run["dag_run_id"].startswith(f"registry__{version}__") and run["state"] == "queued"
+    assert run["conf"]["version"] == version
+    # "after the champion (1)" or "after the last version seen (1)", depending on whether it polled before
+    assert run["conf"]["reason"].startswith(f"registry event (watcher, new_version): version {version} registered "
+                                            "after the ")
+    assert run["conf"]["reason"].endswith(" (1)")
+    time.sleep(5)  # several more polls: the watcher does not report the same version again
+    assert len(runs(client, dag_id)) == 1
