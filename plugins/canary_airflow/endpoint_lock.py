@@ -99,8 +99,6 @@ class EndpointLeaseMixin:
             return plan
         key, holder, concurrency = lease_key(spec), lease_holder(plan), spec.concurrency
         waited = self._lease_wait
-        if waited and waited.get("status") == "timeout":
-            raise RequestError("concurrency.max_wait", _timeout_message(key, waited, concurrency.max_wait_s))
         lock = lock_hook(spec).lock
         now = time.time()
         try:
@@ -111,9 +109,9 @@ class EndpointLeaseMixin:
                                    "once that rollout finished, or set concurrency.on_busy: wait") from busy
             since = float(waited["waiting_since_s"]) if waited else now
             deadline = float(waited["deadline_s"]) if waited else now + concurrency.max_wait_s
-            if now >= deadline:
+            if now >= deadline or (waited and waited.get("status") == "timeout"):
                 raise RequestError("concurrency.max_wait", _timeout_message(
-                    key, {"holder": busy.lease.to_dict(), "waiting_since_s": since}, concurrency.max_wait_s)) from busy
+                    key, {**(waited or {}), "holder": busy.lease.to_dict()}, concurrency.max_wait_s)) from busy
             say(plan, f"waiting for endpoint {key}: held by {busy.lease.describe()} "
                       f"(up to {format_duration(deadline - now)} more, concurrency.max_wait)")
             from canary_airflow.triggers import EndpointLeaseTrigger

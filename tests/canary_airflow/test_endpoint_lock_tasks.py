@@ -184,6 +184,18 @@ def test_the_wait_ends_at_max_wait_naming_the_running_rollout(tmp_path, store, c
     message = str(err.value)
     assert message.startswith("rollout refused: concurrency.max_wait: waited 10m for endpoint local/e, "
                               "still held by canary_rollout__other run manual__other (since "), message
+    assert store.get(KEY).holder == OTHER
+
+
+def test_a_lease_freed_just_at_the_deadline_is_still_taken(tmp_path, store, clock):
+    lease = store.acquire(KEY, OTHER, ttl_s=3600)
+    store.release(KEY, OTHER)
+    task, ctx = validate(tmp_path)
+    clock.now += 600
+    timeout = {"status": "timeout", "key": KEY, "holder": lease.to_dict(), "deadline_s": NOW + 600,
+               "waiting_since_s": NOW, "error": None}
+    assert task.resume_after_lease_wait(ctx, timeout)["candidate"] == "v2"
+    assert store.get(KEY).holder == ME
 
 
 def test_refuse_mode_fails_at_once_naming_the_holder(tmp_path, store, clock):
