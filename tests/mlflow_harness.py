@@ -74,8 +74,11 @@ def require_mlflow_server() -> Path:
 
 
 @contextlib.contextmanager
-def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (False,)) -> Iterator[list[MlflowServer]]:
+def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (False,),
+                   env: dict[str, str] | None = None) -> Iterator[list[MlflowServer]]:
     """Run one ``mlflow server`` per entry of ``auth`` (basic auth on or off) on free loopback ports.
+
+    ``env`` adds environment variables to every server (e.g. its webhook settings).
 
     They start concurrently (~8-15 s each, most of it imports) and are stopped, process group and
     all, when the block ends.
@@ -88,14 +91,14 @@ def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (Fals
             workdir.mkdir(parents=True, exist_ok=True)
             password = "Pw-" + secrets.token_urlsafe(18) if with_auth else ""
             port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-            env.pop("PYTHONDONTWRITEBYTECODE", None)  # the first start caches bytecode: later ones are faster
-            env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # two processes, no job runner
-                        "MLFLOW_DISABLE_TELEMETRY": "true"})
+            server_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+            server_env.pop("PYTHONDONTWRITEBYTECODE", None)  # the first start caches bytecode: later ones are faster
+            server_env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # two processes, no job runner
+                               "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})})
             app = []
             if with_auth:
-                env.update({"MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+                server_env.update({"MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                                   "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
                 app = ["--app-name", "basic-auth"]  # its user database, basic_auth.db, lands in cwd
             log_path = workdir / "mlflow-server.log"
             with open(log_path, "w") as log:
@@ -103,7 +106,7 @@ def mlflow_servers(exe: Path, state_dir: Path, *, auth: tuple[bool, ...] = (Fals
                     str(exe), "server", *app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                     "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
                     "--default-artifact-root", str(workdir / "artifacts")],
-                    cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    cwd=workdir, env=server_env, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
             started.append((proc, log_path, MlflowServer(url=url, username=ADMIN if with_auth else "",
                                                           password=password)))
