@@ -19,7 +19,10 @@ What is not moto, and says so:
   ``AWS/SageMaker`` with ``EndpointName``/``VariantName`` dimensions. A weight shift therefore changes
   what the gate reads, as on AWS (without the minute or two of CloudWatch ingestion delay).
 
-The registry is the local one (the registry backends have their own end-to-end tests).
+The rollouts: a good candidate promoted, a faulty one rolled back at the first stage, and one whose
+observe task fails (a metrics backend that cannot be built), where ``finalize`` must return traffic to
+stable through a deferred wait. The registry is the local one (the registry backends have their own
+end-to-end tests).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ UPDATING_S = 3.0
 RPS = 500.0  # simulated: costs nothing, and a stage reaches its decision sooner
 BASE = 0.01
 #: Per-version error rates; v3 fails 16% of requests (5XX) and must be rolled back at the first stage.
-ERROR_RATES = {"v1": BASE, "v2": BASE, "v3": BASE + 0.15}
+ERROR_RATES = {"v1": BASE, "v2": BASE, "v3": BASE + 0.15, "v4": BASE}
+#: Same endpoint, a metrics backend that cannot be built (period_s 7): its observe task fails.
+BROKEN_MODEL = "e2e-sm-broken"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:latest"
 
@@ -65,6 +70,13 @@ def rollout_spec() -> dict[str, Any]:
     # CloudWatch windows end settle_s early and cover whole periods only: a stage's minimum duration must
     # leave room for warm-up + settle_s + a period or so of data, else the stage has no data and halts.
     spec["stages"][1]["min_duration"] = "7s"
+    return spec
+
+
+def broken_spec() -> dict[str, Any]:
+    spec = rollout_spec()
+    spec["model"] = BROKEN_MODEL
+    spec["backends"]["metrics"]["options"]["period_s"] = 7
     return spec
 
 
@@ -151,10 +163,11 @@ def e2e(tmp_path_factory) -> Iterator[tuple[LocalStack, Path, dict[str, str], Co
     specs = root / "specs"
     specs.mkdir()
     (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(rollout_spec()))
+    (specs / f"{BROKEN_MODEL}.yaml").write_text(yaml.safe_dump(broken_spec()))
     # LocalStack only for its state directory, registry file and Airflow environment: no serving layer runs.
     stack = LocalStack(state_dir=root / "stack", port=0, token="unused", model=MODEL, endpoint=ENDPOINT)
     stack.state_dir.mkdir()
-    seed_registry(stack, list(ERROR_RATES))
+    seed_registry(stack, ["v1", "v2", "v3"])
     with moto_server() as url, update_endpoint_extension(updating_s=UPDATING_S):
         extra = {"region_name": "us-east-1", "endpoint_url": url}
         conn = ConnInfo(conn_id=CONN_ID, login="testing", password="testing", extra=extra)
@@ -217,3 +230,24 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     assert tags["rollout.result"] == "rolled_back", tags
     assert tags["rollout.reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): "), tags
     assert len(deferrals(stack, "v3")) >= 2  # deploying v3's variant, removing it
+
+
+def test_failing_task_on_sagemaker_leaves_traffic_on_stable_through_a_deferred_finalize(e2e):
+    """finalize, the safety net, returns traffic to stable even when doing so means waiting for an update."""
+    stack, home, env, conn, _ = e2e
+    (stable_variant,) = variants(conn)
+    stable = stable_variant.removeprefix("v-")
+    broken = LocalStack(state_dir=stack.state_dir, port=0, token="unused", model=BROKEN_MODEL, endpoint=ENDPOINT)
+    reg = registry(stack)
+    reg.register_version(BROKEN_MODEL, stable)
+    reg.register_version(BROKEN_MODEL, "v4")
+    reg.set_alias(BROKEN_MODEL, "champion", stable)
+    report = run_rollout(broken, home, "v4", extra_env=env)
+    assert report["outcome"] == "failed", report
+    assert "stage_1.observe" in report["reason"], report
+    assert variants(conn) == {stable_variant: 100.0}  # v4 had 50%, now its variant is gone
+    assert reg.get_tags(BROKEN_MODEL, "v4")["rollout.result"] == "rolled_back"
+    finalize_waits = [w for w in deferrals(stack, "v4") if "FinalizeRolloutOperator" in w]
+    assert len(finalize_waits) == 1, deferrals(stack, "v4")  # removing v4's variant: Updating, deferred
+    log = (stack.state_dir / "airflow-v4.log").read_text()
+    assert "period_s must be 1, 5, 10, 30 or a multiple of 60, got 7" in log
