@@ -59,3 +59,6 @@ REGISTRY_EVENT_MIN_POLL_INTERVAL_S = 1.0
 #: Upper bounds that catch typos (a 30-day stage is a mistake, not a plan).
 MAX_STAGE_DURATION_S = 7 * 24 * 3600.0
 MAX_STAGES = 20
+
+#: CloudWatch metrics backend: the default statistics period (whole periods only; see spec validation).
+CLOUDWATCH_PERIOD_S = 60

@@ -305,9 +305,33 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
         problems.append(("schedule.on_registry_event.alias",
                          f"must not be the champion alias {champion_alias!r}: watch the alias candidates are "
                          "given, e.g. 'challenger'"))
+    problems += _cloudwatch_window_problems(spec)
     if spec.analysis.poll_interval_s > min(s.max_duration_s for s in spec.stages):
         problems.append(("analysis.poll_interval", "must not exceed the shortest stage max_duration"))
     return problems
+
+
+def _cloudwatch_window_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """CloudWatch sees whole periods ending ``settle_s`` early: a shorter stage minimum only ever sees no data.
+
+    The window's start is rounded up to a period and its end (minus ``settle_s``) down, so the first whole
+    period is complete ``warmup + settle_s + 2 x period_s`` after the traffic change at the latest; a stage
+    that may decide earlier would HALT on "no data" with a healthy candidate.
+    """
+    ref = spec.backends.metrics
+    if ref.name != "cloudwatch":
+        return []
+    try:
+        period_s = float(ref.options.get("period_s", defaults.CLOUDWATCH_PERIOD_S))
+        settle_s = float(ref.options.get("settle_s", 0.0))
+    except (TypeError, ValueError):
+        return []  # the backend reports bad option values when it is built
+    needed_s = spec.analysis.warmup_s + settle_s + 2 * period_s
+    return [(f"stages[{i}].min_duration",
+             f"must be at least warmup + settle_s + 2 x period_s ({needed_s:g}s) with CloudWatch metrics, "
+             f"got {stage.min_duration_s:g}s: earlier, no whole period is in the window and the stage halts "
+             "on missing data")
+            for i, stage in enumerate(spec.stages) if stage.min_duration_s < needed_s]
 
 
 def parse_spec(data: Any, *, source: str = "<spec>") -> RolloutSpec:

@@ -121,3 +121,30 @@ def test_validate_cli_exit_codes_and_lines(tmp_path):
                          text=True, cwd=ROOT)
     assert res.returncode == 1
     assert f"{bad}: stages[2].weight: must be greater than stages[1].weight (25)" in res.stderr
+
+
+CLOUDWATCH = {"backends": {"metrics": {"name": "cloudwatch", "options": {"period_s": 60, "settle_s": 120}}},
+              "shadow": {"enabled": False}, "analysis": {"warmup": "30s"}}
+
+
+@pytest.mark.parametrize(("min_durations", "bad"), [
+    (["5m", "5m", "5m"], []),                         # 30 + 120 + 2 x 60 = 270 s
+    (["4m30s", "5m", "10m"], []),                      # exactly enough
+    (["4m", "5m", "1m"], [0, 2]),
+])
+def test_cloudwatch_stages_must_last_long_enough_to_see_a_whole_period(min_durations, bad):
+    stages = [{"weight": w, "min_duration": d, "max_duration": "1h"} for w, d in zip((5, 25, 100), min_durations, strict=True)]
+    data = {**VALID, **CLOUDWATCH, "stages": stages}
+    if not bad:
+        assert parse_spec(data).backends.metrics.name == "cloudwatch"
+        return
+    found = problems(data)
+    assert [field for field, _ in found] == [f"stages[{i}].min_duration" for i in bad]
+    assert "must be at least warmup + settle_s + 2 x period_s (270s) with CloudWatch metrics" in found[0][1]
+
+
+def test_the_cloudwatch_window_rule_uses_the_backend_default_period():
+    data = {**VALID, "backends": {"metrics": {"name": "cloudwatch"}}, "shadow": {"enabled": False},
+            "stages": [{"weight": 5, "min_duration": "1m"}, {"weight": 100}]}
+    ((field, message),) = problems(data)  # the 100% stage keeps the 5m default
+    assert field == "stages[0].min_duration" and "(120s)" in message and "got 60s" in message

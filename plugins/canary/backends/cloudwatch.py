@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from canary import defaults
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
@@ -52,7 +53,7 @@ _REQUESTS, _LATENCY_SUM, _LATENCY_COUNT = "requests", "latencysum", "latencycoun
 class CloudWatchMetricsSource:
     """Read cumulative per-version statistics of one SageMaker endpoint from CloudWatch."""
 
-    def __init__(self, conn: ConnInfo, *, endpoint: str, namespace: str = "AWS/SageMaker", period_s: int = 60,
+    def __init__(self, conn: ConnInfo, *, endpoint: str, namespace: str = "AWS/SageMaker", period_s: int = defaults.CLOUDWATCH_PERIOD_S,
                  variant_prefix: str = "v-", requests_metric: str = "Invocations",
                  error_metrics: Sequence[str] = ("Invocation4XXErrors", "Invocation5XXErrors"),
                  latency_metric: str = "ModelLatency", latency_unit_ms: float = 0.001,
