@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from canary.backends import KNOWN_BACKENDS
@@ -133,8 +134,25 @@ def constant_rate_stats(rates: Mapping[str, tuple[float, float]]) -> StatsFn:
     return fn
 
 
-def install() -> None:
-    KNOWN_BACKENDS["metrics"]["fake"] = "fakes:FakeMetrics"
-    KNOWN_BACKENDS["registry"]["fake"] = "fakes:FakeRegistry"
-    KNOWN_BACKENDS["serving"]["fake"] = "fakes:FakeRouter"
-    KNOWN_BACKENDS["serving"]["fake-settling"] = "fakes:FakeSettlingRouter"
+#: (role, backend name, factory) of the fakes; registered only for the tests that use them.
+FAKE_BACKENDS = (("metrics", "fake", "fakes:FakeMetrics"), ("registry", "fake", "fakes:FakeRegistry"),
+                 ("serving", "fake", "fakes:FakeRouter"), ("serving", "fake-settling", "fakes:FakeSettlingRouter"))
+
+
+def install(monkeypatch: Any) -> None:
+    """Register the fakes for one test (``monkeypatch`` removes them again, so no other test sees them)."""
+    for role, name, factory in FAKE_BACKENDS:
+        monkeypatch.setitem(KNOWN_BACKENDS[role], name, factory)
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """Register the fakes for a ``with`` block (e.g. to parse a module-level spec that names them)."""
+    added = [(role, name) for role, name, _ in FAKE_BACKENDS if name not in KNOWN_BACKENDS[role]]
+    for role, name, factory in FAKE_BACKENDS:
+        KNOWN_BACKENDS[role][name] = factory
+    try:
+        yield
+    finally:
+        for role, name in added:
+            KNOWN_BACKENDS[role].pop(name, None)

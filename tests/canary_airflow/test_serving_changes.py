@@ -72,7 +72,7 @@ def context(serving: str = "fake-settling", xcoms: dict | None = None, failed: t
 
 @pytest.fixture(autouse=True)
 def fake_backends(monkeypatch, tmp_path):
-    fakes.install()
+    fakes.install(monkeypatch)
     for conn_id, conn_type in (("fake_serving", "canary_serving"), ("fake_metrics", "canary_metrics"),
                                ("fake_registry", "canary_registry")):
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))

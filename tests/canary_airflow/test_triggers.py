@@ -11,19 +11,19 @@ from canary.spec import parse_spec
 from canary_airflow import triggers
 from canary_airflow.triggers import CanaryObserveTrigger
 
-fakes.install()
-SPEC = parse_spec({
-    "model": "m", "endpoint": "e",
-    "backends": {"metrics": {"name": "fake", "conn_id": "fake_metrics"}},
-    "stages": [{"weight": 10, "min_duration": "20s", "max_duration": "60s", "min_requests": 100},
-               {"weight": 100, "min_duration": "10s", "max_duration": "30s", "min_requests": 10}],
-    "analysis": {"poll_interval": "5s", "guardrails": {"max_error_rate": 0.05, "min_requests": 50}},
-})
+with fakes.installed():
+    SPEC = parse_spec({
+        "model": "m", "endpoint": "e",
+        "backends": {"metrics": {"name": "fake", "conn_id": "fake_metrics"}},
+        "stages": [{"weight": 10, "min_duration": "20s", "max_duration": "60s", "min_requests": 100},
+                   {"weight": 100, "min_duration": "10s", "max_duration": "30s", "min_requests": 10}],
+        "analysis": {"poll_interval": "5s", "guardrails": {"max_error_rate": 0.05, "min_requests": 50}},
+    })
 
 
 @pytest.fixture(autouse=True)
 def fake_backends(monkeypatch):
-    fakes.install()
+    fakes.install(monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_FAKE_METRICS", json.dumps({"conn_type": "canary_metrics", "host": "x"}))
     fakes.FakeMetrics.stats_fn = None
     fakes.FakeMetrics.calls = []
