@@ -4,9 +4,9 @@ Two halves, both pure:
 
 - :func:`poll_registry` checks a registry once for a watcher: a version registered after the last
   one seen (``new_version``) or an alias that moved (``alias``). Its :class:`Watermark` is all the
-  state; a watcher that has none yet (its first poll, also after a restart) measures from the
-  champion, so it reports the newest version after the champion once and the dispatcher skips it if
-  it was already rolled out.
+  state (the Airflow watcher keeps it in the asset's state store); a watcher that has none yet
+  measures from the champion, so it reports the newest version after the champion once and the
+  dispatcher skips it if it was already rolled out.
 - :func:`plan_dispatch` turns a batch of asset events (from the watcher or pushed through
   ``POST /api/v2/assets/events``) into decisions: each event is validated (bad ones are refused,
   naming the field), and a model gets at most one rollout per batch, only for a version that the

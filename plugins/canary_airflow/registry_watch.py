@@ -3,13 +3,11 @@
 It runs in the triggerer for as long as the dispatcher DAG (``canary_registry_events``) is unpaused,
 polls the spec's registry every ``poll_interval_seconds`` through the core's registry interface and
 fires ``{"model", "version", "cause", "detail"}``; Airflow records that as an event of the model's
-asset, which starts a run of the dispatcher. The watermark (what was already reported) lives in the
-trigger: a restarted watcher starts from the champion again and reports the newest version after it
-once, which the dispatcher skips when it was already rolled out or a rollout of the model is queued
-or running. (Airflow 3.3's asset state store could keep the watermark across restarts; using it from
-this watcher hung the triggerer and the API server of ``airflow standalone`` (Airflow 3.3.2, SQLite
-metadata database) in a test run, so it is not used.) Registry failures never end the watch: it logs
-them and polls again with backoff.
+asset, which starts a run of the dispatcher. The watermark (what was already reported) is kept in
+the asset's state store when the triggerer provides one, so a restarted watcher does not report the
+same change again; without one it reports the newest version after the champion once, and the
+dispatcher skips what was already rolled out or is running. Registry failures never end the watch:
+it logs them and polls again with backoff.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from canary.registry_events import Watermark, poll_registry
 
 #: Upper bound of the wait between polls after repeated failures.
 MAX_BACKOFF_SECONDS = 600.0
+#: The key of the watermark in the asset's state store.
+WATERMARK_KEY = "canary_registry_watermark"
 
 
 class RegistryWatchTrigger(BaseEventTrigger):
@@ -50,13 +50,36 @@ class RegistryWatchTrigger(BaseEventTrigger):
                 {"model": self.model, "registry": self.registry, "watch": self.watch, "alias": self.alias,
                  "poll_interval_seconds": self.poll_interval_seconds})
 
+    def _store(self) -> Any:
+        return getattr(self, "asset_state_store", None)
+
+    async def _load_watermark(self) -> Watermark | None:
+        store = self._store()
+        if store is None:
+            return None
+        try:
+            return Watermark.from_dict(await store.aget(WATERMARK_KEY))
+        except Exception as err:  # the store is an optimisation: never let it stop the watch
+            self.log.warning("registry watch %s: cannot read the stored watermark (%s); starting afresh",
+                             self.model, err)
+            return None
+
+    async def _save_watermark(self, watermark: Watermark) -> None:
+        store = self._store()
+        if store is None:
+            return
+        try:
+            await store.aset(WATERMARK_KEY, {**watermark.to_dict(), "watch": self.watch})
+        except Exception as err:
+            self.log.warning("registry watch %s: cannot store the watermark (%s)", self.model, err)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from canary_airflow.hooks import CanaryRegistryHook
 
-        self.log.info("registry watch %s: %s every %gs", self.model,
-                      f"alias {self.alias!r}" if self.watch == "alias" else "new versions after the champion",
-                      self.poll_interval_seconds)
-        watermark: Watermark | None = None
+        watermark = await self._load_watermark()
+        self.log.info("registry watch %s: %s every %gs, from %s", self.model,
+                      f"alias {self.alias!r}" if self.watch == "alias" else "new versions",
+                      self.poll_interval_seconds, watermark or "the champion")
         client: Any = None
         failures = 0
         while True:
@@ -78,7 +101,10 @@ class RegistryWatchTrigger(BaseEventTrigger):
             if event is not None:
                 self.log.info("registry watch %s: %s", self.model, event["detail"])
                 yield TriggerEvent(event)
-            watermark = after
+            if after != watermark:
+                # Stored after the event is handed over: a crash in between repeats it, never loses it.
+                await self._save_watermark(after)
+                watermark = after
             await asyncio.sleep(self.poll_interval_seconds)
 
 

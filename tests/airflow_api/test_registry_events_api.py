@@ -197,3 +197,32 @@ def test_the_watcher_starts_a_rollout_when_a_version_is_registered_in_mlflow(eve
     assert run["conf"]["reason"].endswith(" (1)")
     time.sleep(5)  # several more polls: the watcher does not report the same version again
     assert len(runs(client, dag_id)) == 1
+    watermark = wait_for("the watermark in the asset's state store", lambda: stored_watermark(client))
+    assert watermark == {"last_version": version, "alias_version": None, "watch": "new_version"}
+
+
+def stored_watermark(client) -> dict | None:
+    asset_id = asset(client, WATCHED_MODEL)["id"]
+    try:
+        return client.request("GET", f"/api/v2/assets/{asset_id}/state-store/canary_registry_watermark")["value"]
+    except Exception:
+        return None
+
+
+def test_a_restarted_watcher_resumes_from_its_watermark_and_reports_nothing_again(events):
+    """Run after the test above: version 2 was reported. Its rollout run is deleted (nothing queued,
+    no tag), so only the stored watermark keeps a new watcher from starting it again."""
+    client, server = events.client, events.server
+    dag_id = f"canary_rollout__{WATCHED_MODEL}"
+    for run in runs(client, dag_id):
+        client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    dispatcher_runs = run_ids(client)
+    # Pausing the dispatcher stops the watcher (at the next parse), unpausing starts a new one.
+    server.set_paused(DISPATCHER, True)
+    reparse(client, DISPATCHER)
+    wait_for("the watcher to stop", lambda: asset(client, WATCHED_MODEL)["watchers"] == [])
+    server.set_paused(DISPATCHER, False)
+    reparse(client, DISPATCHER)
+    wait_for("a new watcher", lambda: asset(client, WATCHED_MODEL)["watchers"])
+    time.sleep(15)  # several polls of the new watcher, and time for a run it would have started
+    assert runs(client, dag_id) == [] and run_ids(client) == dispatcher_runs

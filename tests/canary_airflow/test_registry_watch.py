@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import registry_fakes
@@ -11,13 +12,27 @@ from registry_fakes import MemoryRegistry
 
 from canary.errors import BackendError
 from canary_airflow import registry_watch
-from canary_airflow.registry_watch import MAX_BACKOFF_SECONDS, RegistryWatchTrigger
+from canary_airflow.registry_watch import MAX_BACKOFF_SECONDS, WATERMARK_KEY, RegistryWatchTrigger
 
 POLL_S = 2.0
 
 
 class Stop(Exception):
     """Ends a trigger run after a number of polls."""
+
+
+class MemoryStore:
+    """The asset state store's async accessors (``aget``/``aset``), in memory."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    async def aset(self, key: str, value: Any) -> None:
+        assert value is not None
+        self.values[key] = json.loads(json.dumps(value))
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +103,22 @@ def test_fires_when_the_alias_moves(monkeypatch):
         ("2", "alias 'challenger' names version 2"), ("3", "alias 'challenger' moved from version 2 to 3")]
 
 
-def test_a_restarted_watcher_reports_the_newest_candidate_again(monkeypatch):
+def test_a_restarted_watcher_resumes_from_the_stored_watermark(monkeypatch):
+    reg = registry_fakes.REGISTRIES["r"] = MemoryRegistry(["1", "2", "3"], champion="1")
+    store = MemoryStore()
+    first = make_trigger()
+    first.asset_state_store = store
+    events, _ = run(monkeypatch, first, polls=3)
+    assert [e["version"] for e in events] == ["3"]
+    assert store.values[WATERMARK_KEY] == {"last_version": "3", "alias_version": None, "watch": "new_version"}
+
+    restarted = RegistryWatchTrigger(**first.serialize()[1])
+    restarted.asset_state_store = store
+    events, _ = run(monkeypatch, restarted, polls=3, on_sleep=lambda n: reg.versions.append("4") if n == 2 else None)
+    assert [e["version"] for e in events] == ["4"]  # 3 is not reported again
+
+
+def test_without_a_store_a_restart_reports_the_newest_candidate_again(monkeypatch):
     registry_fakes.REGISTRIES["r"] = MemoryRegistry(["1", "2"], champion="1")
     assert [e["version"] for e in run(monkeypatch, make_trigger(), polls=2)[0]] == ["2"]
     assert [e["version"] for e in run(monkeypatch, make_trigger(), polls=2)[0]] == ["2"]  # the dispatcher skips it
@@ -127,3 +157,17 @@ def test_a_missing_connection_is_retried_not_fatal(monkeypatch, capsys):
     events, sleeps = run(monkeypatch, make_trigger(), polls=3)
     assert events == [] and sleeps == [POLL_S, 2 * POLL_S, 4 * POLL_S]
     assert any("poll failed" in line and "watch_registry" in line for line in logged(capsys))
+
+
+def test_a_failing_state_store_does_not_stop_the_watch(monkeypatch):
+    class BrokenStore:
+        async def aget(self, key: str, default: Any = None) -> Any:
+            raise RuntimeError("state store unavailable")
+
+        async def aset(self, key: str, value: Any) -> None:
+            raise RuntimeError("state store unavailable")
+
+    registry_fakes.REGISTRIES["r"] = MemoryRegistry(["1", "2"])
+    trigger = make_trigger()
+    trigger.asset_state_store = BrokenStore()
+    assert [e["version"] for e in run(monkeypatch, trigger, polls=2)[0]] == ["2"]
