@@ -19,6 +19,7 @@ from fast_spec import fast_spec
 from mlflow_harness import mlflow_servers, require_mlflow_server
 
 from canary.backends import build_backend
+from canary.trigger_cli import AirflowApiError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -42,13 +43,21 @@ def runs(client, dag_id: str) -> list[dict]:
 
 
 def wait_for(what: str, check, timeout_s: float = WAIT_S, interval_s: float = 1.0):
-    deadline = time.time() + timeout_s
+    """Poll ``check`` until it returns something truthy; a request the API server did not answer
+    (it stalls for tens of seconds on a loaded machine) counts as "not yet"."""
+    deadline, last_error = time.time() + timeout_s, None
     while time.time() < deadline:
-        value = check()
+        try:
+            value = check()
+        except AirflowApiError as err:
+            if err.status is not None:
+                raise
+            value, last_error = None, err
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}"
+                         + (f" (last: {last_error})" if last_error else ""))
 
 
 def reparse(client, dag_id: str) -> None:
