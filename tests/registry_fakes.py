@@ -1,6 +1,6 @@
 """An in-memory registry at the ``ModelRegistry`` interface (plus tags and alias lookup), for watcher tests.
 
-Registered as the registry backend ``memory`` by :func:`install`; the backend option ``key`` picks
+Registered as the registry backend ``memory`` for one test by :func:`install`; the backend option ``key`` picks
 the shared instance in :data:`REGISTRIES`, so a test can change the registry a trigger polls.
 """
 
@@ -69,5 +69,6 @@ def build(conn: ConnInfo, *, key: str) -> MemoryRegistry:
     return REGISTRIES[key]
 
 
-def install() -> None:
-    KNOWN_BACKENDS["registry"]["memory"] = "registry_fakes:build"
+def install(monkeypatch: Any) -> None:
+    """Register the backend for one test (``monkeypatch`` removes it again, so no other test sees it)."""
+    monkeypatch.setitem(KNOWN_BACKENDS["registry"], "memory", "registry_fakes:build")

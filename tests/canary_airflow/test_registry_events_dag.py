@@ -112,7 +112,7 @@ def asset_event(model: str, extra: dict, second: int):
 
 @pytest.fixture
 def memory_specs(tmp_path, monkeypatch):
-    registry_fakes.install()
+    registry_fakes.install(monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_MEM_REGISTRY", json.dumps({"conn_type": "canary_registry", "host": "x"}))
     specs = tmp_path / "specs"
     specs.mkdir()

@@ -37,7 +37,7 @@ class MemoryStore:
 
 @pytest.fixture(autouse=True)
 def memory_backend(monkeypatch):
-    registry_fakes.install()
+    registry_fakes.install(monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_WATCH_REGISTRY", json.dumps({"conn_type": "canary_registry", "host": "x"}))
     registry_fakes.REGISTRIES.clear()
 
