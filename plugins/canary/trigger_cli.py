@@ -212,6 +212,8 @@ def build_conf(args: argparse.Namespace) -> dict[str, Any]:
         conf["stages"] = args.stages
     if args.dry_run:
         conf["dry_run"] = True
+    if getattr(args, "approval", None):
+        conf["approval"] = args.approval
     if args.reason:
         conf["reason"] = args.reason
     return conf
@@ -239,6 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=_stages, default=None, metavar="W1,W2,...",
                    help="override the spec's stage weights (same count, increasing, ending at 100)")
     p.add_argument("--dry-run", action="store_true", help="decide everything, change no traffic or registry")
+    p.add_argument("--approval", choices=("none", "before_promote", "every_stage"), default=None,
+                   help="human approvals for this run (the spec's or stricter; default: the spec's)")
     p.add_argument("--reason", default="", help="why this rollout (audit trail)")
     p.add_argument("--wait", action="store_true", help="follow the run to its outcome; exit 1 unless promoted")
     p.add_argument("--timeout", type=_duration, default=7200.0, metavar="DURATION",

@@ -21,7 +21,7 @@ def test_refused_field(detail, field):
 
 
 def args(**kw) -> argparse.Namespace:
-    base = {"model": "m", "version": "v2", "stages": None, "dry_run": False, "reason": "", "wait": True,
+    base = {"model": "m", "version": "v2", "stages": None, "dry_run": False, "approval": None, "reason": "", "wait": True,
             "timeout": 60.0, "poll_interval": 5.0}
     return argparse.Namespace(**{**base, **kw})
 
@@ -30,6 +30,7 @@ def test_build_conf_sends_only_what_was_given():
     assert build_conf(args()) == {"version": "v2"}
     assert build_conf(args(stages=[5, 100], dry_run=True, reason="r")) == {
         "version": "v2", "stages": [5, 100], "dry_run": True, "reason": "r"}
+    assert build_conf(args(approval="every_stage")) == {"version": "v2", "approval": "every_stage"}
 
 
 class FakeClient:
