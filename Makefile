@@ -34,7 +34,7 @@ test: setup
 	$(PY) -m pytest
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e"
+	$(PY) -m pytest -m "not slow and not e2e and not gx"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -46,6 +46,15 @@ SHADOW_MAX_DURATION_S = 300.0
 SHADOW_MAX_ERROR_RATE_INCREASE = 0.01
 SHADOW_MAX_LATENCY_P95_RATIO = 1.5
 SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
+#: Great Expectations suite run on the candidate's mirrored answers unless ``shadow.expectations`` says
+#: otherwise (``[]`` turns output validation off): every successful answer has a score and a label, scores
+#: are probabilities, labels are classes of the binary classifier.
+SHADOW_EXPECTATIONS = (
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "score"}, "rows": "answered"},
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "label"}, "rows": "answered"},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "score", "min_value": 0.0, "max_value": 1.0}},
+    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
+)
 
 NIGHTLY_CRON = "0 2 * * *"
 

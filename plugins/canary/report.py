@@ -68,6 +68,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- {r}" for r in shadow.get("reasons", [])]
         summary = shadow.get("summary") or {}
         lines += [f"- {k}: {v}" for k, v in summary.items()] + [""]
+        lines += _expectation_lines(shadow)
     if report["timeline"]:
         lines += ["## Stages", "", "| stage | weight | decision | canary req (err) | stable req (err) | why |",
                   "|---|---|---|---|---|---|"]
@@ -81,6 +82,23 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 lines += [f"| {m['metric']} | {m['decision']} | {m['reason']} |" for m in s["metrics"]]
                 lines.append("")
     return "\n".join(lines)
+
+
+def _expectation_lines(shadow: Mapping[str, Any]) -> list[str]:
+    """Render the shadow test's output validation (one row per expectation), if it ran."""
+    from canary.expectations import ExpectationResult
+
+    results = shadow.get("expectations") or []
+    if not results:
+        return []
+    lines = [f"### Output expectations ({shadow.get('outputs_validated')} mirrored answers of the candidate)", "",
+             "| expectation | rows | result | observed |", "|---|---|---|---|"]
+    for data in results:
+        result = ExpectationResult(**data)
+        args = ", ".join(f"{k}={v}" for k, v in result.kwargs.items())
+        lines.append(f"| `{result.type}({args})` | {result.rows} | {'pass' if result.success else '**FAIL**'} "
+                     f"| {result.observed().replace('|', '/')} |")
+    return [*lines, ""]
 
 
 def write_report(report: Mapping[str, Any], directory: Path | None = None) -> tuple[Path, Path]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from canary import defaults
 from canary.durations import parse_duration_s
 from canary.errors import SpecError
+from canary.expectations import ExpectationSpec, expectation_problems
 
 Duration = Annotated[float, BeforeValidator(parse_duration_s)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -48,8 +49,16 @@ class Backends(_Strict):
         return getattr(self, role).conn_id or defaults.DEFAULT_CONN_IDS[role]
 
 
+def _default_expectations() -> list[ExpectationSpec]:
+    return [ExpectationSpec.model_validate(e) for e in defaults.SHADOW_EXPECTATIONS]
+
+
 class ShadowSpec(_Strict):
-    """Mirror real requests to the candidate before it serves anything, and compare."""
+    """Mirror real requests to the candidate before it serves anything, compare, and validate its outputs.
+
+    ``expectations`` are Great Expectations checks on the candidate's mirrored answers
+    (:mod:`canary.expectations`); the default suite is ``defaults.SHADOW_EXPECTATIONS``, ``[]`` turns it off.
+    """
 
     enabled: bool = True
     requests: int = Field(defaults.SHADOW_REQUESTS, ge=1)
@@ -58,6 +67,7 @@ class ShadowSpec(_Strict):
     max_error_rate_increase: float = Field(defaults.SHADOW_MAX_ERROR_RATE_INCREASE, ge=0.0, le=1.0)
     max_latency_p95_ratio: float = Field(defaults.SHADOW_MAX_LATENCY_P95_RATIO, gt=1.0)
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
+    expectations: list[ExpectationSpec] = Field(default_factory=_default_expectations)
 
 
 class StageSpec(_Strict):
@@ -258,6 +268,8 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
                                            "per-request metrics store"))
     if spec.shadow.enabled and spec.backends.serving.name == "sagemaker" and spec.shadow.mirror_percent != 100:
         problems.append(("shadow.mirror_percent", "SageMaker shadow variants mirror every request: must be 100"))
+    for i, expectation in enumerate(spec.shadow.expectations):
+        problems += [(f"shadow.expectations[{i}].{loc}", msg) for loc, msg in expectation_problems(expectation)]
     prev = None
     for i, stage in enumerate(spec.stages):
         if prev is not None and stage.weight <= prev:

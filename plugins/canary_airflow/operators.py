@@ -164,7 +164,8 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
 
 
 class ShadowTestOperator(CanaryBaseOperator):
-    """Mirror real requests to the candidate, compare with stable, and fail the rollout if it differs."""
+    """Mirror real requests to the candidate, compare with stable, validate its outputs (Great Expectations,
+    imported only here), and fail the rollout if it differs or an expectation fails."""
 
     ui_color = "#f0e8ff"
 
@@ -189,7 +190,9 @@ class ShadowTestOperator(CanaryBaseOperator):
         if not verdict.passed:
             context["ti"].xcom_push(key="return_value", value=result)
             raise AirflowFailException(f"shadow test failed: {'; '.join(verdict.reasons)}")
-        self.say(plan, f"shadow test passed on {verdict.summary['pairs']} mirrored requests")
+        checked = (f", {len(verdict.expectations)} expectations met by {verdict.outputs_validated} of its outputs"
+                   if verdict.expectations else "")
+        self.say(plan, f"shadow test passed on {verdict.summary['pairs']} mirrored requests{checked}")
         return result
 
 

@@ -11,16 +11,19 @@ from canary.backends.base import (
     ModelRegistry,
     PendingChange,
     SettlingTrafficRouter,
+    ShadowOutputSource,
     ShadowSummary,
     TrafficRouter,
     pending_change,
+    shadow_outputs,
     without_waiting,
 )
 from canary.errors import ConfigError
 
 __all__ = [
     "KNOWN_BACKENDS", "ConnInfo", "MetricsSource", "ModelRegistry", "PendingChange", "SettlingTrafficRouter",
-    "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "without_waiting",
+    "ShadowOutputSource", "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "shadow_outputs",
+    "without_waiting",
 ]
 
 #: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.

@@ -142,6 +142,31 @@ class MetricsSource(Protocol):
 
 
 @runtime_checkable
+class ShadowOutputSource(MetricsSource, Protocol):
+    """Optional part of a metrics source that keeps every answer (the local store), not only aggregates.
+
+    The shadow test validates the candidate's outputs with it. Prometheus and CloudWatch keep only
+    counters, so they have no such method (and the spec refuses shadow tests on them):
+    :func:`shadow_outputs` returns None for them.
+    """
+
+    def shadow_outputs(self, candidate: str, *, start_s: float, end_s: float) -> list[dict[str, Any]]:
+        """Return ``candidate``'s mirrored answers to requests in ``[start_s, end_s)``, oldest first.
+
+        One dict per answer: ``request_id``, ``ts`` (epoch seconds), ``score`` and ``label`` (None on a
+        failed answer), ``latency_ms``, ``error`` (0 or 1).
+        """
+
+
+def shadow_outputs(source: MetricsSource, candidate: str, *, start_s: float,
+                   end_s: float) -> list[dict[str, Any]] | None:
+    """Return the candidate's mirrored answers in the window, or None if ``source`` cannot provide them."""
+    if not isinstance(source, ShadowOutputSource):
+        return None
+    return source.shadow_outputs(candidate, start_s=start_s, end_s=end_s)
+
+
+@runtime_checkable
 class ModelRegistry(Protocol):
     """Resolves model versions and records rollout outcomes."""
 

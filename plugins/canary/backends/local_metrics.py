@@ -8,7 +8,8 @@ but not within the window gets zero counts, which the gate reads as "not enough 
 never make a series: a version that was only shadowed has no served traffic to judge.
 
 Each call runs one aggregate query over the ``(endpoint, version, ts)`` index (plus, for an empty window, a
-one-row existence check), so polls stay cheap on stores with millions of rows.
+one-row existence check), so polls stay cheap on stores with millions of rows. :meth:`shadow_outputs` (once
+per shadow test) reads the candidate's mirrored rows of the window over the same index.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ SELECT COUNT(*), SUM(s.error), SUM(c.error),
 FROM {TABLE} AS c CROSS JOIN {TABLE} AS s INDEXED BY {TABLE}_request_id ON s.request_id = c.request_id
 WHERE c.endpoint = :endpoint AND c.version = :candidate AND c.mirrored = 1 AND c.ts >= :start AND c.ts < :end
   AND s.endpoint = :endpoint AND s.version = :stable AND s.mirrored = 0
+"""
+
+_SHADOW_OUTPUTS_SQL = f"""
+SELECT request_id, ts, score, label, latency_ms, error FROM {TABLE}
+WHERE endpoint = :endpoint AND version = :candidate AND mirrored = 1 AND ts >= :start AND ts < :end
+ORDER BY ts, id
 """
 
 
@@ -126,6 +133,16 @@ class LocalMetricsSource:
             prediction_agreement=agree / both_ok if both_ok else None, mean_abs_score_diff=mean_abs_diff,
             stable_latency_p95_ms=p95(stable, buckets[:n_buckets]),
             candidate_latency_p95_ms=p95(candidate, buckets[n_buckets:]))
+
+    def shadow_outputs(self, candidate: str, *, start_s: float, end_s: float) -> list[dict[str, Any]]:
+        """Return ``candidate``'s mirrored answers to requests that arrived in ``[start_s, end_s)``, oldest first.
+
+        Every mirrored answer counts, paired with a served one or not: the outputs are validated on their own.
+        """
+        params = {"endpoint": self.endpoint, "candidate": candidate, "start": start_s, "end": end_s}
+        return [{"request_id": request_id, "ts": ts, "score": score, "label": label, "latency_ms": latency_ms,
+                 "error": int(error)}
+                for request_id, ts, score, label, latency_ms, error in self._query(_SHADOW_OUTPUTS_SQL, params)]
 
     def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         try:

@@ -126,6 +126,9 @@ class _Service:
         error = self.rng.random() < faults.error_rate
         score = None if error else min(1.0, max(0.0, raw_score + faults.prediction_shift))
         label = None if score is None else int(score >= 0.5)
+        # Guarded, so that a version without the fault draws the same random numbers as before.
+        if score is not None and faults.score_out_of_range and self.rng.random() < faults.score_out_of_range:
+            score += 1.0
         # The KPI follows the user's true propensity (the unshifted score), not what the model reports.
         kpi_event = not error and self.rng.random() < (KPI_BASE + KPI_SLOPE * raw_score) * (1.0 - faults.kpi_drop)
         latency_ms = (time.perf_counter() - started) * 1000.0

@@ -42,6 +42,8 @@ class Faults(BaseModel):
     tail_fraction: float = Field(0.0, ge=0.0, le=1.0)
     prediction_shift: float = Field(0.0, ge=-1.0, le=1.0, description="added to the score, then clipped to [0, 1]")
     kpi_drop: float = Field(0.0, ge=0.0, le=1.0, description="relative reduction of the KPI event probability")
+    score_out_of_range: float = Field(0.0, ge=0.0, le=1.0, description="share of answers whose reported score is "
+                                      "1 + the score, outside [0, 1] (a broken output layer); the label is kept")
 
 
 class Mirror(BaseModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from canary.backends import MetricsSource, build_backend
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, ShadowOutputSource, shadow_outputs
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.errors import BackendError, ConfigError, NoDataError
@@ -172,3 +172,46 @@ def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalT
     assert summary.pairs == traffic.sent == 150
     assert summary.prediction_agreement is not None and summary.prediction_agreement > 0.9
     assert summary.mean_abs_score_diff is not None and summary.mean_abs_score_diff < 0.05
+
+
+def test_shadow_outputs_are_the_candidates_mirrored_answers_in_the_window(write: Callable[..., None],
+                                                                          source: LocalMetricsSource) -> None:
+    write(record("v2", T0 + 2, mirrored=True, request_id="b", score=0.7, latency_ms=9.0),
+          record("v2", T0 + 1, mirrored=True, request_id="a", error=True, latency_ms=40.0),
+          record("v1", T0 + 1, request_id="a"),  # the served answer: stable's, not the candidate's
+          record("v2", T0 + 3, request_id="served"), record("v1", T0 + 3, mirrored=True, request_id="v1-mirror"),
+          record("v2", T0 + 3, mirrored=True, request_id="elsewhere", endpoint="other"),
+          record("v2", T0 + 10, mirrored=True, request_id="late"), record("v2", T0 - 1, mirrored=True, request_id="early"))
+    outputs = source.shadow_outputs("v2", start_s=T0, end_s=T0 + 10)
+    assert outputs == [
+        {"request_id": "a", "ts": T0 + 1, "score": None, "label": None, "latency_ms": 40.0, "error": 1},
+        {"request_id": "b", "ts": T0 + 2, "score": 0.7, "label": 1, "latency_ms": 9.0, "error": 0},
+    ]
+    assert isinstance(source, ShadowOutputSource)
+    assert shadow_outputs(source, "v2", start_s=T0, end_s=T0 + 10) == outputs
+    assert source.shadow_outputs("v9", start_s=T0, end_s=T0 + 10) == []
+
+
+def test_shadow_outputs_of_real_mirrored_traffic(serving_url: str, router: LocalTrafficRouter, store_path: Path,
+                                                 flush: Callable[[], None]) -> None:
+    """The candidate's broken scores reach the outputs exactly as the serving layer recorded them."""
+    router.deploy("v1")
+    router.deploy("v2")
+    router.set_weights({"v1": 100})
+    router.set_faults("v2", score_out_of_range=0.5, error_rate=0.1)
+    router.set_mirror("v2", 100)
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    start_s = time.time()
+    traffic = run_traffic(serving_url, "churn", rps=300, duration_s=0.5, seed=7)
+    flush()
+    outputs = source.shadow_outputs("v2", start_s=start_s, end_s=time.time() + 1)
+    assert len(outputs) == traffic.sent == 150 and traffic.errors == 0  # stable served every request
+    assert [o["ts"] for o in outputs] == sorted(o["ts"] for o in outputs)
+    failed = [o for o in outputs if o["error"]]
+    assert failed and all(o["score"] is None and o["label"] is None for o in failed)
+    answered = [o for o in outputs if not o["error"]]
+    out_of_range = [o for o in answered if o["score"] > 1.0]
+    assert 0.3 < len(out_of_range) / len(answered) < 0.7
+    assert all(o["label"] in (0, 1) and o["latency_ms"] > 0 for o in answered)
+    served = source.shadow_summary(stable="v1", candidate="v2", start_s=start_s, end_s=time.time() + 1)
+    assert served.pairs == len(outputs)

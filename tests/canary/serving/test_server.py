@@ -148,6 +148,18 @@ def test_prediction_shift_moves_scores(served: Served) -> None:
     assert (floored["score"], floored["label"]) == (0.0, 0)
 
 
+def test_score_out_of_range_fault_breaks_a_share_of_scores_but_not_labels(served: Served) -> None:
+    served.setup("churn", {"v1": 100})
+    [(_, healthy)] = served.predict_many("churn", ["u1"])
+    served.admin("PUT", "/faults/v1", json={"score_out_of_range": 0.5}).raise_for_status()
+    answers = [body for _, body in served.predict_many("churn", [f"u{i}" for i in range(200)])]
+    broken = [a for a in answers if a["score"] > 1.0]
+    assert 60 < len(broken) < 140
+    assert all(a["score"] == pytest.approx(healthy["score"] + 1.0) and a["label"] == healthy["label"]
+               for a in broken)  # same features: the label is the healthy one
+    assert all(a["score"] == pytest.approx(healthy["score"]) for a in answers if a["score"] <= 1.0)
+
+
 def test_kpi_drop_removes_kpi_events(served: Served) -> None:
     served.setup("churn", {"v1": 50, "v2": 50})
     served.admin("PUT", "/faults/v2", json={"kpi_drop": 1.0}).raise_for_status()
