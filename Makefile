@@ -30,11 +30,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) -m canary.demo $(if $(METRICS),--metrics $(METRICS))
 
+# Three workers on two cores: most of the suite waits on servers and rollout stages, not the CPU.
+# Tests sharing a costly fixture stay on one worker (tests/conftest.py: xdist groups).
+PYTEST_WORKERS ?= 3
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e and not gx"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not e2e and not gx"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -32,3 +32,18 @@ def root() -> Path:
 def _own_lock_store(monkeypatch, tmp_path_factory):
     """Each test gets its own local endpoint-lease store: a lease left by one test never blocks another."""
     monkeypatch.setenv("CANARY_LOCK_PATH", str(tmp_path_factory.mktemp("locks") / "canary_locks.db"))
+
+
+def xdist_group_of(rel: Path) -> str:
+    """Return the xdist group of a test file (``make test`` runs ``pytest -n 3 --dist loadgroup``).
+
+    Everything under ``tests/airflow_api`` shares one session-scoped ``airflow standalone``, so it runs on
+    one worker; every other file is one group, so its module-scoped servers start once.
+    """
+    return "airflow_api" if rel.parts[0] == "airflow_api" else rel.as_posix()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = Path(str(item.path)).resolve().relative_to(ROOT / "tests")
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(rel)))

@@ -77,6 +77,10 @@ def broken_spec() -> dict[str, Any]:
     spec = rollout_spec()
     spec["model"] = BROKEN_MODEL
     spec["backends"]["metrics"]["options"]["period_s"] = 7
+    # Long enough for the spec's CloudWatch window rule (warmup + settle_s + 2 x 7 s): the spec is valid,
+    # only the backend refuses the period when the observe task builds it.
+    for stage in spec["stages"]:
+        stage["min_duration"] = "20s"
     return spec
 
 
