@@ -156,7 +156,8 @@ def test_celery_variant_is_consistent():
     assert reference["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert re.fullmatch(r"redis://redis:6379/\d+", reference["AIRFLOW__CELERY__BROKER_URL"])
     result_backend = reference["AIRFLOW__CELERY__RESULT_BACKEND"]
-    assert result_backend.startswith("db+postgresql://")
+    # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3, which is not installed: name the driver.
+    assert result_backend.startswith("db+postgresql+psycopg2://")
     assert metadata_db(result_backend) == metadata_db(reference["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     # The endpoint leases in PostgreSQL, shared by every worker; the connection builds the postgres store.
     lock_conn = json.loads(reference["AIRFLOW_CONN_CANARY_LOCK_DEFAULT"])
