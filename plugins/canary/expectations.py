@@ -191,7 +191,7 @@ class ExpectationResult:
         if self.exception:
             return f"could not be evaluated: {self.exception}"
         if self.type == "expect_column_distinct_values_to_be_in_set":
-            return f"distinct values outside the set: {', '.join(map(str, self.unexpected_values)) or 'none'}"
+            return f"distinct values outside the set: {', '.join(map(_shown, self.unexpected_values)) or 'none'}"
         if self.unexpected_count is not None:
             text = f"{self.unexpected_count} of {self.rows_checked} values unexpected"
             if self.unexpected_percent is not None:
@@ -199,12 +199,17 @@ class ExpectationResult:
             if self.missing_count:
                 text += f", {self.missing_count} null not checked"
             if self.unexpected_values:
-                text += ", e.g. " + ", ".join(map(str, self.unexpected_values))
+                text += ", e.g. " + ", ".join(map(_shown, self.unexpected_values))
             return text
-        return f"observed {self.observed_value} over {self.rows_checked} rows"
+        return f"observed {_shown(self.observed_value)} over {self.rows_checked} rows"
 
     def describe(self) -> str:
         return ExpectationSpec(type=self.type, kwargs=self.kwargs, rows=RowSelection(self.rows)).describe()
+
+
+def _shown(value: Any) -> str:
+    """Return a value for people: floats to 4 significant digits (results keep them exact)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def outputs_frame(outputs: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:

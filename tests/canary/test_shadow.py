@@ -25,9 +25,9 @@ def result(success: bool, **fields: Any) -> ExpectationResult:
 @pytest.mark.parametrize(("outputs", "passed", "reason"), [
     (OutputValidation(rows=200, results=[result(True, unexpected_count=0)]), True, None),
     (OutputValidation(rows=200, results=[result(False, unexpected_count=12, unexpected_percent=6.0,
-                                                unexpected_values=[1.2, 1.7])]), False,
+                                                unexpected_values=[1.23456, 1.7])]), False,
      "expectation expect_column_values_to_be_between(column=score, min_value=0.0, max_value=1.0) failed: "
-     "12 of 200 values unexpected (6.0%), e.g. 1.2, 1.7"),
+     "12 of 200 values unexpected (6.0%), e.g. 1.235, 1.7"),
     (OutputValidation(rows=0, problem="no mirrored answers of the candidate to validate"), False,
      "output validation: no mirrored answers of the candidate to validate"),
     (None, False, "the candidate's outputs were not validated against shadow.expectations"),

@@ -21,8 +21,10 @@ MODEL, ENDPOINT = "e2e-model", "e2e"
 BASE = 0.01
 # v3 fails 16% of requests: it passes the lenient shadow smoke test and must be caught at the first stage.
 # v5 fails 60%: the shadow test must stop it before it serves anything.
+# v6 is as healthy as stable by every comparison, but 30% of its scores are outside [0, 1]: the shadow
+# test's default output expectations must stop it.
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
-          "v4": f"error_rate={BASE}", "v5": "error_rate=0.6"}
+          "v4": f"error_rate={BASE}", "v5": "error_rate=0.6", "v6": f"error_rate={BASE},score_out_of_range=0.3"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def e2e(tmp_path_factory):
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
     procs = Processes()
     try:
-        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5"),
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6"),
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
             yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs)}
@@ -59,6 +61,9 @@ def test_good_candidate_is_promoted(e2e):
     assert registry(stack).champion(MODEL) == "v2"
     assert [s["decision"] for s in report["timeline"]] == ["advance", "advance"]
     assert report["shadow"]["passed"] is True
+    expectations = report["shadow"]["expectations"]
+    assert len(expectations) == 4 and all(e["success"] for e in expectations), expectations
+    assert report["shadow"]["outputs_validated"] >= 60
     assert Path(stack.state_dir / "reports-v2" / MODEL).glob("*.md")
 
 
@@ -84,6 +89,24 @@ def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
     assert report["reason"].startswith("shadow test failed: candidate error rate")
     assert report["timeline"] == [] and report["shadow"]["summary"]["pairs"] >= 60
     assert stack.weights() == before
+
+
+def test_shadow_test_stops_a_candidate_whose_outputs_break_an_expectation(e2e):
+    stack, home, env = e2e
+    before = stack.weights()
+    report = run_rollout(stack, home, "v6", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    expected = "shadow test failed: expectation expect_column_values_to_be_between(column=score, min_value=0.0, " \
+               "max_value=1.0) failed: "
+    assert expected in report["reason"], report["reason"]
+    failed = [e for e in report["shadow"]["expectations"] if not e["success"]]
+    assert [(e["type"], e["kwargs"]["column"]) for e in failed] == [("expect_column_values_to_be_between", "score")]
+    assert failed[0]["unexpected_count"] > 0 and all(v > 1.0 for v in failed[0]["unexpected_values"]), failed
+    assert report["timeline"] == [] and stack.weights() == before
+    (markdown,) = (stack.state_dir / "reports-v6" / MODEL).glob("*.md")
+    assert "| all | **FAIL** |" in markdown.read_text()
+    tags = registry(stack).get_tags(MODEL, "v6")
+    assert tags["rollout.result"] == "rolled_back" and "expect_column_values_to_be_between" in tags["rollout.reason"]
 
 
 def test_failing_task_leaves_traffic_on_stable(e2e):
