@@ -31,14 +31,14 @@ demo: setup
 	$(PY) -m canary.demo $(if $(METRICS),--metrics $(METRICS))
 
 # Three workers on two cores: most of the suite waits on servers and rollout stages, not the CPU.
-# Tests sharing a costly fixture stay on one worker (tests/conftest.py: xdist groups).
+# Tests sharing a costly fixture stay on one worker (tests/conftest.py: pytest_xdist_make_scheduler).
 PYTEST_WORKERS ?= 3
 
 test: setup
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 test-fast: setup
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not e2e and not gx"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not e2e and not gx"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -34,16 +34,21 @@ def _own_lock_store(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CANARY_LOCK_PATH", str(tmp_path_factory.mktemp("locks") / "canary_locks.db"))
 
 
-def xdist_group_of(rel: Path) -> str:
-    """Return the xdist group of a test file (``make test`` runs ``pytest -n 3 --dist loadgroup``).
+def xdist_scope_of(nodeid: str) -> str:
+    """Return the scheduling unit of a test for ``make test`` (``pytest -n 3``): one worker runs a unit.
 
-    Everything under ``tests/airflow_api`` shares one session-scoped ``airflow standalone``, so it runs on
-    one worker; every other file is one group, so its module-scoped servers start once.
+    Everything under ``tests/airflow_api`` shares one session-scoped ``airflow standalone``, so it is one
+    unit; every other test file is one unit, so its module-scoped servers start once.
     """
-    return "airflow_api" if rel.parts[0] == "airflow_api" else rel.as_posix()
+    path = nodeid.split("::", 1)[0]
+    return "tests/airflow_api" if path.startswith("tests/airflow_api/") else path
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        rel = Path(str(item.path)).resolve().relative_to(ROOT / "tests")
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(rel)))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope_of(nodeid)
+
+    return FileScheduling(config, log)
