@@ -159,7 +159,9 @@ def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalT
     v1, v2 = (source.version_stats(v, start_s=start_s, end_s=end_s) for v in ("v1", "v2"))
     assert (v1.requests, v2.requests) == (traffic.by_version["v1"], traffic.by_version["v2"])
     assert v1.errors + v2.errors == traffic.errors > 0 and v1.errors == 0
-    assert v2.latency_quantile_ms(0.05) > 25 > v1.latency_quantile_ms(0.95)
+    # The fault adds 30 ms to every v2 answer; v1 answers are fast at least some of the time, even on a
+    # loaded machine (a p95 bound on v1 would measure the load, not the store).
+    assert v2.latency_quantile_ms(0.05) > 25 > v1.latency_quantile_ms(0.05)
     assert sum(v2.prediction_bins) == v2.requests - v2.errors
 
     router.set_weights({"v1": 100, "v2": 0})
