@@ -52,3 +52,15 @@ def pytest_xdist_make_scheduler(config, log):
             return xdist_scope_of(nodeid)
 
     return FileScheduling(config, log)
+
+
+#: Scheduling units that take minutes, started first so the many short ones fill the gaps around them.
+LONG_UNITS_FIRST = ("tests/airflow_api/", "tests/distributed/", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONG_UNITS_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONG_UNITS_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a unit is kept
