@@ -25,7 +25,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from canary.errors import CanaryError, SpecError
 from canary.spec import load_spec, spec_files
 from canary_airflow.factory import START_DATE, specs_dir
-from canary_airflow.operators import registry_hook
+from canary_airflow.operators import failed_task_ids, registry_hook
 
 NIGHTLY_DAG_ID = "nightly_rollouts"
 DEFAULT_NIGHTLY_CRON = "0 2 * * *"
@@ -110,9 +110,7 @@ class NightlyReportOperator(BaseOperator):
         if choices is None:
             raise AirflowFailException(f"{SELECT_TASK_ID} recorded no decisions (did it fail?)")
         report = summarize(choices)
-        states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
-        per_run: dict[str, Any] = states.get(context["run_id"], states)
-        report["trigger_failures"] = sorted(t for t, s in per_run.items() if s == "failed")
+        report["trigger_failures"] = failed_task_ids(context)
         for kind in ("started", "skipped", "errors"):
             for c in report[kind]:
                 self.log.info("NIGHTLY %s %s%s: %s", kind, c["model"], f" {c['version']}" if c["version"] else "",

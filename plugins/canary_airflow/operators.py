@@ -457,9 +457,14 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
 
     def _failed_tasks(self, context: Any) -> list[str]:
         try:
-            states = context["ti"].get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
+            return failed_task_ids(context, exclude=self.task_id)
         except Exception as err:  # older task SDKs: name no task rather than fail the safety net
             self.log.warning("could not read task states: %s", err)
             return []
-        per_run: dict[str, Any] = states.get(context["run_id"], states)
-        return sorted(t for t, s in per_run.items() if s == "failed" and t != self.task_id)
+
+
+def failed_task_ids(context: Any, *, exclude: str | None = None) -> list[str]:
+    """Return the ids of the current DAG run's failed tasks (other than ``exclude``), sorted."""
+    states = context["ti"].get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
+    per_run: dict[str, Any] = states.get(context["run_id"], states)
+    return sorted(t for t, s in per_run.items() if s == "failed" and t != exclude)

@@ -29,6 +29,7 @@ from canary.registry_events import asset_name, asset_uri
 from canary.spec import RegistryWatch, RolloutSpec, load_spec, spec_files
 from canary_airflow.factory import START_DATE, specs_dir
 from canary_airflow.nightly import ACTIVE_STATES
+from canary_airflow.operators import failed_task_ids
 from canary_airflow.registry_watch import RegistryWatchTrigger
 
 REGISTRY_EVENTS_DAG_ID = "canary_registry_events"
@@ -114,9 +115,7 @@ class RegistryEventsReportOperator(BaseOperator):
         if choices is None:
             raise AirflowFailException(f"{DISPATCH_TASK_ID} recorded no decisions (did it fail?)")
         report = summarize(choices)
-        states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
-        per_run: dict[str, Any] = states.get(context["run_id"], states)
-        report["trigger_failures"] = sorted(t for t, s in per_run.items() if s == "failed")
+        report["trigger_failures"] = failed_task_ids(context)
         for kind in ("started", "skipped", "refused", "errors"):
             for c in report[kind]:
                 self.log.info("REGISTRY EVENT %s %s%s: %s", kind, c["model"] or "?",
