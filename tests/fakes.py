@@ -100,7 +100,8 @@ class FakeSettlingRouter(FakeRouter):
     """A router whose changes take effect asynchronously: ``states`` scripts what each check sees.
 
     ``"InService"`` (also when the script is exhausted) is settled, ``"Failed"`` raises
-    :class:`ChangeFailedError`, ``"Unreachable"`` a transient :class:`BackendError`; anything else is pending.
+    :class:`ChangeFailedError`, ``"Unreachable"`` a transient :class:`BackendError`, ``"Bug"`` an exception
+    no backend should raise (a defect in it); anything else is pending.
     """
 
     states: list[str] = []
@@ -118,6 +119,8 @@ class FakeSettlingRouter(FakeRouter):
             raise ChangeFailedError("fake", "endpoint 'e' is Failed: not enough ml.m5.large capacity")
         if state == "Unreachable":
             raise BackendError("fake", "DescribeEndpoint on endpoint 'e' failed: ThrottlingException")
+        if state == "Bug":
+            raise KeyError("EndpointStatus")
         return PendingChange(backend="fake", resource="endpoint 'e'", state=state,
                              token={"expected_config": "e-cfg2"}, poll_interval_s=5.0, timeout_s=60.0)
 

@@ -45,6 +45,9 @@ SHADOW_MIRROR_PERCENT = 100
 SHADOW_MAX_DURATION_S = 300.0
 SHADOW_MAX_ERROR_RATE_INCREASE = 0.01
 SHADOW_MAX_LATENCY_P95_RATIO = 1.5
+#: A p95 latency regression must also exceed stable's p95 by this much: a few milliseconds either way at
+#: the 95th percentile of a few hundred requests is scheduling noise, not the model.
+SHADOW_LATENCY_P95_SLACK_MS = 5.0
 SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
 #: Great Expectations suite run on the candidate's mirrored answers unless ``shadow.expectations`` says
 #: otherwise (``[]`` turns output validation off): every successful answer has a score and a label, scores

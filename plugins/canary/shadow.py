@@ -87,9 +87,9 @@ def judge_shadow(summary: ShadowSummary, spec: ShadowSpec,
         s95, c95 = summary.stable_latency_p95_ms, summary.candidate_latency_p95_ms
         if s95 is None or c95 is None:
             reasons.append("no latency recorded for mirrored requests")
-        elif s95 > 0 and c95 / s95 > spec.max_latency_p95_ratio:
-            reasons.append(f"candidate p95 latency {c95:.0f} ms is {c95 / s95:.2f}x stable's {s95:.0f} ms "
-                           f"(limit {spec.max_latency_p95_ratio:g}x)")
+        elif s95 > 0 and c95 / s95 > spec.max_latency_p95_ratio and c95 - s95 > spec.latency_p95_slack_ms:
+            reasons.append(f"candidate p95 latency {c95:.1f} ms is {c95 / s95:.2f}x stable's {s95:.1f} ms "
+                           f"(limit {spec.max_latency_p95_ratio:g}x and {spec.latency_p95_slack_ms:g} ms more)")
     if spec.expectations:
         if outputs is None:
             reasons.append("the candidate's outputs were not validated against shadow.expectations")

@@ -66,6 +66,7 @@ class ShadowSpec(_Strict):
     max_duration_s: Duration = Field(defaults.SHADOW_MAX_DURATION_S, alias="max_duration", gt=0)
     max_error_rate_increase: float = Field(defaults.SHADOW_MAX_ERROR_RATE_INCREASE, ge=0.0, le=1.0)
     max_latency_p95_ratio: float = Field(defaults.SHADOW_MAX_LATENCY_P95_RATIO, gt=1.0)
+    latency_p95_slack_ms: float = Field(defaults.SHADOW_LATENCY_P95_SLACK_MS, ge=0.0)
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
     expectations: list[ExpectationSpec] = Field(default_factory=_default_expectations)
 

@@ -132,6 +132,11 @@ class ServingChangeTrigger(BaseTrigger):
                                                       f"({failures} failures in a row): {err}", started_s, checks=checks)
                     return
                 delay_s = min(pending.poll_interval_s, 2.0**failures)
+            except Exception as err:  # a defect in the backend: checking again will not help, say what broke
+                self.log.exception("checking %s raised an unexpected error", pending.resource)
+                yield self._event(ERROR, pending, f"checking {pending.resource} raised an unexpected "
+                                                  f"{type(err).__name__}: {err}", started_s, checks=checks)
+                return
             else:
                 checks, failures = checks + 1, 0
                 if now is None:

@@ -105,20 +105,31 @@ def test_api_refuses_an_approval_mode_outside_the_form(airflow_server):
     assert err.value.status == 400 and refused_field(err.value.detail) == "approval", err.value.detail
 
 
-def _answer_when_asked(server, run_id: str, task_id: str, option: str, timeout_s: float = 300) -> int:
-    """Answer ``task_id`` with ``option`` whenever it waits for a person, until it has finished; return answers.
+def _scheduler_saw_the_pause(server, run_id: str, task_id: str, try_number: int) -> bool:
+    """Whether the scheduler has taken the executor's report of the task's exit into AWAITING_INPUT."""
+    key = (f"TaskInstanceKey(dag_id='{DAG_ID}', task_id='{task_id}', run_id='{run_id}', "
+           f"try_number={try_number}, map_index=-1)")
+    return any("Received executor event" in line and key in line
+               for line in server.log_file.read_text(errors="replace").splitlines())
 
-    Answers every try: under load Airflow 3.3's scheduler can see a HITL task's executor report before the
-    task's ``awaiting_input`` state and retry it, and the retry asks again.
+
+def _answer_when_asked(server, run_id: str, task_id: str, option: str, timeout_s: float = 300) -> int:
+    """Answer ``task_id`` with ``option`` when it waits for a person, until it has finished; return answers.
+
+    Answers only once the scheduler has processed the executor's report of the task pausing. An answer
+    faster than that (no person is that fast, a script is) lets Airflow 3.3 resume the task first and then
+    read the pause's report as "the task finished while queued", failing the try (a ``state mismatch``
+    in the audit log). Each try is answered, should that still happen.
     """
     client, deadline, answers = server.client(), time.time() + timeout_s, 0
     path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/-1/hitlDetails"
     while time.time() < deadline:
-        state = client.task_instance(DAG_ID, run_id, task_id)["state"]
+        ti = client.task_instance(DAG_ID, run_id, task_id)
+        state = ti["state"]
         if state == "success" and answers:
             return answers
         assert state not in ("success", "failed", "skipped", "upstream_failed"), (task_id, state, answers)
-        if state in ("deferred", "running", "awaiting_input"):
+        if state == "awaiting_input" and _scheduler_saw_the_pause(server, run_id, task_id, ti["try_number"]):
             with contextlib.suppress(AirflowApiError):  # the HITL detail appears once the task waits
                 if client.request("GET", path).get("response_received") is False:
                     client.request("PATCH", path, json_body={"chosen_options": [option]})

@@ -147,3 +147,26 @@ def test_run_shadow_validates_the_outputs_of_the_shadow_window():
 
     healthy, _, _ = shadow(PerRequest(answers(200)))
     assert healthy.passed and healthy.reasons == []
+
+
+@pytest.mark.parametrize(("stable_ms", "candidate_ms", "ratio", "slack_ms", "passed"), [
+    (5.0, 8.0, 1.5, 5.0, True),      # 1.6x but 3 ms: noise at this size
+    (5.0, 11.0, 1.5, 5.0, False),    # 2.2x and 6 ms more
+    (40.0, 59.0, 1.5, 5.0, True),    # 19 ms more but within the ratio
+    (40.0, 61.0, 1.5, 5.0, False),   # above both
+    (5.0, 8.0, 1.5, 0.0, False),     # no slack: the ratio alone decides
+])
+def test_a_latency_regression_must_exceed_the_ratio_and_the_slack(stable_ms, candidate_ms, ratio, slack_ms, passed):
+    summary = ShadowSummary(**{**HEALTHY.__dict__, "stable_latency_p95_ms": stable_ms,
+                               "candidate_latency_p95_ms": candidate_ms})
+    spec = ShadowSpec(max_latency_p95_ratio=ratio, latency_p95_slack_ms=slack_ms, expectations=[])
+    verdict = judge_shadow(summary, spec)
+    assert verdict.passed is passed, verdict.reasons
+    if not passed:
+        assert verdict.reasons == [f"candidate p95 latency {candidate_ms:.1f} ms is {candidate_ms / stable_ms:.2f}x "
+                                   f"stable's {stable_ms:.1f} ms (limit {ratio:g}x and {slack_ms:g} ms more)"]
+
+
+def test_the_latency_slack_cannot_be_negative():
+    with pytest.raises(ValueError, match="latency_p95_slack_ms"):
+        ShadowSpec(latency_p95_slack_ms=-1)

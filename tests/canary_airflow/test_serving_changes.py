@@ -302,3 +302,16 @@ def test_trigger_reports_a_backend_it_cannot_build(monkeypatch):
     Clock(monkeypatch)
     (event,) = events(make_trigger(serving="no-such-router"))
     assert event["status"] == "error" and "unknown serving backend 'no-such-router'" in event["message"]
+
+
+def test_trigger_reports_an_unexpected_backend_exception_as_an_error_event(monkeypatch):
+    """A defect in a backend must reach the task as an event it can act on, not crash the triggerer's run."""
+    clock = Clock(monkeypatch)
+    fakes.FakeSettlingRouter.states = ["Updating", "Bug"]
+    (event,) = events(make_trigger(deadline_s=10_000.0))
+    assert event["status"] == "error" and event["checks"] == 1, event
+    assert event["message"] == "checking endpoint 'e' raised an unexpected KeyError: 'EndpointStatus'"
+    assert clock.sleeps == [5.0]
+    with pytest.raises(ServingChangeError) as err:
+        check_settled(event)
+    assert not err.value.final
