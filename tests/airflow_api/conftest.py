@@ -24,7 +24,7 @@ from fast_spec import fast_spec
 
 from canary.backends.base import ConnInfo
 from canary.demo import LocalStack, Processes, free_port, local_stack
-from canary.trigger_cli import AirflowClient
+from canary.trigger_cli import AirflowApiError, AirflowClient
 
 MODEL, ENDPOINT = "api-model", "api"
 #: Other models (same endpoint; the nightly DAG only reads their registry entries).
@@ -65,6 +65,16 @@ class AirflowServer:
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.client().request("PATCH", f"/api/v2/dags/{dag_id}", json_body={"is_paused": paused})
+
+    def has_dag(self, dag_id: str) -> bool:
+        """Whether the API knows ``dag_id`` yet (the dag-processor has parsed and stored it)."""
+        try:
+            self.client().request("GET", f"/api/v2/dags/{dag_id}")
+        except AirflowApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.client().request("GET", f"/api/v2/dags/{dag_id}/dagRuns",

@@ -60,14 +60,6 @@ def reparse(client, dag_id: str) -> None:
     client.request("PUT", f"/api/v2/parseDagFile/{token}")
 
 
-def dag_exists(client, dag_id: str) -> bool:
-    try:
-        client.request("GET", f"/api/v2/dags/{dag_id}")
-    except Exception:
-        return False
-    return True
-
-
 def when(ti: dict, field: str) -> float:
     return datetime.fromisoformat(ti[field].replace("Z", "+00:00")).timestamp()
 
@@ -90,7 +82,7 @@ def lock_dags(airflow_server) -> Iterator[dict]:
     try:
         reparse(client, "canary_rollout__api-model")
         for model in CANDIDATES:
-            wait_for(f"DAG {dag(model)}", lambda m=model: dag_exists(client, dag(m)))
+            wait_for(f"DAG {dag(model)}", lambda m=model: server.has_dag(dag(m)))
             server.set_paused(dag(model), False)
         yield {"server": server, "client": client, "stable": stable}
     finally:

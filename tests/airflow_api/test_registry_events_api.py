@@ -73,14 +73,6 @@ def asset(client, model: str) -> dict | None:
     return found[0] if found else None
 
 
-def dag_exists(client, dag_id: str) -> bool:
-    try:
-        client.request("GET", f"/api/v2/dags/{dag_id}")
-    except Exception:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
     server, client = airflow_server, airflow_server.client()
@@ -108,7 +100,7 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             reparse(client, "canary_rollout__api-model")
             reparse(client, DISPATCHER)
             for model in added:
-                wait_for(f"DAG canary_rollout__{model}", lambda m=model: dag_exists(client, f"canary_rollout__{m}"))
+                wait_for(f"DAG canary_rollout__{model}", lambda m=model: server.has_dag(f"canary_rollout__{m}"))
                 wait_for(f"asset of {model}", lambda m=model: asset(client, m))
             # Watchers run only for assets a non-paused DAG is scheduled on, decided when the file is parsed.
             server.set_paused(DISPATCHER, False)
