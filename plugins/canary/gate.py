@@ -4,7 +4,8 @@ Order of checks (first match wins), so that missing data can never look healthy:
 
 1. still warming up after the traffic change -> CONTINUE;
 2. no data from the metrics backend, or no canary (or stable) requests in the window -> CONTINUE
-   until the stage's minimum duration, then HALT;
+   until the stage's minimum duration, and at least one poll interval after the warm-up (a window
+   that has only just opened is empty by construction, not evidence), then HALT;
 3. an absolute guardrail breached (after ``guardrails.min_requests`` canary requests) -> ROLLBACK;
 4. the analyzer's verdicts: any ROLLBACK -> ROLLBACK; any HALT -> HALT;
 5. minimum duration and minimum canary requests reached and every metric non-inferior -> ADVANCE;
@@ -36,6 +37,16 @@ class StageClock:
     elapsed_s: float
 
 
+def no_data_deadline_s(spec: RolloutSpec, stage: StageSpec) -> float:
+    """Seconds into a stage after which missing data is a HALT rather than a reason to wait.
+
+    The stage's minimum duration, but never before the window after the warm-up has been open for a
+    full poll interval, and never after the stage's maximum duration.
+    """
+    return min(max(stage.min_duration_s, spec.analysis.warmup_s + spec.analysis.poll_interval_s),
+               stage.max_duration_s)
+
+
 def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, window: Snapshot | None, *,
                    analyzer: Analyzer, carry_state: Mapping[str, Any] | None = None,
                    no_data_reason: str | None = None) -> tuple[GateResult, dict[str, Any]]:
@@ -50,12 +61,13 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
     elapsed, warmup = clock.elapsed_s, spec.analysis.warmup_s
     timing = {"stage": clock.index, "weight_pct": stage.weight, "elapsed_s": round(elapsed, 3)}
     min_reached = elapsed >= stage.min_duration_s
+    no_data_due = elapsed >= no_data_deadline_s(spec, stage)
     if elapsed < warmup:
         return GateResult(decision=Decision.CONTINUE,
                           reason=f"warming up ({format_duration(elapsed)} of {format_duration(warmup)})",
                           evidence=timing), state
     if window is None:
-        if elapsed >= stage.min_duration_s:
+        if no_data_due:
             return GateResult(decision=Decision.HALT, metric="data",
                               reason=f"no metrics data after {format_duration(elapsed)}: {no_data_reason}",
                               evidence=timing), state
@@ -77,8 +89,8 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
     empty = [name for name, stats in (("canary", canary), ("stable", stable))
              if stats.requests == 0 and (compares or name == "canary")]
     if empty:
-        # Nothing to compare yet: wait, but never past the minimum duration (missing data is not healthy).
-        if min_reached:
+        # Nothing to compare yet: wait, but never past the no-data deadline (missing data is not healthy).
+        if no_data_due:
             return GateResult(decision=Decision.HALT, metric="data",
                               reason=f"no {' or '.join(empty)} requests after {format_duration(elapsed)} "
                                      f"at {stage.weight}%", evidence=evidence), state

@@ -46,6 +46,8 @@ DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "include" / "rollouts"
 START_DATE = datetime(2025, 1, 1)
 #: How long an approval waits for a person before it fails (and ``finalize`` returns traffic to stable).
 APPROVAL_TIMEOUT_HOURS = 24
+#: Retries of each stage's observe sensor (see build_rollout_dag).
+OBSERVE_RETRIES = 2
 
 
 def specs_dir() -> Path:
@@ -115,9 +117,14 @@ def build_rollout_dag(spec_path: str | Path) -> DAG:
             with TaskGroup(f"stage_{i + 1}", tooltip=f"{stage.weight}% canary") as _group:
                 set_traffic = SetTrafficOperator(task_id="set_traffic", stage_index=i,
                                                  trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+                # Retried: every look rebuilds the stage's evidence from its cumulative window and the stage
+                # clock is absolute, so a retry loses nothing and extends nothing. It covers a flaky metrics
+                # backend, a lost triggerer, and Airflow 3.3 failing a deferred try whose trigger fired
+                # before the scheduler had processed the deferral (a "state mismatch" in the audit log).
                 observe = CanaryObserveSensor(task_id="observe", stage_index=i,
                                               stage_max_duration_s=stage.max_duration_s,
-                                              poll_interval_s=spec.analysis.poll_interval_s, retries=0)
+                                              poll_interval_s=spec.analysis.poll_interval_s,
+                                              retries=OBSERVE_RETRIES, retry_delay=timedelta(seconds=2))
                 gate = CanaryGateOperator(task_id="gate", stage_index=i, has_approval=True)
                 proceed = EmptyOperator(task_id="proceed")
                 rollback = RollbackOperator(task_id="rollback", stage_index=i)

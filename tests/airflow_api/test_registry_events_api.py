@@ -1,8 +1,9 @@
 """Event-driven starts on a real Airflow: events pushed through the REST API, and a watcher on a real MLflow server.
 
-The module adds two specs to the session's Airflow for its own duration (and removes them again, so the
-other tests see the specs they expect): ``api-push`` (local registry, push only) and ``api-mlflow``
-(a real MLflow registry, watched for new versions every second). Their rollout DAGs stay paused, so a
+The module adds three specs to the session's Airflow for its own duration (and removes them again, so the
+other tests see the specs they expect): ``api-push`` (local registry, push only), ``api-mlflow`` (a real
+MLflow registry, watched for new versions every second) and ``api-alias`` (the same MLflow, watched for
+its ``challenger`` alias moving). Their rollout DAGs stay paused, so a
 started rollout stays queued and moves no traffic; the test deletes those runs.
 """
 
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ENDPOINT = "api"  # the endpoint of tests/airflow_api/conftest.py
 DISPATCHER = "canary_registry_events"
-PUSH_MODEL, WATCHED_MODEL = "api-push", "api-mlflow"
+PUSH_MODEL, WATCHED_MODEL, ALIAS_MODEL = "api-push", "api-mlflow", "api-alias"
 MLFLOW_CONN_ID = "canary_registry_mlflow_events"
 WAIT_S = 120.0
 
@@ -83,6 +84,9 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
         mlflow_registry = build_backend("registry", "mlflow", mlflow.conn())
         mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/1")
         mlflow_registry.set_alias(WATCHED_MODEL, "champion", "1")
+        for n in (1, 2, 3):
+            mlflow_registry.register_version(ALIAS_MODEL, f"s3://canary-test/api-alias/{n}")
+        mlflow_registry.set_alias(ALIAS_MODEL, "champion", "1")
         local = server.registry()
         for version, tags in (("v1", {}), ("v2", {}), ("v3", {"rollout.result": "rolled_back"})):
             local.register_version(PUSH_MODEL, version, tags=tags)
@@ -93,6 +97,10 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             WATCHED_MODEL: fast_spec(WATCHED_MODEL, ENDPOINT,
                                      backends={"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}},
                                      schedule={"on_registry_event": {"enabled": True, "poll_interval": "1s"}}),
+            ALIAS_MODEL: fast_spec(ALIAS_MODEL, ENDPOINT,
+                                   backends={"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}},
+                                   schedule={"on_registry_event": {"enabled": True, "watch": "alias",
+                                                                   "alias": "challenger", "poll_interval": "1s"}}),
         }
         for model, spec in added.items():
             (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
@@ -105,7 +113,8 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             # Watchers run only for assets a non-paused DAG is scheduled on, decided when the file is parsed.
             server.set_paused(DISPATCHER, False)
             reparse(client, DISPATCHER)
-            wait_for("the MLflow watcher", lambda: asset(client, WATCHED_MODEL)["watchers"])
+            for model in (WATCHED_MODEL, ALIAS_MODEL):
+                wait_for(f"the MLflow watcher of {model}", lambda m=model: asset(client, m)["watchers"])
             yield EventsSetup(server=server, client=client, mlflow_registry=mlflow_registry)
         finally:
             server.set_paused(DISPATCHER, True)
@@ -164,7 +173,7 @@ def test_a_pushed_event_starts_the_rollout_of_that_version(events):
 @pytest.mark.parametrize(("extra", "kind", "reason"), [
     ({"model": "no-such-model", "version": "v2"}, "refused",
      "model: unknown model 'no-such-model': no spec with schedule.on_registry_event.enabled "
-     "(known: api-mlflow, api-push)"),
+     "(known: api-alias, api-mlflow, api-push)"),
     ({"model": PUSH_MODEL}, "refused",
      'version: is missing; the event\'s extra must be {"model": "<model>", "version": "<version>"}'),
     ({"model": PUSH_MODEL, "version": 2}, "refused", 'version: must be a non-empty string, got 2 (quote it: "2")'),
@@ -202,8 +211,8 @@ def test_the_watcher_starts_a_rollout_when_a_version_is_registered_in_mlflow(eve
     assert watermark == {"last_version": version, "alias_version": None, "watch": "new_version"}
 
 
-def stored_watermark(client) -> dict | None:
-    asset_id = asset(client, WATCHED_MODEL)["id"]
+def stored_watermark(client, model: str = WATCHED_MODEL) -> dict | None:
+    asset_id = asset(client, model)["id"]
     try:
         return client.request("GET", f"/api/v2/assets/{asset_id}/state-store/canary_registry_watermark")["value"]
     except Exception:
@@ -227,3 +236,24 @@ def test_a_restarted_watcher_resumes_from_its_watermark_and_reports_nothing_agai
     wait_for("a new watcher", lambda: asset(client, WATCHED_MODEL)["watchers"])
     time.sleep(15)  # several polls of the new watcher, and time for a run it would have started
     assert runs(client, dag_id) == [] and run_ids(client) == dispatcher_runs
+
+
+def test_the_alias_watcher_starts_a_rollout_when_the_challenger_alias_moves(events):
+    """Only moves of the alias count: versions registered without it start nothing."""
+    client, registry = events.client, events.mlflow_registry
+    dag_id = f"canary_rollout__{ALIAS_MODEL}"
+    registry.register_version(ALIAS_MODEL, "s3://canary-test/api-alias/4")
+    time.sleep(5)  # several polls: a new version without the alias is not the alias moving
+    assert runs(client, dag_id) == []
+    registry.set_alias(ALIAS_MODEL, "challenger", "2")
+    [run] = wait_for(f"a rollout run of {ALIAS_MODEL} version 2", lambda: runs(client, dag_id))
+    assert run["dag_run_id"].startswith("registry__2__") and run["conf"]["version"] == "2"
+    assert run["conf"]["reason"] == "registry event (watcher, alias_moved): alias 'challenger' names version 2"
+    client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    registry.set_alias(ALIAS_MODEL, "challenger", "3")
+    [moved] = wait_for(f"a rollout run of {ALIAS_MODEL} version 3", lambda: runs(client, dag_id))
+    assert moved["conf"]["version"] == "3"
+    assert moved["conf"]["reason"] == ("registry event (watcher, alias_moved): alias 'challenger' moved from "
+                                       "version 2 to 3")
+    watermark = wait_for("the alias watermark", lambda: stored_watermark(client, ALIAS_MODEL))
+    assert watermark == {"last_version": None, "alias_version": "3", "watch": "alias"}

@@ -82,6 +82,43 @@ def test_evaluate_stage(stage, elapsed, win, verdicts, decision, metric, fragmen
     assert fragment in result.reason
 
 
+LONG_WARMUP = parse_spec({
+    "model": "m", "endpoint": "e",
+    "stages": [{"weight": 50, "min_duration": "8s", "max_duration": "40s"},
+               {"weight": 100, "min_duration": "0s", "max_duration": "14s"}],
+    "analysis": {"warmup": "12s", "poll_interval": "2s"},
+})
+
+
+@pytest.mark.parametrize(("stage", "elapsed", "win", "decision", "fragment"), [
+    # Warm-up (12s) outlasts the minimum duration (8s): the window opens at 12s, empty by construction.
+    (0, 12.0, window(0, stable=0), Decision.CONTINUE, "waiting for canary and stable requests"),
+    (0, 13.9, window(0, stable=0), Decision.CONTINUE, "waiting for canary and stable requests"),
+    (0, 13.9, None, Decision.CONTINUE, "waiting for data"),
+    (0, 14.0, window(0, stable=0), Decision.HALT, "no canary or stable requests after 14s"),
+    (0, 14.0, None, Decision.HALT, "no metrics data after 14s"),
+    # A minimum duration of 0 still waits one poll interval after the warm-up; the maximum caps it all.
+    (1, 13.0, window(0, stable=0), Decision.CONTINUE, "waiting for canary requests"),
+    (1, 14.0, window(0, stable=0), Decision.HALT, "no canary requests after 14s"),
+])
+def test_missing_data_halts_only_once_the_window_after_warmup_had_a_poll_interval(stage, elapsed, win, decision,
+                                                                                 fragment):
+    result, _ = evaluate_stage(LONG_WARMUP, LONG_WARMUP.stages[stage], StageClock(index=stage, elapsed_s=elapsed),
+                               win, analyzer=FixedAnalyzer(Decision.ADVANCE), no_data_reason="no series")
+    assert result.decision is decision and fragment in result.reason, result
+
+
+def test_no_data_deadline_is_the_min_duration_at_least_a_poll_after_warmup_at_most_the_max_duration():
+    from canary.gate import no_data_deadline_s
+
+    assert no_data_deadline_s(SPEC, SPEC.stages[0]) == 60.0   # min duration 60s > 10s warm-up + 30s poll
+    assert no_data_deadline_s(LONG_WARMUP, LONG_WARMUP.stages[0]) == 14.0
+    capped = parse_spec({"model": "m", "endpoint": "e", "stages": [{"weight": 100, "min_duration": "0s",
+                                                                    "max_duration": "20s"}],
+                         "analysis": {"warmup": "15s", "poll_interval": "10s"}})
+    assert no_data_deadline_s(capped, capped.stages[0]) == 20.0
+
+
 def test_missing_data_never_advances():
     for elapsed in (0, 10, 59, 60, 599, 600, 10_000):
         result, _ = evaluate_stage(SPEC, SPEC.stages[0], StageClock(index=0, elapsed_s=elapsed), None,

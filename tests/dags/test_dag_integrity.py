@@ -54,6 +54,7 @@ def test_task_chain_and_policies(bag):
         for i in range(1, n + 1):
             g = f"stage_{i}"
             assert dag.get_task(f"{g}.observe").downstream_task_ids == {f"{g}.gate"}
+            assert dag.get_task(f"{g}.observe").retries >= 1  # a lost deferral must not end the rollout
             assert {f"{g}.proceed", f"{g}.rollback"} <= dag.get_task(f"{g}.gate").downstream_task_ids
             nxt = f"stage_{i + 1}.set_traffic" if i < n else "promote"
             assert nxt in dag.get_task(f"{g}.proceed").downstream_task_ids
