@@ -138,7 +138,9 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
     ui_color = "#e8f1ff"
 
     def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        kwargs.setdefault("retries", 0)  # bad input does not get better by retrying
+        # Refusals fail at once (AirflowFailException, never retried); a retry only repeats the registry
+        # reads and re-takes the run's own lease, for a flaky backend or an Airflow hiccup.
+        kwargs.setdefault("retries", 1)
         super().__init__(**kwargs)
         self.spec_path = spec_path
 
