@@ -85,6 +85,8 @@ class EndpointLeaseMixin:
     """
 
     _lease_wait: dict[str, Any] | None = None
+    #: When a fresh wait counts from (see :func:`wait_origin_s`); None: now.
+    _wait_origin_s: float | None = None
 
     def take_endpoint(self, plan: RolloutPlan, replan: Callable[[], RolloutPlan]) -> RolloutPlan:
         """Return the plan, resolved again under the lease; raise :class:`RequestError` when refused.
@@ -107,8 +109,8 @@ class EndpointLeaseMixin:
             if concurrency.on_busy is OnBusy.REFUSE:
                 raise RequestError("concurrency.on_busy", f"{busy}; refused (on_busy: refuse): start it again "
                                    "once that rollout finished, or set concurrency.on_busy: wait") from busy
-            since = float(waited["waiting_since_s"]) if waited else now
-            deadline = float(waited["deadline_s"]) if waited else now + concurrency.max_wait_s
+            since = float(waited["waiting_since_s"]) if waited else min(now, self._wait_origin_s or now)
+            deadline = float(waited["deadline_s"]) if waited else since + concurrency.max_wait_s
             if now >= deadline or (waited and waited.get("status") == "timeout"):
                 raise RequestError("concurrency.max_wait", _timeout_message(
                     key, {**(waited or {}), "holder": busy.lease.to_dict()}, concurrency.max_wait_s)) from busy
@@ -142,6 +144,16 @@ class EndpointLeaseMixin:
         return self.execute(context)  # type: ignore[attr-defined]
 
 
+def wait_origin_s(context: Any) -> float | None:
+    """When a wait for the endpoint counts from: None (now) on the first try; on a retry, when the run
+    started, so that retrying the first task never grants a fresh ``concurrency.max_wait``."""
+    ti, run = context.get("ti"), context.get("dag_run")
+    start = getattr(run, "start_date", None)
+    if ti is None or start is None or int(getattr(ti, "try_number", 1) or 1) <= 1:
+        return None
+    return start.timestamp()
+
+
 def _timeout_message(key: str, waited: dict[str, Any], max_wait_s: float) -> str:
     holder = waited.get("holder")
     who = Lease.from_dict(holder).describe() if holder else "another rollout"
@@ -151,4 +163,4 @@ def _timeout_message(key: str, waited: dict[str, Any], max_wait_s: float) -> str
 
 
 __all__ = ["APPROVAL_TIMEOUT_S", "EndpointLeaseMixin", "lease_holder", "lease_key", "lock_hook", "lock_ref",
-           "observe_lease_kwargs", "renew_lease"]
+           "observe_lease_kwargs", "renew_lease", "wait_origin_s"]

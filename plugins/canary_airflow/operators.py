@@ -29,6 +29,7 @@ from canary_airflow.endpoint_lock import (
     lease_key,
     lock_hook,
     renew_lease,
+    wait_origin_s,
 )
 from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
 from canary_airflow.serving_changes import (
@@ -152,6 +153,7 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
             request = RolloutRequest.from_conf(conf)
             plan = plan_rollout(spec, request, registry_hook(spec).registry,
                                 run_id=context["run_id"], now_s=time.time())
+            self._wait_origin_s = wait_origin_s(context)
             plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry_hook(spec).registry,
                                                                  run_id=context["run_id"], now_s=time.time()))
         except (SpecError, RequestError) as err:

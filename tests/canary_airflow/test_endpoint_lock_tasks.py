@@ -174,6 +174,28 @@ def test_a_request_refused_after_the_wait_leaves_the_endpoint_free(tmp_path, sto
     assert store.get(KEY) is None
 
 
+def test_a_retried_first_task_waits_only_what_is_left_of_max_wait_since_the_run_started(tmp_path, store, clock):
+    from datetime import UTC, datetime
+
+    lease = store.acquire(KEY, OTHER, ttl_s=3600)
+    task, ctx = validate(tmp_path)
+    started = datetime.fromtimestamp(NOW - 200, tz=UTC)
+    ctx = {**ctx, "ti": SimpleNamespace(try_number=2),
+           "dag_run": SimpleNamespace(conf=ctx["dag_run"].conf, start_date=started)}
+    trigger = defer(task, ctx).trigger
+    assert (trigger.waiting_since_s, trigger.deadline_s) == (NOW - 200, NOW + 400)
+    # Retried after max_wait has passed since the run started: refused at once, naming the holder.
+    ctx["dag_run"].start_date = datetime.fromtimestamp(NOW - 601, tz=UTC)
+    with pytest.raises(AirflowFailException, match="concurrency.max_wait: waited 10m for endpoint local/e, "
+                                                   "still held by canary_rollout__other"):
+        ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=task.spec_path).execute(ctx)
+    assert store.get(KEY).holder == lease.holder
+    # The first try always gets the full wait.
+    first = defer(ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=task.spec_path),
+                  {**ctx, "ti": SimpleNamespace(try_number=1)}).trigger
+    assert (first.waiting_since_s, first.deadline_s) == (NOW, NOW + 600)
+
+
 def test_the_wait_ends_at_max_wait_naming_the_running_rollout(tmp_path, store, clock):
     lease = store.acquire(KEY, OTHER, ttl_s=3600)
     task, ctx = validate(tmp_path)
