@@ -9,17 +9,20 @@ started rollout stays queued and moves no traffic; the test deletes those runs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
+import requests
 import yaml
 from fast_spec import fast_spec
 from mlflow_harness import mlflow_servers, require_mlflow_server
 
 from canary.backends import build_backend
+from canary.mlflow_webhooks import sign
 from canary.trigger_cli import AirflowApiError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -28,6 +31,7 @@ ENDPOINT = "api"  # the endpoint of tests/airflow_api/conftest.py
 DISPATCHER = "canary_registry_events"
 PUSH_MODEL, WATCHED_MODEL, ALIAS_MODEL = "api-push", "api-mlflow", "api-alias"
 MLFLOW_CONN_ID = "canary_registry_mlflow_events"
+WEBHOOK_CONN_ID, WEBHOOK_SECRET = "canary_mlflow_webhook_default", "api-test-webhook-secret"
 WAIT_S = 120.0
 
 
@@ -81,6 +85,8 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
     with mlflow_servers(require_mlflow_server(), tmp_path_factory.mktemp("mlflow_events")) as [mlflow]:
         client.request("POST", "/api/v2/connections", json_body={
             "connection_id": MLFLOW_CONN_ID, "conn_type": "canary_registry", "host": mlflow.url})
+        client.request("POST", "/api/v2/connections", json_body={
+            "connection_id": WEBHOOK_CONN_ID, "conn_type": "generic", "password": WEBHOOK_SECRET})
         mlflow_registry = build_backend("registry", "mlflow", mlflow.conn())
         mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/1")
         mlflow_registry.set_alias(WATCHED_MODEL, "champion", "1")
@@ -126,6 +132,7 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             reparse(client, "canary_rollout__api-model")
             reparse(client, DISPATCHER)
             client.request("DELETE", f"/api/v2/connections/{MLFLOW_CONN_ID}")
+            client.request("DELETE", f"/api/v2/connections/{WEBHOOK_CONN_ID}")
 
 
 def push(client, model: str, extra: dict, *, asset_of: str | None = None) -> dict:
@@ -257,3 +264,31 @@ def test_the_alias_watcher_starts_a_rollout_when_the_challenger_alias_moves(even
                                        "version 2 to 3")
     watermark = wait_for("the alias watermark", lambda: stored_watermark(client, ALIAS_MODEL))
     assert watermark == {"last_version": None, "alias_version": "3", "watch": "alias"}
+
+
+def test_a_signed_mlflow_webhook_delivery_starts_the_rollout_and_a_forged_one_is_refused(events):
+    """The receiver the API server serves at /canary/mlflow/webhook, as MLflow would call it."""
+    client, server = events.client, events.server
+    dag_id = f"canary_rollout__{ALIAS_MODEL}"
+    for run in runs(client, dag_id):  # the alias test leaves its last run queued
+        client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    before = run_ids(client)
+    body = json.dumps({"entity": "model_version", "action": "created", "timestamp": "2026-12-01T00:00:00+00:00",
+                       "data": {"name": ALIAS_MODEL, "version": "4", "source": "s3://canary-test/api-alias/4"}}).encode()
+    sent = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "X-MLflow-Delivery-Id": "api-test-1", "X-MLflow-Timestamp": sent,
+               "X-MLflow-Signature": sign(WEBHOOK_SECRET, delivery_id="api-test-1", timestamp=sent, body=body)}
+    url = f"{server.url}/canary/mlflow/webhook"
+    forged = requests.post(url, data=body, timeout=30, headers={
+        **headers, "X-MLflow-Signature": sign("not-the-secret", delivery_id="api-test-1", timestamp=sent, body=body)})
+    assert forged.status_code == 401 and forged.json()["field"] == "X-MLflow-Signature", forged.text
+    accepted = requests.post(url, data=body, headers=headers, timeout=30)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["asset"] == f"canary_registry__{ALIAS_MODEL}"
+    [(state, report)] = dispatcher_reports(client, before, until=lambda reps: any(r["started"] for r in reps))
+    assert state == "success", report
+    [started] = report["started"]
+    assert (started["model"], started["version"]) == (ALIAS_MODEL, "4")
+    [run] = runs(client, dag_id)
+    assert run["conf"] == {"version": "4", "reason": "registry event (REST API, new_version): MLflow webhook: "
+                                                     f"version 4 created in '{ALIAS_MODEL}'"}
