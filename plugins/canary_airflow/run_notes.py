@@ -42,19 +42,27 @@ class CanaryAirflowApiHook(BaseHook):
 
     @cached_property
     def client(self) -> Any:
-        from canary.backends.base import ConnInfo
-        from canary.trigger_cli import AirflowClient
-
-        conn = self.get_connection(self.conn_id)
-        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-        info = ConnInfo(conn_id=self.conn_id, host=conn.host, port=conn.port, schema=conn.schema)
-        return AirflowClient(info.base_url(), token=extra.get("token") or None, username=conn.login or None,
-                             password=conn.password or None, timeout_s=float(extra.get("timeout_s", 10)))
+        return api_client(self.get_connection(self.conn_id), self.conn_id)
 
     def set_run_note(self, dag_id: str, run_id: str, note: str) -> None:
         """Replace the note of one DAG run (raises :class:`canary.trigger_cli.AirflowApiError`)."""
         self.client.request("PATCH", f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}",
                             json_body={"note": clip_note(note)})
+
+
+def api_client(conn: Any, conn_id: str) -> Any:
+    """Return a :class:`canary.trigger_cli.AirflowClient` for an Airflow API connection.
+
+    ``host`` (and ``port``, ``schema``) is the API server's URL; ``login``/``password`` or ``extra.token``
+    authenticate; ``extra.timeout_s`` (default 10) bounds each request.
+    """
+    from canary.backends.base import ConnInfo
+    from canary.trigger_cli import AirflowClient
+
+    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+    info = ConnInfo(conn_id=conn_id, host=conn.host, port=conn.port, schema=conn.schema)
+    return AirflowClient(info.base_url(), token=extra.get("token") or None, username=conn.login or None,
+                         password=conn.password or None, timeout_s=float(extra.get("timeout_s", 10)))
 
 
 def write_run_note(context: Any, note: str, *, log: Any, conn_id: str | None = None) -> bool:
@@ -76,4 +84,4 @@ def write_run_note(context: Any, note: str, *, log: Any, conn_id: str | None = N
     return True
 
 
-__all__ = ["MAX_NOTE_CHARS", "CanaryAirflowApiHook", "clip_note", "write_run_note"]
+__all__ = ["MAX_NOTE_CHARS", "CanaryAirflowApiHook", "api_client", "clip_note", "write_run_note"]

@@ -27,14 +27,12 @@ from fastapi import FastAPI, Request  # this module is imported only by the API 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from canary.errors import SpecError
 from canary.mlflow_webhooks import WebhookRefusedError, event_extra, verify_delivery
 from canary.registry_events import asset_name
 
 URL_PREFIX = "/canary"
 WEBHOOK_PATH = "/mlflow/webhook"
 SECRET_CONN_ID = "canary_mlflow_webhook_default"
-API_CONN_ID = "canary_airflow_api_default"
 
 
 @dataclass(frozen=True)
@@ -74,18 +72,12 @@ def handle_delivery(headers: Mapping[str, str], body: bytes, *, secret: str | No
 
 def webhook_models(specs_path: Any = None) -> dict[str, str]:
     """Return MLflow registered model name -> spec model for the specs the receiver serves."""
-    from canary.spec import load_spec, spec_files
     from canary_airflow.factory import specs_dir
+    from canary_airflow.registry_events import opted_in_specs
 
-    models: dict[str, str] = {}
-    for path in spec_files(specs_path or specs_dir()):
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            continue  # shown as an import error of the rollout DAGs; nothing to serve here
-        if spec.schedule.on_registry_event.enabled and spec.backends.registry.name == "mlflow":
-            models[str(spec.backends.registry.options.get("registered_model_name") or spec.model)] = spec.model
-    return models
+    return {str(spec.backends.registry.options.get("registered_model_name") or model): model
+            for model, spec in opted_in_specs(specs_path or specs_dir()).items()
+            if spec.backends.registry.name == "mlflow"}
 
 
 def _connection(conn_id: str) -> Any | None:
@@ -105,17 +97,15 @@ def _secret() -> str | None:
 
 def _post_asset_event(extra: dict[str, Any]) -> dict[str, Any]:
     """Post ``extra`` on the model's asset through the Airflow REST API; return the created event."""
-    from canary.backends.base import ConnInfo
-    from canary.trigger_cli import AirflowApiError, AirflowClient
+    from canary.trigger_cli import AirflowApiError
+    from canary_airflow.run_notes import CanaryAirflowApiHook, api_client
 
-    conn = _connection(API_CONN_ID)
+    conn_id = CanaryAirflowApiHook.default_conn_name
+    conn = _connection(conn_id)
     if conn is None or not conn.host:
-        raise AirflowApiError(f"connection {API_CONN_ID!r} (the Airflow API URL and a user allowed to create "
+        raise AirflowApiError(f"connection {conn_id!r} (the Airflow API URL and a user allowed to create "
                               "asset events) is not defined")
-    token = (conn.extra_dejson or {}).get("token")
-    info = ConnInfo(conn_id=API_CONN_ID, host=conn.host, port=conn.port, schema=conn.schema)
-    client = AirflowClient(info.base_url(), token=token or None, username=conn.login or None,
-                           password=conn.password or None, timeout_s=10.0)
+    client = api_client(conn, conn_id)
     name = asset_name(extra["model"])
     found = [a for a in client.request("GET", "/api/v2/assets", params={"name_pattern": name})["assets"]
              if a["name"] == name]
@@ -149,5 +139,5 @@ def create_app(*, secret: Callable[[], str | None] = _secret,
     return app
 
 
-__all__ = ["API_CONN_ID", "SECRET_CONN_ID", "URL_PREFIX", "WEBHOOK_PATH", "Reply", "create_app",
+__all__ = ["SECRET_CONN_ID", "URL_PREFIX", "WEBHOOK_PATH", "Reply", "create_app",
            "handle_delivery", "webhook_models"]
