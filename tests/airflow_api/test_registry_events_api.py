@@ -47,6 +47,15 @@ def runs(client, dag_id: str) -> list[dict]:
                           params={"order_by": "-run_after", "limit": 50})["dag_runs"]
 
 
+def delete_run(client, dag_id: str, run_id: str) -> None:
+    client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+
+
+def delete_runs(client, dag_id: str) -> None:
+    for run in runs(client, dag_id):
+        delete_run(client, dag_id, run["dag_run_id"])
+
+
 def wait_for(what: str, check, timeout_s: float = WAIT_S, interval_s: float = 1.0):
     """Poll ``check`` until it returns something truthy; a request the API server did not answer
     (it stalls for tens of seconds on a loaded machine) counts as "not yet"."""
@@ -126,9 +135,7 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             server.set_paused(DISPATCHER, True)
             for model in added:
                 (specs / f"{model}.yaml").unlink()
-                for run in runs(client, f"canary_rollout__{model}"):
-                    client.request("DELETE", f"/api/v2/dags/canary_rollout__{model}/dagRuns/"
-                                             f"{quote(run['dag_run_id'], safe='')}")
+                delete_runs(client, f"canary_rollout__{model}")
             reparse(client, "canary_rollout__api-model")
             reparse(client, DISPATCHER)
             client.request("DELETE", f"/api/v2/connections/{MLFLOW_CONN_ID}")
@@ -173,8 +180,7 @@ def test_a_pushed_event_starts_the_rollout_of_that_version(events):
         assert run["conf"] == {"version": "v2",
                                "reason": "registry event (REST API, pushed): registered by training run 42"}
     finally:  # no rollout of the model left queued for the next test
-        client.request("DELETE", f"/api/v2/dags/canary_rollout__{PUSH_MODEL}/dagRuns/"
-                                 f"{quote(run['dag_run_id'], safe='')}")
+        delete_run(client, f"canary_rollout__{PUSH_MODEL}", run["dag_run_id"])
 
 
 @pytest.mark.parametrize(("extra", "kind", "reason"), [
@@ -231,8 +237,7 @@ def test_a_restarted_watcher_resumes_from_its_watermark_and_reports_nothing_agai
     no tag), so only the stored watermark keeps a new watcher from starting it again."""
     client, server = events.client, events.server
     dag_id = f"canary_rollout__{WATCHED_MODEL}"
-    for run in runs(client, dag_id):
-        client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    delete_runs(client, dag_id)
     dispatcher_runs = run_ids(client)
     # Pausing the dispatcher stops the watcher (at the next parse), unpausing starts a new one.
     server.set_paused(DISPATCHER, True)
@@ -256,7 +261,7 @@ def test_the_alias_watcher_starts_a_rollout_when_the_challenger_alias_moves(even
     [run] = wait_for(f"a rollout run of {ALIAS_MODEL} version 2", lambda: runs(client, dag_id))
     assert run["dag_run_id"].startswith("registry__2__") and run["conf"]["version"] == "2"
     assert run["conf"]["reason"] == "registry event (watcher, alias_moved): alias 'challenger' names version 2"
-    client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    delete_run(client, dag_id, run["dag_run_id"])
     registry.set_alias(ALIAS_MODEL, "challenger", "3")
     [moved] = wait_for(f"a rollout run of {ALIAS_MODEL} version 3", lambda: runs(client, dag_id))
     assert moved["conf"]["version"] == "3"
@@ -270,8 +275,7 @@ def test_a_signed_mlflow_webhook_delivery_starts_the_rollout_and_a_forged_one_is
     """The receiver the API server serves at /canary/mlflow/webhook, as MLflow would call it."""
     client, server = events.client, events.server
     dag_id = f"canary_rollout__{ALIAS_MODEL}"
-    for run in runs(client, dag_id):  # the alias test leaves its last run queued
-        client.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}")
+    delete_runs(client, dag_id)  # the alias test leaves its last run queued
     before = run_ids(client)
     body = json.dumps({"entity": "model_version", "action": "created", "timestamp": "2026-12-01T00:00:00+00:00",
                        "data": {"name": ALIAS_MODEL, "version": "4", "source": "s3://canary-test/api-alias/4"}}).encode()
