@@ -59,7 +59,16 @@ SHADOW_EXPECTATIONS = (
     {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
 )
 
+#: The nightly pick-up's time when ``$CANARY_NIGHTLY_CRON`` is not set (02:00 UTC every day).
 NIGHTLY_CRON = "0 2 * * *"
+
+#: Every rollout DAG's id is this prefix and the spec's model name (``canary_rollout__churn-demo``).
+ROLLOUT_DAG_PREFIX = "canary_rollout__"
+
+
+def rollout_dag_id(model: str) -> str:
+    """Return the id of the rollout DAG of ``model``."""
+    return f"{ROLLOUT_DAG_PREFIX}{model}"
 
 #: Event-driven starts (``schedule.on_registry_event``): what the registry watcher polls for and how often.
 REGISTRY_EVENT_WATCH = "new_version"

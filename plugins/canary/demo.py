@@ -30,6 +30,8 @@ from typing import Any
 import requests
 import yaml
 
+from canary import defaults
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL = "churn-demo"
 DEMO_ENDPOINT = "churn"
@@ -273,7 +275,7 @@ def run_rollout(stack: LocalStack, airflow_home: Path, version: str, *, extra_en
     """Run one rollout with ``airflow dags test``; return its report."""
     reports = stack.state_dir / f"reports-{version}"
     env = {**stack.airflow_env(airflow_home), "CANARY_REPORTS_DIR": str(reports), **(extra_env or {})}
-    dag_id = f"canary_rollout__{stack.model}"
+    dag_id = defaults.rollout_dag_id(stack.model)
     conf_json = json.dumps({"version": version, "reason": "make demo", **(conf or {})})
     log(f"rollout of {version}: airflow dags test {dag_id} -c '{conf_json}'")
     with open(stack.state_dir / f"airflow-{version}.log", "w") as full_log:
@@ -360,7 +362,7 @@ def ui(state_dir: Path) -> int:
             airflow_home = state_dir / "airflow"
             env = stack.airflow_env(airflow_home)
             log("starting airflow standalone on http://localhost:8080 (admin password printed by Airflow)")
-            log(f"trigger 'canary_rollout__{DEMO_MODEL}' with version {GOOD} (good) or {FAULTY} (faulty)")
+            log(f"trigger '{defaults.rollout_dag_id(DEMO_MODEL)}' with version {GOOD} (good) or {FAULTY} (faulty)")
             procs.start("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env).wait()
     except KeyboardInterrupt:
         log("stopping")

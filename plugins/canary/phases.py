@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -26,11 +26,6 @@ class Decision(StrEnum):
 PRECEDENCE: tuple[Decision, ...] = (
     Decision.ROLLBACK, Decision.HALT, Decision.TIMEOUT, Decision.ADVANCE, Decision.CONTINUE,
 )
-
-
-def strongest(decisions: list[Decision]) -> Decision:
-    """Return the decision of highest precedence (CONTINUE for none)."""
-    return min(decisions, key=PRECEDENCE.index, default=Decision.CONTINUE)
 
 
 class Action(StrEnum):
@@ -79,3 +74,48 @@ class GateResult:
             raise ValueError(f"gate result needs a string 'reason', got {data.get('reason')!r}")
         return cls(decision=decision, reason=data["reason"], metric=data.get("metric"),
                    evidence=dict(data.get("evidence") or {}), warning=data.get("warning"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finalization:
+    """What ``finalize`` concludes about a finished run, and what it must still do to traffic and lease."""
+
+    outcome: Outcome
+    reason: str
+    return_to_stable: bool  # move all traffic back to stable and remove the candidate
+    release_lease: bool  # traffic is settled: the endpoint is free for the next rollout
+
+
+def decide_outcome(*, promoted: Mapping[str, Any] | None, rollbacks: Sequence[Mapping[str, Any]],
+                   shadow: Mapping[str, Any] | None, failed_tasks: Sequence[str], lease_lost: str | None,
+                   dry_run: bool) -> Finalization:
+    """Decide how a run ended from what its tasks left behind, first match wins.
+
+    A promotion (or a dry run's pretend one); else the first stage's rollback; else a failed shadow
+    test; else failed tasks (FAILED) or a run stopped before promotion (ROLLED_BACK). If another
+    rollout has taken the endpoint (``lease_lost`` says how), an unfinished run is FAILED and its
+    traffic is left to that rollout. Traffic goes back to stable unless the run was promoted, is a dry
+    run, was already rolled back by a ``rollback`` task, or lost the endpoint.
+
+    :param promoted: the ``promote`` task's result (``outcome``, ``reason``), or None.
+    :param rollbacks: the results of the stages' ``rollback`` tasks that ran, in stage order.
+    :param shadow: the shadow test's result (``passed``, ``reasons``), or None.
+    :param failed_tasks: ids of the run's failed tasks (other than ``finalize``).
+    :param lease_lost: why the run no longer holds the endpoint's lease, or None.
+    """
+    if promoted:
+        outcome, reason = Outcome(promoted["outcome"]), str(promoted["reason"])
+    elif rollbacks:
+        outcome, reason = Outcome.ROLLED_BACK, str(rollbacks[0]["reason"])
+    elif shadow and not shadow.get("passed", True):
+        outcome, reason = Outcome.ROLLED_BACK, "shadow test failed: " + "; ".join(shadow.get("reasons") or [])
+    elif failed_tasks:
+        outcome, reason = Outcome.FAILED, f"task(s) {', '.join(failed_tasks)} failed"
+    else:
+        outcome, reason = Outcome.ROLLED_BACK, "stopped before promotion (approval rejected or run stopped)"
+    if lease_lost is not None and not outcome.is_success():
+        outcome, reason = Outcome.FAILED, f"{reason}; {lease_lost}: traffic left to the rollout that owns the endpoint"
+    unsettled = outcome in (Outcome.ROLLED_BACK, Outcome.FAILED)
+    return Finalization(outcome=outcome, reason=reason,
+                        return_to_stable=unsettled and not dry_run and not rollbacks and lease_lost is None,
+                        release_lease=not dry_run and lease_lost is None)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from canary import defaults
 from canary.backends.local_registry import TAG_RESULT
 from canary.errors import CanaryError, RequestError, UnknownVersionError
 from canary.nightly import TaggedRegistry, candidates
@@ -252,7 +253,7 @@ def plan_dispatch(items: Sequence[AssetEventInput], *, known_models: Collection[
             continue
         per_model.setdefault(event.model, []).append((index, event))
     for model, events in per_model.items():
-        dag_id = f"canary_rollout__{model}"
+        dag_id = defaults.rollout_dag_id(model)
         decided = _decide_model(model, dag_id, events, ordered, registry_for, active_runs_for)
         choices.update(decided)
     return [choices[i] for i in range(len(ordered))]

@@ -222,7 +222,7 @@ class RolloutSpec(_Strict):
 
     @property
     def dag_id(self) -> str:
-        return f"canary_rollout__{self.model}"
+        return defaults.rollout_dag_id(self.model)
 
     def metric(self, name: str) -> MetricSpec:
         for m in self.analysis.metrics:

@@ -24,10 +24,10 @@ from urllib.parse import quote
 
 import requests
 
+from canary import defaults
 from canary.durations import parse_duration_s
 
 DEFAULT_URL = "http://localhost:8080"
-DAG_PREFIX = "canary_rollout__"
 #: The task whose XCom ``return_value`` is the rollout report (``FinalizeRolloutOperator``).
 REPORT_TASK_ID = "finalize"
 #: The first task; when it fails the rollout was refused before any traffic moved.
@@ -259,7 +259,7 @@ def _say(message: str) -> None:
 def run_trigger(args: argparse.Namespace, *, client: AirflowClient | None = None,
                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> int:
     client = client or AirflowClient.from_env()
-    dag_id = f"{DAG_PREFIX}{args.model}"
+    dag_id = defaults.rollout_dag_id(args.model)
     conf = build_conf(args)
     try:
         run = client.trigger(dag_id, conf)

@@ -22,6 +22,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
+from canary import defaults
 from canary.durations import format_duration
 from canary.errors import SpecError
 from canary.lock import lock_store_conflicts
@@ -44,6 +45,8 @@ from canary_airflow.sensors import CanaryObserveSensor
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "include" / "rollouts"
 START_DATE = datetime(2025, 1, 1)
+#: The one DAG that carries every invalid spec's error into the UI's import errors.
+INVALID_SPECS_DAG_ID = defaults.rollout_dag_id("invalid_specs")
 #: How long an approval waits for a person before it fails (and ``finalize`` returns traffic to stable).
 APPROVAL_TIMEOUT_HOURS = 24
 #: Retries of each stage's observe sensor (see build_rollout_dag).
@@ -161,7 +164,7 @@ def _invalid_specs_dag(errors: list[SpecError]) -> DAG:
         def validate(self) -> None:
             raise ValueError(message)
 
-    return InvalidSpecsDAG(dag_id="canary_rollout__invalid_specs", schedule=None, start_date=START_DATE,
+    return InvalidSpecsDAG(dag_id=INVALID_SPECS_DAG_ID, schedule=None, start_date=START_DATE,
                            description=message[:200])
 
 
@@ -170,6 +173,7 @@ def build_all(directory: str | Path | None = None) -> tuple[dict[str, DAG], list
     dags: dict[str, DAG] = {}
     errors: list[SpecError] = []
     valid: list[tuple[str, RolloutSpec]] = []
+    dag_ids: dict[str, str] = {}
     for path in spec_files(directory or specs_dir()):
         try:
             dag = build_rollout_dag(path)
@@ -178,10 +182,11 @@ def build_all(directory: str | Path | None = None) -> tuple[dict[str, DAG], list
             continue
         dags[dag.dag_id] = dag
         valid.append((str(path), load_spec(path)))
+        dag_ids[str(path)] = dag.dag_id
     # Specs sharing an endpoint must share the lock store, or their rollouts could overlap: refuse both.
     for source, field, message in lock_store_conflicts(valid):
         errors.append(SpecError(source, [(field, message)]))
-        dags.pop(f"canary_rollout__{Path(source).stem}", None)
+        dags.pop(dag_ids[source], None)
     return dags, errors
 
 
@@ -190,7 +195,7 @@ def register_dags(namespace: dict[str, Any], directory: str | Path | None = None
     dags, errors = build_all(directory)
     namespace.update(dags)
     if errors:
-        namespace["canary_rollout__invalid_specs"] = _invalid_specs_dag(errors)
+        namespace[INVALID_SPECS_DAG_ID] = _invalid_specs_dag(errors)
     return list(dags)
 
 

@@ -22,13 +22,14 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, BaseOperator, Param, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from canary import defaults
 from canary.errors import CanaryError, SpecError
 from canary.spec import load_spec, spec_files
 from canary_airflow.factory import START_DATE, specs_dir
 from canary_airflow.operators import failed_task_ids, registry_hook
 
 NIGHTLY_DAG_ID = "nightly_rollouts"
-DEFAULT_NIGHTLY_CRON = "0 2 * * *"
+DEFAULT_NIGHTLY_CRON = defaults.NIGHTLY_CRON
 SELECT_TASK_ID = "select_candidates"
 ACTIVE_STATES = ["queued", "running"]
 
@@ -68,7 +69,7 @@ class SelectNightlyRolloutsOperator(BaseOperator):
             try:
                 spec = load_spec(path)
             except SpecError as err:
-                choices.append(NightlyChoice(model=path.stem, dag_id=f"canary_rollout__{path.stem}", action="error",
+                choices.append(NightlyChoice(model=path.stem, dag_id=defaults.rollout_dag_id(path.stem), action="error",
                                              reason=f"invalid spec: {err}"))
                 continue
             if not spec.schedule.takes_part_nightly:

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from canary.backends import TrafficRouter, without_waiting
 from canary.errors import CanaryError, RequestError, SpecError
 from canary.lock import LeaseLostError
-from canary.phases import Action, GateResult, Outcome
+from canary.phases import Action, GateResult, Outcome, decide_outcome
 from canary.request import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec import RolloutSpec, load_spec
 from canary_airflow.endpoint_lock import (
@@ -390,26 +390,17 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         rollbacks = [r for r in (ti.xcom_pull(task_ids=f"{g}.rollback") for g in groups) if r]
         promoted = ti.xcom_pull(task_ids=PROMOTE_TASK_ID)
         shadow = ti.xcom_pull(task_ids=SHADOW_TASK_ID)
-        if promoted:
-            outcome, reason = Outcome(promoted["outcome"]), promoted["reason"]
-        elif rollbacks:
-            outcome, reason = Outcome.ROLLED_BACK, rollbacks[0]["reason"]
-        elif shadow and not shadow.get("passed", True):
-            outcome, reason = Outcome.ROLLED_BACK, "shadow test failed: " + "; ".join(shadow["reasons"])
-        else:
-            failed = self._failed_tasks(context)
-            outcome = Outcome.FAILED if failed else Outcome.ROLLED_BACK
-            reason = (f"task(s) {', '.join(failed)} failed" if failed
-                      else "stopped before promotion (approval rejected or run stopped)")
         lost = None if plan.dry_run else self._lease_lost(plan)
-        if lost is not None and not outcome.is_success():
-            outcome, reason = Outcome.FAILED, f"{reason}; {lost}: traffic left to the rollout that owns the endpoint"
-        if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.dry_run and not rollbacks and lost is None:
+        final = decide_outcome(promoted=promoted, rollbacks=rollbacks, shadow=shadow,
+                               failed_tasks=self._failed_tasks(context), dry_run=plan.dry_run,
+                               lease_lost=None if lost is None else str(lost))
+        outcome, reason = final.outcome, final.reason
+        if final.return_to_stable:
             try:
                 roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
             except CanaryError as err:  # retried: the task's retries exist for exactly this
                 raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
-        if not plan.dry_run and lost is None:
+        if final.release_lease:
             self._release_lease(plan)  # traffic is settled (on stable, or promoted): the endpoint is free
         report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
                               stages=[s for s in stages if s])
