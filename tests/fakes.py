@@ -9,9 +9,15 @@ from typing import Any
 from canary.backends import KNOWN_BACKENDS
 from canary.backends.base import ConnInfo, PendingChange, ShadowSummary
 from canary.errors import BackendError, ChangeFailedError, NoDataError, UnknownVersionError
-from canary.metrics import VersionStats, cumulative_from_latencies
+from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, VersionStats
 
 StatsFn = Callable[[str, float, float], VersionStats]
+
+
+def cumulative_from_latencies(latencies_ms: list[float],
+                              buckets_ms: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS_MS) -> tuple[int, ...]:
+    """Build Prometheus-style cumulative bucket counts from raw latencies."""
+    return tuple(sum(1 for x in latencies_ms if x <= b) for b in buckets_ms)
 
 
 class FakeMetrics:

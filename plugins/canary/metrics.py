@@ -8,7 +8,7 @@ same answer for the same window.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -160,9 +160,3 @@ class Snapshot:
 def bin_index(score: float, bins: int = DEFAULT_PREDICTION_BINS) -> int:
     """Return the equal-width bin of a score in [0, 1] (1.0 falls in the last bin)."""
     return min(max(int(score * bins), 0), bins - 1)
-
-
-def cumulative_from_latencies(latencies_ms: Sequence[float],
-                              buckets_ms: Sequence[float] = DEFAULT_LATENCY_BUCKETS_MS) -> tuple[int, ...]:
-    """Build Prometheus-style cumulative bucket counts from raw latencies."""
-    return tuple(sum(1 for x in latencies_ms if x <= b) for b in buckets_ms)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from fakes import cumulative_from_latencies
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,7 +12,6 @@ from canary.metrics import (
     Snapshot,
     VersionStats,
     bin_index,
-    cumulative_from_latencies,
 )
 
 

@@ -225,7 +225,9 @@ def test_aa_false_rollback_through_the_analyzer_with_a_ramp():
 
 def test_quantile_threshold_never_sits_above_every_observation():
     """A threshold nothing exceeds carries no evidence: non-inferiority could never be shown."""
-    from canary.metrics import Snapshot, VersionStats, cumulative_from_latencies
+    from fakes import cumulative_from_latencies
+
+    from canary.metrics import Snapshot, VersionStats
 
     spec = make_spec([{"name": "p95", "kind": "latency", "quantile": 0.95, "tolerance": 0.5}])
     lat_c = [10 + 20 * i / 999 for i in range(1000)]  # uniform 10..30 ms: pooled p95 interpolates to ~45 ms
