@@ -59,6 +59,17 @@ SHADOW_EXPECTATIONS = (
     {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
 )
 
+#: Polling triggers (observe, endpoint lease, serving change, registry watch): the first pause after a
+#: failed poll (doubling with each further failure), and the floor of every pause, so nothing can spin.
+POLL_BACKOFF_BASE_S = 2.0
+POLL_MIN_SLEEP_S = 0.5
+#: Consecutive failed metrics polls after which the observe trigger reports HALT instead of retrying.
+OBSERVE_MAX_CONSECUTIVE_ERRORS = 5
+#: Consecutive failed status checks after which the serving-change trigger gives up.
+SERVING_CHANGE_MAX_CONSECUTIVE_ERRORS = 5
+#: The registry watcher never gives up; after repeated failures it waits at most this long between polls.
+REGISTRY_WATCH_MAX_BACKOFF_S = 600.0
+
 #: The nightly pick-up's time when ``$CANARY_NIGHTLY_CRON`` is not set (02:00 UTC every day).
 NIGHTLY_CRON = "0 2 * * *"
 

@@ -18,10 +18,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from canary import defaults
 from canary.registry_events import Watermark, poll_registry
+from canary_airflow.polling import Failed, Polled, PollPolicy, poll_loop
 
 #: Upper bound of the wait between polls after repeated failures.
-MAX_BACKOFF_SECONDS = 600.0
+MAX_BACKOFF_SECONDS = defaults.REGISTRY_WATCH_MAX_BACKOFF_S
 #: The key of the watermark in the asset's state store.
 WATERMARK_KEY = "canary_registry_watermark"
 
@@ -81,23 +83,26 @@ class RegistryWatchTrigger(BaseEventTrigger):
                       f"alias {self.alias!r}" if self.watch == "alias" else "new versions",
                       self.poll_interval_seconds, watermark or "the champion")
         client: Any = None
-        failures = 0
-        while True:
-            try:
-                if client is None:
-                    hook = CanaryRegistryHook(self.registry["name"], self.registry["conn_id"],
-                                              **self.registry.get("options", {}))
-                    client = await hook.aclient()
-                event, after = await asyncio.to_thread(poll_registry, client, self.model, watch=self.watch,
-                                                       alias=self.alias, watermark=watermark)
-            except Exception as err:  # a watcher must outlive any registry outage or misconfiguration
-                failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, self.poll_interval_seconds * 2.0 ** (failures - 1))
+
+        async def poll() -> tuple[dict[str, Any] | None, Watermark | None]:
+            nonlocal client
+            if client is None:
+                hook = CanaryRegistryHook(self.registry["name"], self.registry["conn_id"],
+                                          **self.registry.get("options", {}))
+                client = await hook.aclient()
+            return await asyncio.to_thread(poll_registry, client, self.model, watch=self.watch, alias=self.alias,
+                                           watermark=watermark)
+
+        policy = PollPolicy(interval_s=self.poll_interval_seconds, backoff_base_s=self.poll_interval_seconds,
+                            max_backoff_s=MAX_BACKOFF_SECONDS)
+        # A watcher must outlive any registry outage or misconfiguration: every error is retried, for ever.
+        async for step in poll_loop(poll, policy, retry_on=(Exception,)):
+            if isinstance(step, Failed):
                 self.log.warning("registry watch %s: poll failed (%d in a row), next try in %gs: %s", self.model,
-                                 failures, delay, err)
-                await asyncio.sleep(delay)
+                                 step.failures, policy.backoff_s(step.failures), step.error)
                 continue
-            failures = 0
+            assert isinstance(step, Polled)
+            event, after = step.value
             if event is not None:
                 self.log.info("registry watch %s: %s", self.model, event["detail"])
                 yield TriggerEvent(event)
@@ -105,7 +110,5 @@ class RegistryWatchTrigger(BaseEventTrigger):
                 # Stored after the event is handed over: a crash in between repeats it, never loses it.
                 await self._save_watermark(after)
                 watermark = after
-            await asyncio.sleep(self.poll_interval_seconds)
-
 
 __all__ = ["MAX_BACKOFF_SECONDS", "RegistryWatchTrigger"]

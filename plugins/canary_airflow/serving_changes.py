@@ -19,13 +19,15 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from canary import defaults
 from canary.backends import PendingChange, TrafficRouter, pending_change
 from canary.errors import BackendError, CanaryError, ChangeFailedError
+from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed status checks after which the trigger gives up (each one is followed by a sleep).
-MAX_CONSECUTIVE_CHECK_ERRORS = 5
+MAX_CONSECUTIVE_CHECK_ERRORS = defaults.SERVING_CHANGE_MAX_CONSECUTIVE_ERRORS
 #: Floor of every sleep between checks, so that no path can spin (e.g. a poll interval of 0).
-MIN_CHECK_INTERVAL_S = 0.5
+MIN_CHECK_INTERVAL_S = defaults.POLL_MIN_SLEEP_S
 #: Added to the change's own timeout for the deferral's timeout: the trigger reports the timeout itself.
 DEFER_TIMEOUT_SLACK_S = 300.0
 #: Event statuses; only ``settled`` lets the task go on.
@@ -116,41 +118,45 @@ class ServingChangeTrigger(BaseTrigger):
             yield self._event(ERROR, pending, f"cannot build the serving backend to check {pending.resource}: {err}",
                               started_s)
             return
-        checks, failures, state = 0, 0, pending.state
-        while True:
-            delay_s = pending.poll_interval_s
+
+        async def check() -> PendingChange | ChangeFailedError | None:
             try:
-                now = await asyncio.to_thread(pending_change, router, pending)
-            except ChangeFailedError as err:
-                yield self._event(FAILED, pending, str(err), started_s, checks=checks + 1)
-                return
-            except BackendError as err:
-                failures += 1
-                self.log.warning("checking %s failed (%d in a row): %s", pending.resource, failures, err)
-                if failures >= MAX_CONSECUTIVE_CHECK_ERRORS:
+                return await asyncio.to_thread(pending_change, router, pending)
+            except ChangeFailedError as err:  # final: waiting longer will not help
+                return err
+
+        policy = PollPolicy(interval_s=pending.poll_interval_s, deadline_s=self.deadline_s,
+                            max_consecutive_errors=MAX_CONSECUTIVE_CHECK_ERRORS, min_sleep_s=MIN_CHECK_INTERVAL_S)
+        checks, state = 0, pending.state
+        try:
+            async for step in poll_loop(check, policy, retry_on=(BackendError,)):
+                if isinstance(step, Polled):
+                    checks = step.polls
+                    if isinstance(step.value, ChangeFailedError):
+                        yield self._event(FAILED, pending, str(step.value), started_s, checks=checks)
+                        return
+                    if step.value is None:
+                        yield self._event(SETTLED, pending, f"{pending.resource} settled", started_s, checks=checks)
+                        return
+                    state = step.value.state
+                    self.log.info("%s still %s (check %d)", pending.resource, state, checks)
+                elif isinstance(step, Failed):
+                    self.log.warning("checking %s failed (%d in a row): %s", pending.resource, step.failures,
+                                     step.error)
+                elif isinstance(step, GaveUp):
                     yield self._event(ERROR, pending, f"could not check {pending.resource} "
-                                                      f"({failures} failures in a row): {err}", started_s, checks=checks)
+                                                      f"({step.failures} failures in a row): {step.error}",
+                                      started_s, checks=checks)
                     return
-                delay_s = min(pending.poll_interval_s, 2.0**failures)
-            except Exception as err:  # a defect in the backend: checking again will not help, say what broke
-                self.log.exception("checking %s raised an unexpected error", pending.resource)
-                yield self._event(ERROR, pending, f"checking {pending.resource} raised an unexpected "
-                                                  f"{type(err).__name__}: {err}", started_s, checks=checks)
-                return
-            else:
-                checks, failures = checks + 1, 0
-                if now is None:
-                    yield self._event(SETTLED, pending, f"{pending.resource} settled", started_s, checks=checks)
+                elif isinstance(step, DeadlinePassed):
+                    yield self._event(TIMEOUT, pending, f"{pending.resource} still {state} after "
+                                                        f"{pending.timeout_s:g}s; raise the backend's wait_timeout_s "
+                                                        "or check the endpoint", started_s, checks=checks)
                     return
-                state = now.state
-                self.log.info("%s still %s (check %d)", pending.resource, state, checks)
-            remaining_s = self.deadline_s - time.time()
-            if remaining_s <= 0:
-                yield self._event(TIMEOUT, pending, f"{pending.resource} still {state} after {pending.timeout_s:g}s; "
-                                                    "raise the backend's wait_timeout_s or check the endpoint",
-                                  started_s, checks=checks)
-                return
-            await asyncio.sleep(max(MIN_CHECK_INTERVAL_S, min(delay_s, remaining_s)))
+        except Exception as err:  # a defect in the backend: checking again will not help, say what broke
+            self.log.exception("checking %s raised an unexpected error", pending.resource)
+            yield self._event(ERROR, pending, f"checking {pending.resource} raised an unexpected "
+                                              f"{type(err).__name__}: {err}", started_s, checks=checks)
 
     @staticmethod
     def _event(status: str, pending: PendingChange, message: str, started_s: float, *,

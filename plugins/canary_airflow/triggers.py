@@ -14,14 +14,16 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from canary import defaults
 from canary.errors import BackendError
 from canary.lock import Lease, LeaseHolder, LeaseLostError, blocking_lease
 from canary.observe import StageWatch, default_analyzer, poll_stage
 from canary.phases import Decision, GateResult
 from canary.spec import StageSpec, parse_spec
+from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed polls after which the trigger reports HALT instead of retrying further.
-MAX_CONSECUTIVE_BACKEND_ERRORS = 5
+MAX_CONSECUTIVE_BACKEND_ERRORS = defaults.OBSERVE_MAX_CONSECUTIVE_ERRORS
 
 
 class CanaryObserveTrigger(BaseTrigger):
@@ -82,34 +84,39 @@ class CanaryObserveTrigger(BaseTrigger):
         hook = CanaryMetricsHook(self.metrics["name"], self.metrics["conn_id"], **self.metrics.get("options", {}))
         source = await hook.aclient()
         lease_store = await self._lease_store()
-        polls, failures = 0, 0
-        while True:
+
+        async def poll() -> tuple[LeaseLostError | None, GateResult | None, Any]:
             lost = await self._renew(lease_store)
             if lost is not None:
-                result = GateResult(decision=Decision.HALT, metric="lease", reason=f"{lost}: stopped observing")
-                yield TriggerEvent(self._payload(result, watch.carry_state, polls))
-                return
-            try:
-                result, state = await asyncio.to_thread(poll_stage, spec, stage, watch, source, analyzer=analyzer)
-                failures = 0
-            except BackendError as err:
-                failures += 1
-                self.log.warning("metrics poll %d failed (%d in a row): %s", polls + 1, failures, err)
-                elapsed = time.time() - watch.stage_started_at_s
-                if failures >= MAX_CONSECUTIVE_BACKEND_ERRORS or elapsed >= stage.max_duration_s:
-                    result = GateResult(decision=Decision.HALT, metric="data",
-                                        reason=f"metrics backend failing ({failures} polls in a row): {err}")
+                return lost, None, None
+            result, state = await asyncio.to_thread(poll_stage, spec, stage, watch, source, analyzer=analyzer)
+            return None, result, state
+
+        policy = PollPolicy(interval_s=spec.analysis.poll_interval_s,
+                            max_consecutive_errors=MAX_CONSECUTIVE_BACKEND_ERRORS)
+        polls = 0
+        async for step in poll_loop(poll, policy, retry_on=(BackendError,)):
+            if isinstance(step, Polled):
+                lost, result, state = step.value
+                if lost is not None:
+                    result = GateResult(decision=Decision.HALT, metric="lease", reason=f"{lost}: stopped observing")
                     yield TriggerEvent(self._payload(result, watch.carry_state, polls))
                     return
-                await asyncio.sleep(min(spec.analysis.poll_interval_s, 2.0**failures))
+                polls += 1
+                self.log.info("stage %d poll %d: %s (%s)", watch.stage_index + 1, polls, result.decision.value,
+                              result.reason)
+                if result.decision.is_terminal():
+                    yield TriggerEvent(self._payload(result, state, polls))
+                    return
                 continue
-            polls += 1
-            self.log.info("stage %d poll %d: %s (%s)", watch.stage_index + 1, polls, result.decision.value,
-                          result.reason)
-            if result.decision.is_terminal():
-                yield TriggerEvent(self._payload(result, state, polls))
+            assert isinstance(step, Failed | GaveUp)
+            self.log.warning("metrics poll %d failed (%d in a row): %s", polls + 1, step.failures, step.error)
+            past_deadline = time.time() - watch.stage_started_at_s >= stage.max_duration_s
+            if isinstance(step, GaveUp) or past_deadline:
+                result = GateResult(decision=Decision.HALT, metric="data",
+                                    reason=f"metrics backend failing ({step.failures} polls in a row): {step.error}")
+                yield TriggerEvent(self._payload(result, watch.carry_state, polls))
                 return
-            await asyncio.sleep(spec.analysis.poll_interval_s)
 
     def _payload(self, result: GateResult, state: Any, polls: int) -> dict[str, Any]:
         return {"stage_index": self.watch["stage_index"], "result": result.to_dict(),
@@ -154,29 +161,26 @@ class EndpointLeaseTrigger(BaseTrigger):
 
         store = await CanaryLockHook(self.lock["name"], self.lock["conn_id"], **self.lock.get("options", {})).aclient()
         holder = LeaseHolder(dag_id=self.dag_id, run_id=self.run_id)
+
+        async def poll() -> Lease | None:
+            return await asyncio.to_thread(blocking_lease, store, self.key, holder, time.time())
+
         blocking: Lease | None = None
-        failures = 0
-        while True:
-            now = time.time()
-            try:
-                blocking = await asyncio.to_thread(blocking_lease, store, self.key, holder, now)
-                failures, error = 0, None
-            except BackendError as err:
-                failures += 1
-                error = str(err)
-                self.log.warning("reading the lease of endpoint %s failed (%d in a row): %s", self.key, failures, err)
-            else:
+        policy = PollPolicy(interval_s=self.poll_interval_s, deadline_s=self.deadline_s)
+        async for step in poll_loop(poll, policy, retry_on=(BackendError,)):
+            if isinstance(step, Polled):
+                blocking = step.value
                 if blocking is None:
                     yield TriggerEvent(self._payload("free", None, None))
                     return
-            if now >= self.deadline_s:
+                self.log.info("endpoint %s still held by %s", self.key, blocking.describe())
+            elif isinstance(step, Failed):
+                self.log.warning("reading the lease of endpoint %s failed (%d in a row): %s", self.key,
+                                 step.failures, step.error)
+            elif isinstance(step, DeadlinePassed):
+                error = None if step.last_error is None else str(step.last_error)
                 yield TriggerEvent(self._payload("timeout", blocking, error))
                 return
-            if failures == 0:
-                assert blocking is not None
-                self.log.info("endpoint %s still held by %s", self.key, blocking.describe())
-            pause = self.poll_interval_s if failures == 0 else min(self.poll_interval_s, 2.0**failures)
-            await asyncio.sleep(max(0.0, min(pause, self.deadline_s - now)))
 
     def _payload(self, status: str, blocking: Lease | None, error: str | None) -> dict[str, Any]:
         return {"status": status, "key": self.key, "holder": blocking.to_dict() if blocking else None,
