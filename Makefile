@@ -28,7 +28,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 # `make demo METRICS=prometheus` lets the gate read a real Prometheus scraping the serving layer.
 demo: setup
-	$(PY) -m canary.demo $(if $(METRICS),--metrics $(METRICS))
+	$(PY) -m canary.devstack.demo $(if $(METRICS),--metrics $(METRICS))
 
 # Three workers on two cores: most of the suite waits on servers and rollout stages, not the CPU.
 # Tests sharing a costly fixture stay on one worker (tests/conftest.py: pytest_xdist_make_scheduler).

@@ -9,7 +9,7 @@ from typing import Any
 from canary.backends import KNOWN_BACKENDS
 from canary.backends.base import ConnInfo, PendingChange, ShadowSummary
 from canary.errors import BackendError, ChangeFailedError, NoDataError, UnknownVersionError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, VersionStats
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, VersionStats
 
 StatsFn = Callable[[str, float, float], VersionStats]
 

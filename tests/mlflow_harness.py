@@ -20,7 +20,7 @@ from pathlib import Path
 from services import require_service
 
 from canary.backends.base import ConnInfo
-from canary.demo import Processes, free_port, wait_http
+from canary.devstack.processes import Processes, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The server matches the client (mlflow-skinny in requirements.txt); [auth] adds basic auth.

@@ -16,11 +16,11 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.durations import format_duration
 from canary.errors import RequestError
-from canary.lock import EndpointBusyError, Lease, LeaseHolder, LeaseLostError, endpoint_lease_key
-from canary.request import RolloutPlan
-from canary.spec import OnBusy, RolloutSpec
+from canary.rollout.lease import EndpointBusyError, Lease, LeaseHolder, LeaseLostError, endpoint_lease_key
+from canary.rollout.plan import RolloutPlan
+from canary.spec.durations import format_duration
+from canary.spec.model import OnBusy, RolloutSpec
 from canary_airflow.hooks import CanaryLockHook
 
 #: How long the ``approve`` task waits for a person (its ``execution_timeout``); the gate extends the

@@ -22,12 +22,12 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
-from canary import defaults
-from canary.durations import format_duration
 from canary.errors import SpecError
-from canary.lock import lock_store_conflicts
-from canary.request import allowed_approval_modes
-from canary.spec import RolloutSpec, load_spec, spec_files
+from canary.rollout.lease import lock_store_conflicts
+from canary.rollout.plan import allowed_approval_modes
+from canary.spec import defaults
+from canary.spec.durations import format_duration
+from canary.spec.model import RolloutSpec, load_spec, spec_files
 from canary_airflow.operators import (
     PLAN_TASK_ID,
     PROMOTE_TASK_ID,

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 
 from canary.backends import ConnInfo, MetricsSource, ModelRegistry, TrafficRouter, build_backend
-from canary.lock import EndpointLock
+from canary.rollout.lease import EndpointLock
 
 
 def conn_info(conn: Any) -> ConnInfo:
@@ -117,7 +117,7 @@ class CanaryRegistryHook(CanaryBackendHook):
 
 
 class CanaryLockHook(CanaryBackendHook):
-    """Endpoint leases: one rollout per endpoint (see :mod:`canary.lock`).
+    """Endpoint leases: one rollout per endpoint (see :mod:`canary.rollout.lease`).
 
     The ``local`` store needs no connection: without ``canary_lock_default`` it uses
     ``$CANARY_LOCK_PATH`` or ``$AIRFLOW_HOME/canary_locks.db``. Any other store needs its connection.

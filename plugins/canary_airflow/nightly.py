@@ -22,9 +22,9 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, BaseOperator, Param, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary import defaults
 from canary.errors import CanaryError, SpecError
-from canary.spec import load_spec, spec_files
+from canary.spec import defaults
+from canary.spec.model import load_spec, spec_files
 from canary_airflow.factory import START_DATE, specs_dir
 from canary_airflow.operators import failed_task_ids, registry_hook
 
@@ -57,7 +57,7 @@ class SelectNightlyRolloutsOperator(BaseOperator):
         self.default_cron = default_cron
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from canary.nightly import NightlyChoice, choose, nightly_time_choice, rollout_run_id
+        from canary.starts.nightly import NightlyChoice, choose, nightly_time_choice, rollout_run_id
 
         dag_run = context["dag_run"]
         conf = {**context["params"], **(dag_run.conf or {})}
@@ -104,7 +104,7 @@ class NightlyReportOperator(BaseOperator):
     ui_color = "#eeeeee"
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from canary.nightly import summarize
+        from canary.starts.nightly import summarize
 
         ti = context["ti"]
         choices = ti.xcom_pull(task_ids=SELECT_TASK_ID, key="choices")

@@ -18,10 +18,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from canary.backends import TrafficRouter, without_waiting
 from canary.errors import CanaryError, RequestError, SpecError
-from canary.lock import LeaseLostError
-from canary.phases import Action, GateResult, Outcome, decide_outcome
-from canary.request import RolloutPlan, RolloutRequest, plan_rollout
-from canary.spec import RolloutSpec, load_spec
+from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
+from canary.rollout.lease import LeaseLostError
+from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
+from canary.spec.model import RolloutSpec, load_spec
 from canary_airflow.endpoint_lock import (
     APPROVAL_TIMEOUT_S,
     EndpointLeaseMixin,
@@ -186,7 +186,7 @@ class ShadowTestOperator(CanaryBaseOperator):
         if plan.dry_run:
             self.say(plan, f"would mirror {shadow.mirror_percent}% of requests until {shadow.requests} pairs")
             return {"passed": True, "skipped": True, "reasons": ["dry run"], "summary": {}}
-        from canary.shadow import run_shadow
+        from canary.rollout.shadow import run_shadow
 
         verdict = run_shadow(serving_hook(plan.spec).router, metrics_hook(plan.spec).source, shadow,
                              stable=plan.stable, candidate=plan.candidate, log=lambda m: self.say(plan, m))
@@ -293,7 +293,7 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
 
 
 def next_action_for(plan: RolloutPlan, stage_index: int, result: GateResult) -> tuple[Action, str]:
-    from canary.gate import next_action
+    from canary.policy.gate import next_action
 
     spec = plan.spec.model_copy(update={"stages": list(plan.stages)})
     return next_action(spec, stage_index, result)
@@ -381,7 +381,7 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         self.stage_count = stage_count
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from canary.report import build_report, write_report
+        from canary.rollout.report import build_report, write_report
 
         ti = context["ti"]
         plan = self.plan(context)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from canary import defaults
+from canary.spec import defaults
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ from airflow.sdk import DAG, Asset, AssetAny, AssetWatcher, BaseOperator, Trigge
 from airflow.sdk.exceptions import AirflowFailException
 
 from canary.errors import SpecError
-from canary.registry_events import asset_name, asset_uri
-from canary.spec import RegistryWatch, RolloutSpec, load_spec, spec_files
+from canary.spec.model import RegistryWatch, RolloutSpec, load_spec, spec_files
+from canary.starts.registry_events import asset_name, asset_uri
 from canary_airflow.factory import START_DATE, specs_dir
 from canary_airflow.nightly import ACTIVE_STATES
 from canary_airflow.operators import failed_task_ids
@@ -79,7 +79,7 @@ class DispatchRegistryEventsOperator(BaseOperator):
         self.specs_path = specs_path
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from canary.registry_events import AssetEventInput, plan_dispatch
+        from canary.starts.registry_events import AssetEventInput, plan_dispatch
         from canary_airflow.operators import registry_hook
 
         items = [AssetEventInput(asset=event.asset.name, timestamp=event.timestamp.isoformat(),
@@ -108,7 +108,7 @@ class RegistryEventsReportOperator(BaseOperator):
     ui_color = "#eeeeee"
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from canary.registry_events import summarize
+        from canary.starts.registry_events import summarize
 
         ti = context["ti"]
         choices = ti.xcom_pull(task_ids=DISPATCH_TASK_ID, key="choices")

@@ -18,8 +18,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from canary import defaults
-from canary.registry_events import Watermark, poll_registry
+from canary.spec import defaults
+from canary.starts.registry_events import Watermark, poll_registry
 from canary_airflow.polling import Failed, Polled, PollPolicy, poll_loop
 
 #: Upper bound of the wait between polls after repeated failures.

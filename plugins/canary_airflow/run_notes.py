@@ -45,19 +45,19 @@ class CanaryAirflowApiHook(BaseHook):
         return api_client(self.get_connection(self.conn_id), self.conn_id)
 
     def set_run_note(self, dag_id: str, run_id: str, note: str) -> None:
-        """Replace the note of one DAG run (raises :class:`canary.trigger_cli.AirflowApiError`)."""
+        """Replace the note of one DAG run (raises :class:`canary.cli.trigger.AirflowApiError`)."""
         self.client.request("PATCH", f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}",
                             json_body={"note": clip_note(note)})
 
 
 def api_client(conn: Any, conn_id: str) -> Any:
-    """Return a :class:`canary.trigger_cli.AirflowClient` for an Airflow API connection.
+    """Return a :class:`canary.cli.trigger.AirflowClient` for an Airflow API connection.
 
     ``host`` (and ``port``, ``schema``) is the API server's URL; ``login``/``password`` or ``extra.token``
     authenticate; ``extra.timeout_s`` (default 10) bounds each request.
     """
+    from canary.airflow_api import AirflowClient
     from canary.backends.base import ConnInfo
-    from canary.trigger_cli import AirflowClient
 
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
     info = ConnInfo(conn_id=conn_id, host=conn.host, port=conn.port, schema=conn.schema)
@@ -67,7 +67,7 @@ def api_client(conn: Any, conn_id: str) -> Any:
 
 def write_run_note(context: Any, note: str, *, log: Any, conn_id: str | None = None) -> bool:
     """Write ``note`` on the current DAG run; return whether it was written (never raises)."""
-    from canary.trigger_cli import AirflowApiError
+    from canary.airflow_api import AirflowApiError
 
     hook = CanaryAirflowApiHook(conn_id)
     dag_id, run_id = context["dag"].dag_id, context["run_id"]

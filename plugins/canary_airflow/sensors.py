@@ -9,9 +9,9 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.observe import StageWatch, poll_stage
-from canary.phases import GateResult
-from canary.request import RolloutPlan
+from canary.policy.decisions import GateResult
+from canary.rollout.observe import StageWatch, poll_stage
+from canary.rollout.plan import RolloutPlan
 from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
 from canary_airflow.operators import PLAN_TASK_ID, metrics_hook, stage_group
 from canary_airflow.triggers import CanaryObserveTrigger

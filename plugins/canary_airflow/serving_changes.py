@@ -19,9 +19,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from canary import defaults
 from canary.backends import PendingChange, TrafficRouter, pending_change
 from canary.errors import BackendError, CanaryError, ChangeFailedError
+from canary.spec import defaults
 from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed status checks after which the trigger gives up (each one is followed by a sleep).

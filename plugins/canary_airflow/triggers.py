@@ -14,12 +14,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from canary import defaults
 from canary.errors import BackendError
-from canary.lock import Lease, LeaseHolder, LeaseLostError, blocking_lease
-from canary.observe import StageWatch, default_analyzer, poll_stage
-from canary.phases import Decision, GateResult
-from canary.spec import StageSpec, parse_spec
+from canary.policy.decisions import Decision, GateResult
+from canary.rollout.lease import Lease, LeaseHolder, LeaseLostError, blocking_lease
+from canary.rollout.observe import StageWatch, default_analyzer, poll_stage
+from canary.spec import defaults
+from canary.spec.model import StageSpec, parse_spec
 from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed polls after which the trigger reports HALT instead of retrying further.
@@ -31,7 +31,7 @@ class CanaryObserveTrigger(BaseTrigger):
 
     :param spec: the frozen rollout spec (``model_dump(by_alias=True)``).
     :param stage: the stage spec (``model_dump(by_alias=True)``).
-    :param watch: :class:`~canary.observe.StageWatch` as a dict.
+    :param watch: :class:`~canary.rollout.observe.StageWatch` as a dict.
     :param metrics: ``{"name", "conn_id", "options"}`` of the metrics backend.
     :param lease: the run's endpoint lease, renewed at every poll: ``{"lock", "key", "dag_id", "run_id",
         "ttl_s"}`` (None: nothing to renew, e.g. a dry run). A lost lease fires HALT (metric ``lease``).

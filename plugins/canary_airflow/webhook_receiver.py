@@ -2,7 +2,7 @@
 
 MLflow 3 POSTs registry events to a URL, signed with the webhook's secret. This receiver refuses every
 delivery whose signature does not verify (401) or that is older than the replay window, turns the rest
-into the ``extra`` of an asset event on ``canary_registry__<model>`` (:mod:`canary.mlflow_webhooks`), and
+into the ``extra`` of an asset event on ``canary_registry__<model>`` (:mod:`canary.starts.mlflow_webhooks`), and
 posts that through the Airflow REST API, so the ``canary_registry_events`` dispatcher validates it and
 starts the rollout exactly as for any pushed event. Deliveries for models no spec opts in, and events
 that start nothing (e.g. a tag set), are answered 200 with the reason, so MLflow does not retry them.
@@ -27,8 +27,8 @@ from fastapi import FastAPI, Request  # this module is imported only by the API 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from canary.mlflow_webhooks import WebhookRefusedError, event_extra, verify_delivery
-from canary.registry_events import asset_name
+from canary.starts.mlflow_webhooks import WebhookRefusedError, event_extra, verify_delivery
+from canary.starts.registry_events import asset_name
 
 URL_PREFIX = "/canary"
 WEBHOOK_PATH = "/mlflow/webhook"
@@ -97,7 +97,7 @@ def _secret() -> str | None:
 
 def _post_asset_event(extra: dict[str, Any]) -> dict[str, Any]:
     """Post ``extra`` on the model's asset through the Airflow REST API; return the created event."""
-    from canary.trigger_cli import AirflowApiError
+    from canary.airflow_api import AirflowApiError
     from canary_airflow.run_notes import CanaryAirflowApiHook, api_client
 
     conn_id = CanaryAirflowApiHook.default_conn_name
@@ -128,7 +128,7 @@ def create_app(*, secret: Callable[[], str | None] = _secret,
                                 model_for=await run_in_threadpool(models), now_s=clock())
         if reply.extra is None:
             return JSONResponse(reply.body, status_code=reply.status)
-        from canary.trigger_cli import AirflowApiError
+        from canary.airflow_api import AirflowApiError
 
         try:
             event = await run_in_threadpool(post_event, reply.extra)

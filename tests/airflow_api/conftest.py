@@ -22,9 +22,10 @@ import requests
 import yaml
 from fast_spec import fast_spec
 
+from canary.airflow_api import AirflowApiError, AirflowClient
 from canary.backends.base import ConnInfo
-from canary.demo import LocalStack, Processes, free_port, local_stack
-from canary.trigger_cli import AirflowApiError, AirflowClient
+from canary.devstack.demo import LocalStack, local_stack
+from canary.devstack.processes import Processes, free_port
 
 MODEL, ENDPOINT = "api-model", "api"
 #: Other models (same endpoint; the nightly DAG only reads their registry entries).

@@ -21,9 +21,9 @@ import yaml
 from fast_spec import fast_spec
 from mlflow_harness import mlflow_servers, require_mlflow_server
 
+from canary.airflow_api import AirflowApiError
 from canary.backends import build_backend
-from canary.mlflow_webhooks import sign
-from canary.trigger_cli import AirflowApiError
+from canary.starts.mlflow_webhooks import sign
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 

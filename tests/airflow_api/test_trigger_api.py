@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from canary.trigger_cli import AirflowApiError, refused_field
+from canary.airflow_api import AirflowApiError, refused_field
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -21,9 +21,9 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo
-from canary.lock import LeaseHolder
-from canary.observe import StageWatch
-from canary.spec import parse_spec
+from canary.rollout.lease import LeaseHolder
+from canary.rollout.observe import StageWatch
+from canary.spec.model import parse_spec
 from canary_airflow import endpoint_lock, triggers
 from canary_airflow.endpoint_lock import WAIT_TIMEOUT_SLACK_S
 from canary_airflow.operators import PLAN_TASK_ID, SetTrafficOperator, ValidateRolloutRequestOperator
@@ -376,7 +376,7 @@ class FinalizeTI:
 
 def finalize(tmp_path, monkeypatch) -> tuple[dict[str, Any], Any]:
     """Run finalize after a failed observe, with 25% on the candidate; return its report and the error."""
-    from canary.request import RolloutRequest, plan_rollout
+    from canary.rollout.plan import RolloutRequest, plan_rollout
     from canary_airflow.operators import FinalizeRolloutOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_FAKE_SERVING", json.dumps({"conn_type": "canary_serving", "host": "x"}))

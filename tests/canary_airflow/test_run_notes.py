@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from canary.demo import free_port
+from canary.devstack.processes import free_port
 from canary_airflow.run_notes import MAX_NOTE_CHARS, clip_note, write_run_note
 
 

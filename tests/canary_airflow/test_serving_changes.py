@@ -18,8 +18,8 @@ import fakes
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-from canary.request import RolloutRequest, plan_rollout
-from canary.spec import parse_spec
+from canary.rollout.plan import RolloutRequest, plan_rollout
+from canary.spec.model import parse_spec
 from canary_airflow import serving_changes
 from canary_airflow.operators import (
     PLAN_TASK_ID,

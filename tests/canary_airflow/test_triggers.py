@@ -6,8 +6,8 @@ import json
 import fakes  # tests/ is on sys.path (rootdir conftest)
 import pytest
 
-from canary.observe import StageWatch
-from canary.spec import parse_spec
+from canary.rollout.observe import StageWatch
+from canary.spec.model import parse_spec
 from canary_airflow import triggers
 from canary_airflow.triggers import CanaryObserveTrigger
 
@@ -36,7 +36,7 @@ class Clock:
         self.now = start_s
         self.sleeps: list[float] = []
         monkeypatch.setattr(triggers.time, "time", lambda: self.now)
-        monkeypatch.setattr("canary.observe.time.time", lambda: self.now)
+        monkeypatch.setattr("canary.rollout.observe.time.time", lambda: self.now)
 
         async def fake_sleep(seconds: float) -> None:
             self.sleeps.append(seconds)

@@ -10,8 +10,8 @@ import yaml
 from fast_spec import fast_spec
 from fastapi.testclient import TestClient
 
-from canary.mlflow_webhooks import sign
-from canary.trigger_cli import AirflowApiError
+from canary.airflow_api import AirflowApiError
+from canary.starts.mlflow_webhooks import sign
 from canary_airflow.webhook_receiver import WEBHOOK_PATH, create_app, handle_delivery, webhook_models
 
 SECRET = "receiver-secret"

@@ -39,7 +39,7 @@ def test_no_import_errors_and_one_dag_per_spec(bag):
 
 
 def test_task_chain_and_policies(bag):
-    from canary.spec import load_spec
+    from canary.spec.model import load_spec
 
     for path in SPECS.glob("*.yaml"):
         spec = load_spec(path)

@@ -24,8 +24,8 @@ import yaml
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo
-from canary.lock import lock_store_conflicts
-from canary.spec import load_spec, parse_spec
+from canary.rollout.lease import lock_store_conflicts
+from canary.spec.model import load_spec, parse_spec
 from canary_airflow.provider import get_provider_info
 
 ROOT = Path(__file__).resolve().parents[2]

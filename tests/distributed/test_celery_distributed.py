@@ -32,9 +32,10 @@ import yaml
 from fast_spec import fast_spec
 from services import require_service
 
+from canary.airflow_api import AirflowClient
 from canary.backends.base import ConnInfo
-from canary.demo import LocalStack, Processes, free_port, local_stack
-from canary.trigger_cli import AirflowClient
+from canary.devstack.demo import LocalStack, local_stack
+from canary.devstack.processes import Processes, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -13,7 +13,8 @@ import yaml
 from fast_spec import FIRST_STAGE_PCT, fast_spec
 
 from canary.backends.base import ConnInfo
-from canary.demo import Processes, local_stack, migrate, run_rollout
+from canary.devstack.demo import local_stack, migrate, run_rollout
+from canary.devstack.processes import Processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -15,7 +15,8 @@ from fast_spec import FIRST_STAGE_PCT, fast_spec
 from mlflow_harness import mlflow_servers, require_mlflow_server
 
 from canary.backends.mlflow_registry import MlflowModelRegistry
-from canary.demo import Processes, local_stack, migrate, run_rollout
+from canary.devstack.demo import local_stack, migrate, run_rollout
+from canary.devstack.processes import Processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

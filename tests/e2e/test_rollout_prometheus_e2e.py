@@ -19,7 +19,8 @@ from fast_spec import FIRST_STAGE_PCT, fast_spec
 from services import require_service
 
 from canary.backends.base import ConnInfo
-from canary.demo import Processes, local_stack, migrate, prometheus_server, run_rollout, wait_for_scrape
+from canary.devstack.demo import local_stack, migrate, run_rollout
+from canary.devstack.processes import Processes, prometheus_server, wait_for_scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

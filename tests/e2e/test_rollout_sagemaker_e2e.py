@@ -43,7 +43,7 @@ from moto_harness import moto_server, update_endpoint_extension
 
 from canary.backends.base import ConnInfo
 from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
-from canary.demo import LocalStack, migrate, run_rollout, seed_registry
+from canary.devstack.demo import LocalStack, migrate, run_rollout, seed_registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

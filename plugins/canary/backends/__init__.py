@@ -42,7 +42,7 @@ KNOWN_BACKENDS: dict[str, dict[str, str]] = {
         "local": "canary.backends.local_registry:LocalModelRegistry",
         "mlflow": "canary.backends.mlflow_registry:MlflowModelRegistry",
     },
-    # Endpoint leases (one rollout per endpoint, canary.lock.EndpointLock).
+    # Endpoint leases (one rollout per endpoint, canary.rollout.lease.EndpointLock).
     "lock": {
         "local": "canary.backends.local_lock:LocalEndpointLock",
         "postgres": "canary.backends.postgres_lock:PostgresEndpointLock",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from canary.metrics import VersionStats
+from canary.policy.evidence import VersionStats
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,11 +37,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from canary import defaults
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
-from canary.metrics import VersionStats
+from canary.policy.evidence import VersionStats
+from canary.spec import defaults
 
 BACKEND = "cloudwatch"
 #: Periods CloudWatch accepts: high-resolution 1/5/10/30 s, else multiples of 60 s.

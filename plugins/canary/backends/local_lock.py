@@ -1,6 +1,6 @@
 """Endpoint leases in a local SQLite file (the default): one machine, every Airflow component on it.
 
-Connection (optional): ``extra.path``; without one the store is :func:`canary.lock.default_lock_path`
+Connection (optional): ``extra.path``; without one the store is :func:`canary.rollout.lease.default_lock_path`
 (``$CANARY_LOCK_PATH`` or ``$AIRFLOW_HOME/canary_locks.db``), so ``airflow dags test``,
 ``airflow standalone`` and the demo need no set-up. Several hosts (Celery, Kubernetes executors) must
 share one store: use the ``postgres`` lock backend there (or a path on storage all of them lock).
@@ -16,7 +16,7 @@ from typing import Any
 
 from canary.backends.base import ConnInfo
 from canary.backends.sql_lock import DEFAULT_TABLE, SqlEndpointLock
-from canary.lock import default_lock_path
+from canary.rollout.lease import default_lock_path
 
 
 class LocalEndpointLock(SqlEndpointLock):

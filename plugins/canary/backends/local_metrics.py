@@ -21,7 +21,7 @@ from typing import Any
 
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.errors import BackendError, ConfigError, NoDataError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
 from canary.serving.store import TABLE, open_readonly
 
 BACKEND = "local-metrics"

@@ -38,7 +38,7 @@ The response holds ``(window + lookback) / scrape_interval`` samples per series 
 15 s scrape interval: ~260 per series); Prometheus' ``--query.max-samples`` bounds it.
 
 Latency buckets: the exported ``le`` bounds are parsed to floats (``"+Inf"`` is infinity) and, when they
-are :data:`~canary.metrics.DEFAULT_LATENCY_BUCKETS_MS`, returned as those; otherwise the exported bounds
+are :data:`~canary.policy.evidence.DEFAULT_LATENCY_BUCKETS_MS`, returned as those; otherwise the exported bounds
 are returned (bounds that only some series export are dropped, so every bound has complete counts), and a
 spec's latency ``threshold_ms`` must then be one of them. A version with no latency histogram has all-zero
 latency counts (no observations), never invented ones.
@@ -73,7 +73,7 @@ import requests
 
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.errors import BackendError, ConfigError, NoDataError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
 
 BACKEND = "prometheus"
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The lease store of :mod:`canary.lock` on a SQL table: one row per endpoint, changed by one upsert.
+"""The lease store of :mod:`canary.rollout.lease` on a SQL table: one row per endpoint, changed by one upsert.
 
 Taking a lease is a single ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` that only overwrites a
 row that is expired or already ours, so two workers racing for a free endpoint cannot both win.
@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from canary.errors import BackendError, ConfigError
-from canary.lock import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
+from canary.rollout.lease import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
 
 DEFAULT_TABLE = "canary_endpoint_leases"
 _TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def parse_duration(text: str) -> float:
     """Parse a duration (``500ms``, ``30s``, ``2m``, ``1h``, ``1d``) or a bare number of seconds."""
-    from canary.durations import parse_duration_s
+    from canary.spec.durations import parse_duration_s
 
     stripped = text.strip()
     try:

@@ -6,10 +6,10 @@ never returned to a client; served traffic is ``mirrored="false"``):
 - ``canary_requests_total``: answered requests.
 - ``canary_request_errors_total``: answers with HTTP 500.
 - ``canary_request_latency_ms``: histogram (``_bucket{le=...}``, ``_sum``, ``_count``) of server-side
-  latency over :data:`canary.metrics.DEFAULT_LATENCY_BUCKETS_MS`.
+  latency over :data:`canary.policy.evidence.DEFAULT_LATENCY_BUCKETS_MS`.
 - ``canary_kpi_events_total``: synthetic KPI (conversion) events.
 - ``canary_prediction_score_bin_total``: successful predictions per score bin; label ``bin="i"`` counts
-  scores in ``[i/10, (i+1)/10)`` (1.0 in the last bin), exactly :func:`canary.metrics.bin_index`, so the
+  scores in ``[i/10, (i+1)/10)`` (1.0 in the last bin), exactly :func:`canary.policy.evidence.bin_index`, so the
   counts are ``VersionStats.prediction_bins`` without differencing a cumulative histogram.
 
 Counters live in memory and restart from zero with the process, as Prometheus counters do.
@@ -21,7 +21,7 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, bin_index
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, bin_index
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

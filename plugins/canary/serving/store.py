@@ -17,7 +17,7 @@ Schema (table ``requests``, WAL journal, index on ``(endpoint, version, ts)`` an
     mirrored        INTEGER  1 for a shadow answer that was never returned to the client
 
 Readers open the file read-only (:func:`open_readonly`); this module imports nothing beyond the standard
-library and :mod:`canary.metrics`, so the metrics backend can use it without the serving stack.
+library and :mod:`canary.policy.evidence`, so the metrics backend can use it without the serving stack.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Public API::
 
     from canary.stats import SequentialAnalyzer, SequentialState
 
-:class:`SequentialAnalyzer` implements :class:`canary.analysis.Analyzer`; :class:`SequentialState` is
+:class:`SequentialAnalyzer` implements :class:`canary.policy.analysis.Analyzer`; :class:`SequentialState` is
 its JSON-able carry-over state. The building blocks live in :mod:`canary.stats.label` (label
 e-processes and rate-ratio confidence sequences for counts), :mod:`canary.stats.msprt` (normal-mixture
 mSPRT on mean log-latency), :mod:`canary.stats.distribution` (total-variation confidence sequence for

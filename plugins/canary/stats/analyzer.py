@@ -1,6 +1,6 @@
 """The anytime-valid analyzer: one e-process and one confidence sequence per metric, plus SRM.
 
-:class:`SequentialAnalyzer` implements :class:`canary.analysis.Analyzer`. At every poll of a stage the
+:class:`SequentialAnalyzer` implements :class:`canary.policy.analysis.Analyzer`. At every poll of a stage the
 gate passes the cumulative statistics of the current stage (``window``) and the carry-over state of
 the previous stages (:class:`SequentialState`, constant during a stage). Every quantity below is a
 function of cumulative counts only, so any poll cadence, missed polls, retries and restarts give the
@@ -51,10 +51,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from canary.analysis import MetricAssessment
-from canary.metrics import Snapshot, VersionStats
-from canary.phases import Decision
-from canary.spec import MetricKind, MetricSpec, RolloutSpec
+from canary.policy.analysis import MetricAssessment
+from canary.policy.decisions import Decision
+from canary.policy.evidence import Snapshot, VersionStats
+from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, msprt, srm
 
 STATE_VERSION = 1
@@ -240,7 +240,7 @@ class _Ctx:
 
 
 class SequentialAnalyzer:
-    """Anytime-valid comparison of canary with stable (implements :class:`canary.analysis.Analyzer`).
+    """Anytime-valid comparison of canary with stable (implements :class:`canary.policy.analysis.Analyzer`).
 
     Parameters
     ----------

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from canary.spec import MetricKind, MetricSpec, RolloutSpec, StageSpec
+from canary.spec.model import MetricKind, MetricSpec, RolloutSpec, StageSpec
 from canary.stats import distribution, label, msprt
 from canary.stats.analyzer import count_orientation
 

@@ -12,7 +12,7 @@ Each stretch takes the rules of the spec stage with the same weight (the first s
 a ``weight`` column, or before the first weight of a run, the spec's first stage; a weight that no
 spec stage has takes the largest ``min_duration`` and ``min_requests`` of the spec and no deadline;
 a weight of 0 is no canary stage and takes no rules). As in the live gate
-(:func:`canary.gate.evaluate_stage`), with ``elapsed`` = time since the stretch's first row:
+(:func:`canary.policy.gate.evaluate_stage`), with ``elapsed`` = time since the stretch's first row:
 
 * the absolute error-rate and p99 guardrails roll back (after ``guardrails.min_requests`` canary
   requests in the window);
@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
-from canary.metrics import Snapshot, VersionStats
-from canary.phases import Decision
-from canary.spec import MetricKind, MetricSpec, RolloutSpec
+from canary.policy.decisions import Decision
+from canary.policy.evidence import Snapshot, VersionStats
+from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
 from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
 

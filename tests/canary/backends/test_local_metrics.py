@@ -8,13 +8,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fakes import cumulative_from_latencies
 
 from canary.backends import MetricsSource, build_backend
 from canary.backends.base import ConnInfo, ShadowOutputSource, shadow_outputs
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.errors import BackendError, ConfigError, NoDataError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, VersionStats, bin_index, cumulative_from_latencies
+from canary.policy.evidence import (
+    DEFAULT_LATENCY_BUCKETS_MS,
+    VersionStats,
+    bin_index,
+)
 from canary.serving.store import MetricsStore, RequestRecord
 from canary.serving.traffic import run_traffic
 

@@ -16,7 +16,7 @@ from canary.backends import build_backend
 from canary.backends.base import ConnInfo
 from canary.backends.sql_lock import named_to_pyformat
 from canary.errors import BackendError, ConfigError
-from canary.lock import (
+from canary.rollout.lease import (
     EndpointBusyError,
     EndpointLock,
     Lease,

@@ -23,7 +23,7 @@ from mlflow_harness import ROOT, MlflowServer, mlflow_servers, require_mlflow_se
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo, ModelRegistry
 from canary.backends.mlflow_registry import MAX_TAG_VALUE_CHARS, MlflowModelRegistry
-from canary.demo import free_port
+from canary.devstack.processes import free_port
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -202,7 +202,7 @@ def test_configuration_errors():
 
 
 def test_reading_a_spec_or_building_the_backend_does_not_import_mlflow():
-    code = ("import sys; import canary.spec; from canary.backends import build_backend, ConnInfo; "
+    code = ("import sys; import canary.spec.model; from canary.backends import build_backend, ConnInfo; "
             "build_backend('registry', 'mlflow', ConnInfo(conn_id='c', host='h')); "
             "print('mlflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

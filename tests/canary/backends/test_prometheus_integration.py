@@ -5,7 +5,7 @@ counts across two pods and a counter reset, mirrored series excluded, latency bu
 (b) A live scrape (every 1 s) of the embedded serving layer, restarted mid-run: the counts agree with
 the local SQLite source's.
 
-The Prometheus harness (:func:`canary.demo.prometheus_server`) is shared with the demo and the e2e test.
+The Prometheus harness (:func:`canary.devstack.processes.prometheus_server`) is shared with the demo and the e2e test.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from canary.backends.base import ConnInfo
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.backends.prometheus import PrometheusMetricsSource
-from canary.demo import free_port, prometheus_server, wait_for_scrape
+from canary.devstack.processes import free_port, prometheus_server, wait_for_scrape
 from canary.errors import NoDataError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS
 from canary.serving.app import serving_in_thread
 from canary.serving.state import Faults
 from canary.serving.traffic import run_traffic

@@ -29,7 +29,7 @@ from canary.backends.prometheus import (
     window_increase,
 )
 from canary.errors import BackendError, ConfigError, NoDataError
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS
 
 INF = math.inf
 CONN = ConnInfo(conn_id="prom_test", host="prom.example", port=9090)

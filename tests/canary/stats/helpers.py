@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from canary.metrics import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, VersionStats
-from canary.spec import RolloutSpec, parse_spec
+from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, VersionStats
+from canary.spec.model import RolloutSpec, parse_spec
 
 
 def make_spec(metrics: list[dict[str, Any]] | None = None, *, alpha: float = 0.05,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canary.phases import Decision
+from canary.policy.decisions import Decision
 from canary.stats import MetricCarry, SequentialAnalyzer, SequentialState, label
 
 from .helpers import make_spec, snap, vstats
@@ -227,7 +227,7 @@ def test_quantile_threshold_never_sits_above_every_observation():
     """A threshold nothing exceeds carries no evidence: non-inferiority could never be shown."""
     from fakes import cumulative_from_latencies
 
-    from canary.metrics import Snapshot, VersionStats
+    from canary.policy.evidence import Snapshot, VersionStats
 
     spec = make_spec([{"name": "p95", "kind": "latency", "quantile": 0.95, "tolerance": 0.5}])
     lat_c = [10 + 20 * i / 999 for i in range(1000)]  # uniform 10..30 ms: pooled p95 interpolates to ~45 ms

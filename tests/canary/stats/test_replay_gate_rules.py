@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from canary.gate import StageClock, evaluate_stage
-from canary.phases import Decision
+from canary.policy.decisions import Decision
+from canary.policy.gate import StageClock, evaluate_stage
 from canary.stats.analyzer import SequentialAnalyzer
 from canary.stats.replay import load_csv, replay
 
@@ -137,7 +137,7 @@ def test_replay_agrees_with_the_live_gate_at_every_row(tmp_path, canary, stable,
     spec = spec_with(min_duration="5m", min_requests=1000)
     times = [30.0 * k for k in range(points)]
     res = run_replay(tmp_path, spec, rows(times, canary=canary, stable=stable, error_rate=error_rate))["r0"]
-    from canary.metrics import Snapshot, VersionStats
+    from canary.policy.evidence import Snapshot, VersionStats
 
     analyzer, stage = SequentialAnalyzer(), spec.stages[0]
     gate_decision, gate_t = "continue", times[-1]

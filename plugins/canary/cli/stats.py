@@ -1,0 +1,125 @@
+"""``canary plan`` and ``canary replay``: planning and backtesting the sequential tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan`` and ``replay`` subcommands."""
+    p = subparsers.add_parser("plan", help="expected requests and time to a decision for each stage and metric",
+                              description="Expected canary requests and wall-clock time to detect each metric's "
+                                          "minimum detectable effect and to show non-inferiority on a healthy "
+                                          "canary, per stage, with the fixed-horizon n (statsmodels) for "
+                                          "comparison.")
+    p.add_argument("spec", help="rollout spec (YAML)")
+    p.add_argument("--rps", type=float, required=True, help="total requests per second on the endpoint")
+    p.add_argument("--baseline-error-rate", type=float, default=0.01, help="stable's error rate (default 0.01)")
+    p.add_argument("--baseline-kpi-rate", type=float, default=0.05, help="stable's KPI events per request")
+    p.add_argument("--baseline-exceedance-rate", type=float, default=None,
+                   help="share of stable requests above a latency threshold (default 1 - quantile)")
+    p.add_argument("--log-latency-sd", type=float, default=0.5, help="sd of log-latency (mean-log test)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
+    p.set_defaults(func=run_plan)
+
+    r = subparsers.add_parser("replay", help="backtest a spec's decision policy on recorded metrics (CSV)",
+                              description="Evaluate the spec's analysis at every row of DATA.csv; print one JSON "
+                                          "line per run and a summary line. Exit 2 on bad input.")
+    r.add_argument("spec", help="rollout spec (YAML)")
+    r.add_argument("data", help="CSV: run,t,version,requests,errors[,weight][,latency_le_<ms>...]"
+                                "[,pred_bin_<i>...][,kpi_events]")
+    r.set_defaults(func=run_replay)
+
+
+def _spec(path: str) -> Any:
+    from canary.errors import SpecError
+    from canary.spec.model import load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as err:
+        print(str(err), file=sys.stderr)
+        return None
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from canary.stats.plan import plan
+
+    spec = _spec(args.spec)
+    if spec is None:
+        return 2
+    for name in ("baseline_error_rate", "baseline_kpi_rate", "baseline_exceedance_rate"):
+        v = getattr(args, name)
+        if v is not None and not 0.0 < v < 1.0:
+            print(f"--{name.replace('_', '-')} must be in (0, 1), got {v}", file=sys.stderr)
+            return 2
+    if args.rps <= 0:
+        print(f"--rps must be > 0, got {args.rps}", file=sys.stderr)
+        return 2
+    rows = plan(spec, rps=args.rps, baseline_error_rate=args.baseline_error_rate,
+                baseline_kpi_rate=args.baseline_kpi_rate, baseline_exceedance_rate=args.baseline_exceedance_rate,
+                log_latency_sd=args.log_latency_sd)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict()))
+        return 0
+
+    def n(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.0f}"
+
+    def d(x: float | None) -> str:
+        if x is None:
+            return "never"
+        return f"{x:.0f}s" if x < 120 else (f"{x / 60:.1f}m" if x < 7200 else f"{x / 3600:.1f}h")
+
+    print(f"{spec.model}: {args.rps:g} req/s, alpha {spec.analysis.alpha:g}, baseline error rate "
+          f"{args.baseline_error_rate:g}")
+    header = ("stage", "weight", "metric", "test", "detect n", "detect t", "promote n", "promote t", "fixed n",
+              "stage decision")
+    table = [header] + [(str(r.stage), f"{r.weight_pct}%", r.metric, r.test, n(r.detect_requests), d(r.detect_s),
+                         n(r.promote_requests), d(r.promote_s), n(r.fixed_horizon_requests),
+                         d(r.stage_decision_s)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("(n = canary requests; detect = mean to detect the MDE; promote = mean to show non-inferiority on a "
+          "healthy canary; fixed = fixed-horizon n at power 0.9)")
+    for r in rows:
+        if r.warning:
+            print(f"warning: {r.warning}")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from canary.stats.replay import ReplayInputError, load_csv, replay
+
+    spec = _spec(args.spec)
+    if spec is None:
+        return 2
+    started = time.monotonic()
+    try:
+        df, layout = load_csv(args.data, spec)
+    except ReplayInputError as err:
+        print(f"{args.data}: {err}", file=sys.stderr)
+        return 2
+    counts: Counter[str] = Counter()
+    for result in replay(spec, df, layout):
+        counts[result["decision"]] += 1
+        print(json.dumps(result, default=_json_default))
+    summary = {"runs": sum(counts.values()),
+               **{k: counts.get(k, 0) for k in ("rollback", "promote", "halt", "timeout", "continue")}}
+    print(json.dumps(summary))
+    print(f"replayed {len(df)} rows in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,0 +1,1 @@
+"""Decisions as pure functions: the decision enums, evidence values, the analyzer interface, the gate."""

@@ -1,0 +1,67 @@
+"""One poll of a stage: read the metrics window and run the gate. Shared by the sensor and its trigger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from canary.backends.base import MetricsSource
+from canary.errors import NoDataError
+from canary.policy.analysis import Analyzer
+from canary.policy.decisions import GateResult
+from canary.policy.evidence import Snapshot
+from canary.policy.gate import StageClock, evaluate_stage
+from canary.spec.model import RolloutSpec, StageSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageWatch:
+    """Everything one stage's polls need, JSON-able so it can travel in trigger kwargs."""
+
+    stage_index: int
+    stable: str
+    candidate: str
+    stage_started_at_s: float
+    carry_state: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage_index": self.stage_index, "stable": self.stable, "candidate": self.candidate,
+                "stage_started_at_s": self.stage_started_at_s,
+                "carry_state": dict(self.carry_state) if self.carry_state is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageWatch:
+        return cls(stage_index=int(data["stage_index"]), stable=str(data["stable"]),
+                   candidate=str(data["candidate"]), stage_started_at_s=float(data["stage_started_at_s"]),
+                   carry_state=data.get("carry_state"))
+
+
+def default_analyzer() -> Analyzer:
+    """Return the analyzer the gate uses: the anytime-valid sequential tests."""
+    from canary.stats import SequentialAnalyzer  # scipy: imported at run time, never at DAG parse time
+
+    return SequentialAnalyzer()
+
+
+def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float,
+                now_s: float) -> tuple[Snapshot | None, str | None]:
+    """Return the stage's window after warm-up, or ``(None, reason)`` when the backend has no data."""
+    start_s = min(watch.stage_started_at_s + warmup_s, now_s)
+    try:
+        stable = metrics.version_stats(watch.stable, start_s=start_s, end_s=now_s)
+        canary = metrics.version_stats(watch.candidate, start_s=start_s, end_s=now_s)
+    except NoDataError as err:
+        return None, str(err)
+    return Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s), None
+
+
+def poll_stage(spec: RolloutSpec, stage: StageSpec, watch: StageWatch, metrics: MetricsSource, *,
+               analyzer: Analyzer | None = None, now_s: float | None = None) -> tuple[GateResult, dict[str, Any]]:
+    """Read the window and evaluate the gate once; return the result and the state to carry."""
+    now_s = time.time() if now_s is None else now_s
+    window, no_data = read_window(metrics, watch, warmup_s=spec.analysis.warmup_s, now_s=now_s)
+    clock = StageClock(index=watch.stage_index, elapsed_s=max(0.0, now_s - watch.stage_started_at_s))
+    return evaluate_stage(spec, stage, clock, window, analyzer=analyzer or default_analyzer(),
+                          carry_state=watch.carry_state, no_data_reason=no_data)

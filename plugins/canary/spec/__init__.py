@@ -1,0 +1,1 @@
+"""The rollout spec: its model and validation, durations, and the documented defaults."""

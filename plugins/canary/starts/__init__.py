@@ -1,0 +1,1 @@
+"""What starts rollouts: the nightly pick-up, registry events, MLflow webhooks."""
