@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -143,3 +144,17 @@ def test_plan_rows_carry_each_metrics_rollback_level():
                       {"name": "b", "kind": "kpi", "tolerance": 0.1, "weight": 4}], alpha=0.05)
     rows = plan(spec, rps=100.0)
     assert {(r.metric, round(r.rollback_alpha, 6)) for r in rows} == {("a", 0.0098), ("b", 0.0392)}
+
+
+def test_srm_at_its_default_share_still_catches_a_router_sending_7_instead_of_5_percent():
+    """Simulation (2000 runs, polls every 200 requests): the default-level SRM check HALTs a 7%-vs-5% router
+    in >= 95% of runs within 20,000 requests (about 2,200 needed in the median), and a correct 5% one at most at about its level (0.001 + 3 SE)."""
+    rng = np.random.default_rng(11)
+    reps, per_poll, polls = 2000, 200, 100
+    log_thr = error_budget(make_spec().analysis).log_srm_threshold
+    assert log_thr == pytest.approx(math.log(1000))
+    for routed, want in ((0.07, lambda rate: rate >= 0.95), (0.05, lambda rate: rate <= 0.003)):
+        n_c = np.cumsum(rng.binomial(per_poll, routed, (reps, polls)), axis=1)
+        n = per_poll * np.arange(1, polls + 1)
+        log_e = srm.log_e_value(n_c, n[None, :] - n_c, 0.05)
+        assert want(float((log_e >= log_thr).any(axis=1).mean())), routed
