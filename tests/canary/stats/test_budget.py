@@ -158,3 +158,15 @@ def test_srm_at_its_default_share_still_catches_a_router_sending_7_instead_of_5_
         n = per_poll * np.arange(1, polls + 1)
         log_e = srm.log_e_value(n_c, n[None, :] - n_c, 0.05)
         assert want(float((log_e >= log_thr).any(axis=1).mean())), routed
+
+
+def test_canary_plan_prints_the_split_of_alpha(tmp_path, capsys):
+    from canary.cli import main
+
+    path = tmp_path / "m.yaml"
+    path.write_text("model: m\nendpoint: e\nstages: [{weight: 5}, {weight: 100}]\nanalysis:\n  alpha: 0.021\n"
+                    "  metrics:\n    - {name: errors, kind: error_rate, tolerance: 0.2, weight: 3}\n"
+                    "    - {name: conversion, kind: kpi, tolerance: 0.1}\n")
+    assert main(["plan", str(path), "--rps", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "error budget: alpha 0.021 = SRM 0.001 + metrics 0.02 (errors 0.015, conversion 0.005)" in out
