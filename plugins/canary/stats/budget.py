@@ -18,6 +18,11 @@ value 1 across stages, and Ville's inequality bounds the probability that it *ev
 ``1 / level`` by ``level``, whenever and however often it is looked at. A union bound over the tests
 gives ``srm_alpha + sum_i (alpha - srm_alpha) w_i = alpha``.
 
+The bound assumes what the tests assume: requests routed independently with the configured share
+(the SRM null) and independent requests (the label tests); a routing that is sticky per user makes
+the request split clustered, and a stage whose ``set_traffic`` task is cleared by hand restarts that
+stage's window without accounting for the looks already taken.
+
 Not covered by ``alpha`` (they are not statistical tests of canary against stable): the absolute
 guardrails (``analysis.guardrails``: fixed limits that roll back whatever stable does), HALT on missing
 data, and TIMEOUT at a stage deadline. Promotion is a different error: a canary that truly regresses by
