@@ -5,6 +5,11 @@ scenarios (one-sided alpha 0.05, canary share 5%, looks every 100 canary request
 ``--reps`` replications, vectorised over replications, and prints one table per target with our
 figure, the power-one SPRT oracle, the fixed-horizon test, naive peeking, a Kayenta-style repeated
 Mann-Whitney judge and an Argo/Flagger-style threshold check. Prints figures; asserts nothing.
+
+Levels are the shipped error budget of a spec with ``alpha: 0.05`` (:mod:`canary.stats.budget`): the
+metric rolls back at ``alpha - srm_alpha`` = 0.049, the sample-ratio check halts at ``srm_alpha`` =
+0.001, promotion (non-inferiority) is tested at ``alpha``. B1 counts false *stops*: a healthy, correctly
+routed canary rolled back by the metric or halted by the SRM check.
 """
 
 from __future__ import annotations
@@ -23,14 +28,21 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from canary.stats import label, msprt
+from canary.spec import AnalysisSpec
+from canary.stats import label, msprt, srm
+from canary.stats.budget import error_budget
 from canary.stats.plan import fixed_horizon_n
 
-ALPHA = 0.05
+BUDGET = error_budget(AnalysisSpec(alpha=0.05))
+ALPHA = BUDGET.alpha
 RHO = 0.05
 STEP = 100  # canary requests per look
 LOOKS = 1000  # up to 100k canary requests
-LOG_THR = math.log(1.0 / ALPHA)
+LOG_THR = math.log(1.0 / BUDGET.metrics_alpha)  # a single metric's rollback threshold (the shipped level)
+LOG_SRM = BUDGET.log_srm_threshold
+LOG_PROMOTE = math.log(1.0 / BUDGET.promote_alpha)
+#: Before the budget was split: the metric and the SRM check each at the whole alpha.
+LOG_ALPHA = math.log(1.0 / ALPHA)
 
 
 @dataclass
@@ -42,17 +54,25 @@ class Counts:
     x_c: np.ndarray
     x_s: np.ndarray
     stage: np.ndarray | None = None  # stage index per look (ramps), shape (looks,)
+    configured: np.ndarray | None = None  # configured canary share per look, shape (looks,)
 
 
 def simulate(rng: np.random.Generator, reps: int, p_c: float, p_s: float, *, looks: int = LOOKS,
              shares: tuple[float, ...] = (RHO,), random_routing: bool = False,
              volume: Callable[[np.random.Generator, tuple[int, int]], np.ndarray] | None = None,
-             rate_burst: float | None = None) -> Counts:
-    """Simulate per-look counts; ``shares`` splits the looks into equal stages (a ramp)."""
+             rate_burst: float | None = None, routed: tuple[float, ...] | None = None,
+             step_total: float | None = None) -> Counts:
+    """Simulate per-look counts; ``shares`` splits the looks into equal stages (a ramp).
+
+    ``routed`` is the share the router really sends (a broken router), ``shares`` the configured one;
+    ``step_total`` sets the requests per look (default ``STEP / RHO``: 100 canary requests at 5%).
+    """
     stage = np.minimum(np.arange(looks) * len(shares) // looks, len(shares) - 1)
-    rho = np.asarray(shares)[stage][None, :]
-    if random_routing or volume is not None:
-        total = np.full((reps, looks), STEP / RHO) if volume is None else volume(rng, (reps, looks))
+    configured = np.asarray(shares)[stage]
+    rho = np.asarray(routed if routed is not None else shares)[stage][None, :]
+    if random_routing or volume is not None or routed is not None:
+        per_look = step_total if step_total is not None else STEP / RHO
+        total = np.full((reps, looks), per_look) if volume is None else volume(rng, (reps, looks))
         total = np.round(total).astype(np.int64)
         dn_c = rng.binomial(total, rho)
         dn_s = total - dn_c
@@ -66,7 +86,7 @@ def simulate(rng: np.random.Generator, reps: int, p_c: float, p_s: float, *, loo
     dx_s = rng.binomial(dn_s, np.minimum(p_s * mult, 1.0))
     return Counts(n_c=np.cumsum(dn_c, 1).astype(float), n_s=np.cumsum(dn_s, 1).astype(float),
                   x_c=np.cumsum(dx_c, 1).astype(float), x_s=np.cumsum(dx_s, 1).astype(float),
-                  stage=stage if len(shares) > 1 else None)
+                  stage=stage if len(shares) > 1 else None, configured=configured)
 
 
 def first_hit(hit: np.ndarray, n_c: np.ndarray) -> np.ndarray:
@@ -102,6 +122,73 @@ def ours_log_e(c: Counts, design_ratio: float, *, theta0: float = 1.0, direction
         carry = carry + label.grid_log_lr(xc, xs, nc / (nc + ns), theta0, prior, direction)
         start = j + 1
     return out
+
+
+def srm_log_e(c: Counts) -> np.ndarray:
+    """SRM log e-value per look as the analyzer computes it: a mixture per stage, multiplied across stages."""
+    out = np.empty(c.n_c.shape)
+    stages = c.stage if c.stage is not None else np.zeros(c.n_c.shape[1], dtype=int)
+    carry = np.zeros(c.n_c.shape[0])
+    start = 0
+    for s in range(int(stages.max()) + 1):
+        cols = np.flatnonzero(stages == s)
+        w = float(c.configured[cols[0]])
+        base_c = c.n_c[:, start - 1] if start > 0 else 0.0
+        base_s = c.n_s[:, start - 1] if start > 0 else 0.0
+        out[:, cols] = carry[:, None] + srm.log_e_value(c.n_c[:, cols] - np.asarray(base_c)[..., None],
+                                                        c.n_s[:, cols] - np.asarray(base_s)[..., None], w)
+        carry = out[:, cols[-1]]
+        start = cols[-1] + 1
+    return out
+
+
+def srm_boundaries(k_max: int, w: float, log_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """For canary counts k = 0..k_max, the stable counts at which the SRM e-value reaches ``log_thr``.
+
+    For fixed k the log e-value is convex in the stable count n_s (its derivative psi(b + n_s) -
+    psi(a + b + k + n_s) - log(1 - w) increases), and below the threshold near the configured split,
+    so it is at or above the threshold exactly for ``n_s <= lo[k]`` or ``n_s >= hi[k]`` (``lo = -1``: never).
+    """
+    k = np.arange(k_max + 1, dtype=float)
+    mid = np.floor(k * (1 - w) / w)
+    assert np.all(srm.log_e_value(k, mid, w) < log_thr)
+
+    def search(lo: np.ndarray, hi: np.ndarray, true_at_hi: bool) -> np.ndarray:
+        while np.any(hi - lo > 1):
+            m = np.floor((lo + hi) / 2)
+            above = srm.log_e_value(k, np.maximum(m, 0), w) >= log_thr
+            if true_at_hi:
+                hi, lo = np.where(above, m, hi), np.where(above, lo, m)
+            else:
+                lo, hi = np.where(above, m, lo), np.where(above, hi, m)
+        return hi if true_at_hi else lo
+
+    left = search(np.full_like(k, -1.0), mid, true_at_hi=False)  # lo = -1 stands for "never"
+    far = 8 * mid + 10_000
+    while np.any(srm.log_e_value(k, far, w) < log_thr):
+        far = np.where(srm.log_e_value(k, far, w) < log_thr, far * 2, far)
+    right = search(mid, far, true_at_hi=True)
+    return left, right
+
+
+def srm_aa_per_request(rng: np.random.Generator, reps: int, log_thrs: tuple[float, ...],
+                       canary_requests: int = 100_000) -> list[float]:
+    """A/A SRM checked after *every* request, exactly: the share of runs whose e-value ever reaches each level.
+
+    Simulated by canary arrival times (stable requests between canary requests are geometric). The
+    e-value can only rise above the threshold on the canary-heavy side at a canary request and, by
+    convexity, on the stable-heavy side just before one, so checking those two points is exact.
+    """
+    bounds = [srm_boundaries(canary_requests, RHO, t) for t in log_thrs]
+    fired = np.zeros(len(log_thrs))
+    k = np.arange(1, canary_requests + 1)
+    for s in range(0, reps, 50):
+        n = min(50, reps - s)
+        stable_before = np.cumsum(rng.geometric(RHO, (n, canary_requests)) - 1, axis=1)
+        for i, (lo, hi) in enumerate(bounds):
+            hit = (stable_before <= lo[k][None, :]) | (stable_before >= hi[k - 1][None, :])
+            fired[i] += hit.any(axis=1).sum()
+    return list(fired / reps)
 
 
 def oracle_llr(c: Counts, p1: float, p0: float) -> np.ndarray:
@@ -188,12 +275,13 @@ def run(reps: int, seed: int) -> None:
           f" looks every {STEP} canary requests to {STEP * LOOKS:,}")
     print(f"A/A limit alpha + 2 SE = {ALPHA + 2 * se:.3f}")
 
-    # ---- B1 / B6: A/A false rollback ------------------------------------------------------------------
+    # ---- B1 / B6: A/A false stops (rollback by the metric or SRM halt) --------------------------------
+    print(f"error budget: {BUDGET.describe()}")
     rows = []
     aa_cases = [
-        ("errors 1%", dict(p_c=0.01, p_s=0.01)),
-        ("errors 0.1%", dict(p_c=0.001, p_s=0.001)),
-        ("errors 1%, random routing", dict(p_c=0.01, p_s=0.01, random_routing=True)),
+        ("errors 1%", dict(p_c=0.01, p_s=0.01, random_routing=True)),
+        ("errors 0.1%", dict(p_c=0.001, p_s=0.001, random_routing=True)),
+        ("errors 1%, exact split (SRM cannot fire)", dict(p_c=0.01, p_s=0.01)),
         ("errors 1%, ramp 5/25/50%", dict(p_c=0.01, p_s=0.01, shares=(0.05, 0.25, 0.5), random_routing=True)),
         ("errors 0.1%, ramp 5/25/50%", dict(p_c=0.001, p_s=0.001, shares=(0.05, 0.25, 0.5), random_routing=True)),
         ("errors 1%, traffic bursts (x1-x20 volume)", dict(
@@ -201,22 +289,51 @@ def run(reps: int, seed: int) -> None:
         ("errors 1%, error bursts x10 on both", dict(p_c=0.01, p_s=0.01, rate_burst=10.0, random_routing=True)),
         ("latency: p99 exceedances (1%)", dict(p_c=0.01, p_s=0.01, random_routing=True)),
     ]
+    limit = ALPHA + 2 * se
     for name, kw in aa_cases:
         c = simulate(rng, reps, **kw)
-        ours = (ours_log_e(c, 2.0) >= LOG_THR).any(1).mean()
+        le, srm_le = ours_log_e(c, 2.0), srm_log_e(c)
+        rollback = (le >= LOG_THR).any(1)
+        halt = (srm_le >= LOG_SRM).any(1)
+        stop = float((rollback | halt).mean())
+        before = float(((le >= LOG_ALPHA) | (srm_le >= LOG_ALPHA)).any(1).mean())
         peek = (z_stat(c) >= sps.norm.ppf(1 - ALPHA)).any(1).mean()
         kay = kayenta(c).any(1).mean()
         thr = threshold_check(c, kw["p_s"]).any(1).mean()
-        rows.append((name, float(ours), "pass" if ours <= ALPHA + 2 * se else "FAIL", float(ALPHA), float(peek),
-                     float(kay), float(thr)))
-    # Per-event looks: the e-value is checked after every event (= continuous monitoring).
+        rows.append((name, float(rollback.mean()), float(halt.mean()), stop, "pass" if stop <= limit else "FAIL",
+                     before, float(peek), float(kay), float(thr)))
+    # Per-event looks: the label e-value is checked after every event and the SRM e-value after every request
+    # (both = continuous monitoring). Simulated separately, so false stops are bounded by the sum (union bound).
+    srm_every, srm_every_before = srm_aa_per_request(rng, reps, (LOG_SRM, LOG_ALPHA))
     for p in (0.01, 0.001):
-        ours = aa_per_event(rng, reps, p)
-        rows.append((f"errors {p:.1%}, looks at every event", float(ours),
-                     "pass" if ours <= ALPHA + 2 * se else "FAIL", float(ALPHA), "", "", ""))
-    table("B1/B6: A/A false-rollback rate by 100k canary requests (target <= alpha + 2 SE; B6: peeking >= 0.40)",
-          ("scenario", "ours (label e-test)", "B1", "fixed horizon", "naive peeking", "Kayenta MW", "Argo/Flagger"),
-          rows)
+        ours, ours_before = aa_per_event(rng, reps, p, (LOG_THR, LOG_ALPHA))
+        bound = ours + srm_every
+        rows.append((f"errors {p:.1%}, label test at every event, SRM at every request", float(ours),
+                     float(srm_every), f"<= {bound:.3f}", "pass" if bound <= limit else "FAIL",
+                     f"<= {ours_before + srm_every_before:.3f}", "", "", ""))
+    table("B1/B6: A/A false stops by 100k canary requests: rolled back by the metric or halted by SRM (target "
+          f"false stops <= alpha + 2 SE = {limit:.3f}; B6: peeking >= 0.40)",
+          ("scenario", "false rollbacks", "SRM halts", "false stops", "B1", "false stops, SRM at alpha (before)",
+           "naive peeking", "Kayenta MW", "Argo/Flagger"), rows)
+
+    # ---- SRM power: a router that sends another share than the configured 5% ------------------------
+    rows = []
+    rps = 200.0
+    for routed in (0.07, 0.06, 0.055):
+        c = simulate(rng, reps, 0.01, 0.01, routed=(routed,), looks=2000, step_total=100.0)
+        hit = srm_log_e(c) >= LOG_SRM
+        total_at = first_hit(hit, c.n_c + c.n_s)
+        canary_at = first_hit(hit, c.n_c)
+        detected = rate(total_at)
+        med_total = float(np.nanmedian(total_at)) if detected > 0 else math.nan
+        target = ("pass" if detected >= 0.95 else "FAIL") if routed == 0.07 else ""
+        rows.append((f"router sends {routed:.1%} (configured 5%)", detected, med_total,
+                     float(np.nanmedian(canary_at)) if detected > 0 else math.nan,
+                     f"{med_total / rps:.0f} s" if detected > 0 else "never", target))
+    table(f"SRM power at srm_alpha {BUDGET.srm_alpha:g}: HALT on a mis-routed split, looks every 100 requests to "
+          "200k requests (target: 7% vs 5% caught in >= 95% of runs)",
+          ("scenario", "detected by 200k requests", "median requests to HALT", "median canary requests",
+           f"median time at {rps:.0f} req/s", "target"), rows)
 
     # ---- B7: normal approximations ----------------------------------------------------------------
     rows = []
@@ -272,9 +389,9 @@ def run(reps: int, seed: int) -> None:
     for name, p_s in (("errors 1%", 0.01), ("errors 0.1%", 0.001)):
         tol = 1.25
         c = simulate(rng, reps, p_s * tol, p_s, random_routing=True)
-        ni = ours_log_e(c, tol, theta0=tol, direction=-1) >= LOG_THR
+        ni = ours_log_e(c, tol, theta0=tol, direction=-1) >= LOG_PROMOTE
         healthy = simulate(rng, reps, p_s, p_s)
-        ni_h = first_hit(ours_log_e(healthy, tol, theta0=tol, direction=-1) >= LOG_THR, healthy.n_c)
+        ni_h = first_hit(ours_log_e(healthy, tol, theta0=tol, direction=-1) >= LOG_PROMOTE, healthy.n_c)
         rows.append((f"{name}, canary at exactly +25% (tolerance 0.25)", float(ni.any(1).mean()),
                      "pass" if ni.any(1).mean() <= ALPHA + 2 * se else "FAIL", mean_det(ni_h), rate(ni_h)))
     table("B4: P(promote while regressing by >= tolerance) (target <= alpha); and cost of promoting a healthy canary",
@@ -292,8 +409,8 @@ def run(reps: int, seed: int) -> None:
     rows = []
     base, base_point, base_orc = (mean_det(first_hit(x >= LOG_THR, c.n_c)) for x in (le, le_point, orc))
     for m in (1, 2, 5, 10):
-        d, d_point, d_orc = (mean_det(first_hit(x >= math.log(m / ALPHA), c.n_c)) for x in (le, le_point, orc))
-        rows.append((f"{m} metric(s), S1 metric at alpha/{m}", d, d / base, d_point, d_point / base_point, d_orc,
+        d, d_point, d_orc = (mean_det(first_hit(x >= LOG_THR + math.log(m), c.n_c)) for x in (le, le_point, orc))
+        rows.append((f"{m} metric(s), S1 metric at (alpha - srm_alpha)/{m}", d, d / base, d_point, d_point / base_point, d_orc,
                      d_orc / base_orc, d / d_orc))
     table("B5: cost of testing among m metrics (weighted Bonferroni; target <= 1.6x at m = 10)",
           ("setting", "mean requests", "vs single metric", "label SPRT at true ratio", "its ratio",
@@ -312,26 +429,31 @@ def run(reps: int, seed: int) -> None:
     print(f"\n(total {time.monotonic() - started:.0f}s)")
 
 
-def aa_per_event(rng: np.random.Generator, reps: int, p: float) -> float:
-    """A/A with the e-value checked after every event: labels are Bernoulli(rho)."""
+def aa_per_event(rng: np.random.Generator, reps: int, p: float, log_thrs: tuple[float, ...]) -> list[float]:
+    """A/A with the e-value checked after every event (labels are Bernoulli(rho)): the share of runs that
+    reach each threshold."""
     prior = label.GridPrior.around(math.log(2.0))
     events = int(100_000 / RHO * p * 1.1)
     m = np.arange(1, events + 1, dtype=float)
-    # Boundary: smallest canary count at which the e-value crosses, for every event count m.
-    lo, hi = np.zeros_like(m), m + 1
-    for _ in range(int(math.log2(events)) + 2):
-        mid = np.floor((lo + hi) / 2)
-        le = logsumexp(label.grid_log_lr(mid, m - mid, np.full_like(m, RHO), 1.0, prior, 1) + prior.log_weights, axis=1)
-        cross = le >= LOG_THR
-        hi = np.where(cross, mid, hi)
-        lo = np.where(cross, lo, mid)
-    boundary = hi
-    fired = 0
+    boundaries = []
+    for log_thr in log_thrs:
+        # Boundary: smallest canary count at which the e-value crosses, for every event count m.
+        lo, hi = np.zeros_like(m), m + 1
+        for _ in range(int(math.log2(events)) + 2):
+            mid = np.floor((lo + hi) / 2)
+            le = logsumexp(label.grid_log_lr(mid, m - mid, np.full_like(m, RHO), 1.0, prior, 1) + prior.log_weights,
+                           axis=1)
+            cross = le >= log_thr
+            hi = np.where(cross, mid, hi)
+            lo = np.where(cross, lo, mid)
+        boundaries.append(hi)
+    fired = np.zeros(len(log_thrs))
     for s in range(0, reps, 100):
         k = min(100, reps - s)
         xc = np.cumsum(rng.random((k, events)) < RHO, axis=1)
-        fired += int((xc >= boundary[None, :]).any(1).sum())
-    return fired / reps
+        for i, boundary in enumerate(boundaries):
+            fired[i] += int((xc >= boundary[None, :]).any(1).sum())
+    return list(fired / reps)
 
 
 def msprt_rate_fires(c: Counts, burn_events: int) -> np.ndarray:

@@ -48,6 +48,7 @@ def _spec(path: str) -> Any:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from canary.stats.budget import error_budget
     from canary.stats.plan import plan
 
     spec = _spec(args.spec)
@@ -79,6 +80,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     print(f"{spec.model}: {args.rps:g} req/s, alpha {spec.analysis.alpha:g}, baseline error rate "
           f"{args.baseline_error_rate:g}")
+    print(f"error budget: {error_budget(spec.analysis).describe()}")
     header = ("stage", "weight", "metric", "test", "detect n", "detect t", "promote n", "promote t", "fixed n",
               "stage decision")
     table = [header] + [(str(r.stage), f"{r.weight_pct}%", r.metric, r.test, n(r.detect_requests), d(r.detect_s),

@@ -26,8 +26,16 @@ MAX_LOCK_WAIT_S = 7 * 24 * 3600.0
 MIN_LEASE_TTL_S = 60.0
 MAX_LEASE_TTL_S = 24 * 3600.0
 
-#: One-sided false-rollback rate of the whole analysis (all metrics together).
+#: The whole error budget of the analysis: the probability that a healthy, correctly routed canary is
+#: rolled back or halted by any statistical test (every metric and the sample-ratio check together), over
+#: the whole rollout. See :mod:`canary.stats.budget` for how it is split.
 ALPHA = 0.05
+#: The sample-ratio-mismatch check's share of ``ALPHA`` when a spec sets no ``analysis.srm_alpha``:
+#: ``min(SRM_ALPHA, SRM_MAX_ALPHA_FRACTION * alpha)``, carved out of alpha (the metrics share the rest).
+#: GrowthBook and Eppo also test SRM at 0.001; a router off by 2 points at a 5% share is caught within a
+#: few thousand requests (bench/README.md).
+SRM_ALPHA = 0.001
+SRM_MAX_ALPHA_FRACTION = 0.1
 POLL_INTERVAL_S = 30.0
 #: Requests right after a traffic change are skipped (caches, autoscaling, JIT warm-up).
 WARMUP_S = 0.0

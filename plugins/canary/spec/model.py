@@ -125,9 +125,13 @@ def _default_metrics() -> list[MetricSpec]:
 
 
 class AnalysisSpec(_Strict):
-    alpha: Probability = defaults.ALPHA
-    srm_alpha: Probability | None = Field(None, description="error level of the sample-ratio-mismatch HALT "
-                                                            "(default: alpha)")
+    alpha: Probability = Field(defaults.ALPHA, description=(
+        "whole error budget: P(a healthy, correctly routed canary is rolled back or halted by any statistical "
+        "test, metrics and sample-ratio check together, over the whole rollout); guardrails, missing data and "
+        "timeouts are not tests and are not in it"))
+    srm_alpha: Probability | None = Field(None, description=(
+        "the sample-ratio-mismatch HALT's share of alpha, carved out of it (the metrics share alpha - "
+        "srm_alpha); must be below alpha; default min(0.001, alpha / 10)"))
     poll_interval_s: Duration = Field(defaults.POLL_INTERVAL_S, alias="poll_interval", gt=0)
     warmup_s: Duration = Field(defaults.WARMUP_S, alias="warmup", ge=0)
     metrics: list[MetricSpec] = Field(default_factory=_default_metrics, min_length=1)
@@ -288,6 +292,11 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
                                                   f"({3 * spec.analysis.poll_interval_s:g}s): each poll renews it"))
     if spec.concurrency.poll_interval_s > spec.concurrency.max_wait_s:
         problems.append(("concurrency.poll_interval", "must not exceed concurrency.max_wait"))
+    srm_alpha = spec.analysis.srm_alpha
+    if srm_alpha is not None and srm_alpha >= spec.analysis.alpha:
+        problems.append(("analysis.srm_alpha", f"must be below analysis.alpha ({spec.analysis.alpha:g}), got "
+                                               f"{srm_alpha:g}: it is carved out of alpha and the metrics share "
+                                               "the rest; omit it for the default min(0.001, alpha / 10)"))
     seen: set[str] = set()
     for i, metric in enumerate(spec.analysis.metrics):
         loc = f"analysis.metrics[{i}]"

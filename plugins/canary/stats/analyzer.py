@@ -6,18 +6,22 @@ the previous stages (:class:`SequentialState`, constant during a stage). Every q
 function of cumulative counts only, so any poll cadence, missed polls, retries and restarts give the
 same answer; the state returned is what to carry if the stage ended now.
 
-Per metric (``w_i`` = the metric's weight normalised over all metrics, ``alpha`` = spec alpha):
+The error budget (:mod:`canary.stats.budget`): the SRM check spends ``srm_alpha`` (default
+``min(0.001, alpha / 10)``) and the metrics share ``alpha - srm_alpha``, so that ``alpha`` bounds the
+probability that a healthy, correctly routed canary is rolled back or halted by any test over the whole
+rollout. Per metric (``w_i`` = the metric's weight normalised over all metrics):
 
-* ROLLBACK when the metric's e-value ``E_i >= 1 / (alpha w_i)`` (weighted Bonferroni on e-values:
-  valid under any dependence between metrics, and it names the metric that fired);
+* ROLLBACK when the metric's e-value ``E_i >= 1 / ((alpha - srm_alpha) w_i)`` (weighted Bonferroni on
+  e-values: valid under any dependence between metrics, and it names the metric that fired);
 * ADVANCE when its confidence sequence shows non-inferiority within the tolerance at level
   ``alpha`` (an intersection-union test: promotion needs *every* metric, so no split is needed);
 * HALT when it cannot be evaluated (missing data, no stable traffic);
 * CONTINUE otherwise.
 
 An extra assessment named ``srm`` HALTs on a sample-ratio mismatch (observed split vs the configured
-``canary_weight_pct``) and otherwise says ADVANCE (it never holds a stage back on its own: the gate
-advances only when every assessment says ADVANCE).
+``canary_weight_pct``; e-value ``>= 1 / srm_alpha``, the product over stages) and otherwise says
+ADVANCE (it never holds a stage back on its own: the gate advances only when every assessment says
+ADVANCE).
 
 Metric kinds:
 
@@ -40,8 +44,9 @@ Metric kinds:
     normal-mixture mSPRT on mean log-latency (:mod:`canary.stats.msprt`) with a burn-in.
 ``prediction_distribution``
     confidence sequence on the total-variation distance from per-bin beta-binomial e-processes
-    (:mod:`canary.stats.distribution`): ROLLBACK when its lower bound at level ``alpha w_i`` exceeds
-    the tolerance, ADVANCE when its upper bound at level ``alpha`` is within it.
+    (:mod:`canary.stats.distribution`): ROLLBACK when its lower bound at the metric's rollback level
+    ``(alpha - srm_alpha) w_i`` exceeds the tolerance, ADVANCE when its upper bound at level ``alpha``
+    is within it.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from canary.policy.decisions import Decision
 from canary.policy.evidence import Snapshot, VersionStats
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, msprt, srm
+from canary.stats.budget import ErrorBudget, error_budget
 
 STATE_VERSION = 1
 #: Pooled latency observations (in units of 1 / (1 - quantile)) needed before a threshold is chosen:
@@ -236,31 +242,23 @@ class _Ctx:
     window: Snapshot
     weight_pct: int
     carry: SequentialState
+    budget: ErrorBudget
     new_metrics: list[MetricCarry] = field(default_factory=list)
 
 
 class SequentialAnalyzer:
     """Anytime-valid comparison of canary with stable (implements :class:`canary.policy.analysis.Analyzer`).
 
-    Parameters
-    ----------
-    srm_alpha : float or None
-        Error level of the sample-ratio-mismatch HALT; ``None`` uses the spec's ``alpha``.
+    Every level comes from the spec's error budget (:func:`canary.stats.budget.error_budget`).
     """
-
-    def __init__(self, *, srm_alpha: float | None = None) -> None:
-        self.srm_alpha = srm_alpha
 
     def assess(self, spec: RolloutSpec, window: Snapshot, *, canary_weight_pct: int,
                state: Mapping[str, Any] | None) -> tuple[list[MetricAssessment], dict[str, Any]]:
         """Return one assessment per metric plus ``srm``, and the state to carry if the stage ended now."""
         carry = SequentialState.from_dict(state)
-        ctx = _Ctx(spec=spec, window=window, weight_pct=canary_weight_pct, carry=carry)
-        total_weight = sum(m.weight for m in spec.analysis.metrics)
-        out = []
-        for metric in spec.analysis.metrics:
-            share = metric.weight / total_weight
-            out.append(self._assess_metric(ctx, metric, share))
+        ctx = _Ctx(spec=spec, window=window, weight_pct=canary_weight_pct, carry=carry,
+                   budget=error_budget(spec.analysis))
+        out = [self._assess_metric(ctx, metric) for metric in spec.analysis.metrics]
         srm_assessment, srm_log_e = self._assess_srm(ctx)
         out.append(srm_assessment)
         new_state = SequentialState(stages=carry.stages + 1, srm_log_e=srm_log_e, metrics=tuple(ctx.new_metrics))
@@ -268,10 +266,10 @@ class SequentialAnalyzer:
 
     # -- metrics -------------------------------------------------------------------------------------
 
-    def _assess_metric(self, ctx: _Ctx, metric: MetricSpec, share: float) -> MetricAssessment:
-        alpha = ctx.spec.analysis.alpha
-        log_rollback = math.log(1.0 / (alpha * share))
-        log_promote = math.log(1.0 / alpha)
+    def _assess_metric(self, ctx: _Ctx, metric: MetricSpec) -> MetricAssessment:
+        a_rollback, a_promote = ctx.budget.metric(metric.name), ctx.budget.promote_alpha
+        log_rollback = math.log(1.0 / a_rollback)
+        log_promote = math.log(1.0 / a_promote)
         carry = ctx.carry.metric(metric.name)
         w = ctx.window
 
@@ -290,7 +288,7 @@ class SequentialAnalyzer:
         if metric.kind is MetricKind.LATENCY:
             return self._latency_metric(ctx, metric, carry, log_rollback, log_promote, verdict)
         if metric.kind is MetricKind.PREDICTION_DISTRIBUTION:
-            return self._prediction_metric(ctx, metric, carry, alpha * share, alpha, verdict)
+            return self._prediction_metric(ctx, metric, carry, a_rollback, a_promote, verdict)
         raise ValueError(f"unknown metric kind {metric.kind!r}")  # the spec validates kinds
 
     def _label_assessment(self, ctx: _Ctx, metric: MetricSpec, carry: MetricCarry,
@@ -397,7 +395,7 @@ class SequentialAnalyzer:
     def _mean_log_latency(self, ctx: _Ctx, metric: MetricSpec, carry: MetricCarry, log_rollback: float,
                           verdict: Any) -> MetricAssessment:
         s, c = ctx.window.stable, ctx.window.canary
-        alpha = ctx.spec.analysis.alpha
+        alpha = ctx.budget.promote_alpha
         ps, pi = carry.precision_sum, carry.precision
         n_c, n_s = carry.canary_obs + c.latency_observations, carry.stable_obs + s.latency_observations
         if c.latency_observations >= 2 and s.latency_observations >= 2:
@@ -467,7 +465,7 @@ class SequentialAnalyzer:
     # -- traffic split -------------------------------------------------------------------------------
 
     def _assess_srm(self, ctx: _Ctx) -> tuple[MetricAssessment, float]:
-        alpha = next(a for a in (self.srm_alpha, ctx.spec.analysis.srm_alpha, ctx.spec.analysis.alpha) if a is not None)
+        alpha = ctx.budget.srm_alpha
         s, c = ctx.window.stable, ctx.window.canary
         w = ctx.weight_pct / 100.0
         log_e = ctx.carry.srm_log_e
@@ -475,9 +473,10 @@ class SequentialAnalyzer:
             log_e += float(srm.log_e_value(c.requests, s.requests, w))
         total = s.requests + c.requests
         ev = {"test": "srm", "log_e_value": log_e, "e_value": _e_value(log_e), "threshold": 1.0 / alpha,
+              "srm_alpha": alpha,
               "configured_weight_pct": ctx.weight_pct, "canary_requests": c.requests, "stable_requests": s.requests,
               "observed_weight_pct": (100.0 * c.requests / total) if total else None}
-        if log_e >= math.log(1.0 / alpha):
+        if log_e >= ctx.budget.log_srm_threshold:
             decision, reason = Decision.HALT, (f"sample-ratio mismatch: observed {ev['observed_weight_pct']:.2f}% "
                                                f"canary vs configured {ctx.weight_pct}% (e-value "
                                                f"{math.exp(min(log_e, 700)):.3g} >= {1 / alpha:.3g})")

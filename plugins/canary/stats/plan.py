@@ -22,6 +22,7 @@ import numpy as np
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec, StageSpec
 from canary.stats import distribution, label, msprt
 from canary.stats.analyzer import count_orientation
+from canary.stats.budget import error_budget
 
 _MAX_N = 1e9
 
@@ -35,6 +36,7 @@ class PlanRow:
     metric: str
     kind: str
     test: str
+    rollback_alpha: float  # the metric's share of the error budget (canary.stats.budget)
     detect_requests: float | None  # to detect the MDE (rollback)
     promote_requests: float | None  # to show non-inferiority on a healthy canary
     fixed_horizon_requests: float | None  # fixed-horizon n at power 0.9 for the MDE
@@ -151,8 +153,8 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
-    alpha = spec.analysis.alpha
-    total_w = sum(m.weight for m in spec.analysis.metrics)
+    budget = error_budget(spec.analysis)
+    alpha = budget.promote_alpha
     rows: list[PlanRow] = []
     for idx, stage in enumerate(spec.stages):
         if stage.weight >= 100:
@@ -160,7 +162,7 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
         rho = stage.weight / 100.0
         canary_rps = rps * rho
         for m in spec.analysis.metrics:
-            a_rb = alpha * m.weight / total_w
+            a_rb = budget.metric(m.name)
             log_rb, log_pr = math.log(1.0 / a_rb), math.log(1.0 / alpha)
             if m.kind is MetricKind.ERROR_RATE:
                 test, costs = "label", _label_costs(m, rho, baseline_error_rate, log_rb, log_pr)
@@ -175,11 +177,11 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
                 test, costs = "label_exceedance", _label_costs(m, rho, rate, log_rb, log_pr)
             else:
                 test, costs = "tv_confidence_sequence", _tv_costs(m, rho, a_rb, alpha)
-            rows.append(_row(idx, stage, m, test, costs, canary_rps))
+            rows.append(_row(idx, stage, m, test, a_rb, costs, canary_rps))
     return rows
 
 
-def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str,
+def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str, rollback_alpha: float,
          costs: tuple[float | None, float | None, float | None], canary_rps: float) -> PlanRow:
     detect, promote, fixed = costs
 
@@ -198,5 +200,6 @@ def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str,
         warning = (f"stage {idx} ({stage.weight}%): {m.name} cannot detect its MDE within max_duration "
                    f"{stage.max_duration_s:.0f}s")
     return PlanRow(stage=idx, weight_pct=stage.weight, metric=m.name, kind=m.kind.value, test=test,
+                   rollback_alpha=rollback_alpha,
                    detect_requests=detect, promote_requests=promote, fixed_horizon_requests=fixed,
                    detect_s=secs(detect), promote_s=secs(promote), stage_decision_s=decision_s, warning=warning)

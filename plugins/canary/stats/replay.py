@@ -49,6 +49,7 @@ from canary.policy.evidence import Snapshot, VersionStats
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
 from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
+from canary.stats.budget import error_budget
 
 REQUIRED_COLUMNS = ("run", "t", "version", "requests", "errors")
 VERSIONS = ("stable", "canary")
@@ -342,8 +343,7 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
     -3 missing data, len(metrics) for srm)."""
     n = len(p.t)
     metrics = spec.analysis.metrics
-    total_w = sum(m.weight for m in metrics)
-    alpha = spec.analysis.alpha
+    budget = error_budget(spec.analysis)
     c, ev = p.cum, p.evaluated
     code = np.zeros(n, dtype=np.int8)
     which = np.full(n, -2, dtype=int)
@@ -372,7 +372,7 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
     rb_metric = np.full(n, -2, dtype=int)
     halt_metric = np.full(n, -2, dtype=int)
     for i, m in enumerate(metrics):
-        log_thr = math.log(1.0 / (alpha * m.weight / total_w))
+        log_thr = budget.log_rollback_threshold(m.name)
         fired = np.zeros(n, dtype=bool)
         halted = np.zeros(n, dtype=bool)
         if m.kind is MetricKind.ERROR_RATE:
@@ -386,7 +386,7 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
         elif m.kind is MetricKind.LATENCY:
             fired, halted = _latency_fires(p, layout, m, log_thr)
         elif m.kind is MetricKind.PREDICTION_DISTRIBUTION:
-            fired, halted = _prediction_fires(p, layout, m, alpha * m.weight / total_w)
+            fired, halted = _prediction_fires(p, layout, m, budget.metric(m.name))
         rb_metric[fired & (rb_metric == -2)] = i
         halt_metric[halted & (halt_metric == -2)] = i
         rollback |= fired
@@ -399,7 +399,7 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
         le = np.where(srm_ok, srm.log_e_value(c["canary_requests"], c["stable_requests"],
                                               np.where(srm_ok, w, 0.5)), 0.0)
         le = le + _carry(p, le, srm_ok)
-        srm_fire = ev & (le >= math.log(1.0 / alpha))
+        srm_fire = ev & (le >= budget.log_srm_threshold)
         halt_metric[srm_fire & ~halt] = len(metrics)
         halt |= srm_fire
     mark(halt, 2, 0)

@@ -8,14 +8,15 @@ from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, Version
 from canary.spec.model import RolloutSpec, parse_spec
 
 
-def make_spec(metrics: list[dict[str, Any]] | None = None, *, alpha: float = 0.05,
+def make_spec(metrics: list[dict[str, Any]] | None = None, *, alpha: float = 0.05, srm_alpha: float | None = None,
               stages: list[dict[str, Any]] | None = None) -> RolloutSpec:
-    """Return a small valid spec with the given metrics."""
+    """Return a small valid spec with the given metrics (``srm_alpha`` None: the default share)."""
+    srm = {} if srm_alpha is None else {"srm_alpha": srm_alpha}
     return parse_spec({
         "model": "m", "endpoint": "e",
         "stages": stages or [{"weight": 5, "max_duration": "1h"}, {"weight": 25, "max_duration": "1h"},
                              {"weight": 50, "max_duration": "1h"}, {"weight": 100, "max_duration": "1h"}],
-        "analysis": {"alpha": alpha, "metrics": metrics or [
+        "analysis": {"alpha": alpha, **srm, "metrics": metrics or [
             {"name": "error_rate", "kind": "error_rate", "tolerance": 0.25, "mde": 1.0}]},
     })
 

@@ -49,14 +49,25 @@ def test_little_data_continues():
     assert by_name(res)["error_rate"].decision is Decision.CONTINUE
 
 
-def test_weighted_bonferroni_thresholds():
+@pytest.mark.parametrize(("alpha", "srm_alpha", "want_a", "want_b", "want_srm"), [
+    # The default SRM share min(0.001, alpha / 10) is carved out of alpha; the metrics split the rest 3:1.
+    (0.05, None, 1 / (0.049 * 0.75), 1 / (0.049 * 0.25), 1 / 0.001),
+    (0.005, None, 1 / (0.0045 * 0.75), 1 / (0.0045 * 0.25), 1 / 0.0005),
+    (0.1, 0.01, 1 / (0.09 * 0.75), 1 / (0.09 * 0.25), 1 / 0.01),
+])
+def test_weighted_bonferroni_thresholds_share_alpha_with_srm(alpha, srm_alpha, want_a, want_b, want_srm):
     spec = make_spec([{"name": "a", "kind": "error_rate", "tolerance": 0.2, "weight": 3},
-                      {"name": "b", "kind": "kpi", "tolerance": 0.1, "weight": 1}], alpha=0.05)
+                      {"name": "b", "kind": "kpi", "tolerance": 0.1, "weight": 1}], alpha=alpha, srm_alpha=srm_alpha)
     res, _ = A.assess(spec, snap(vstats("s", 1000, 10, kpi=50), vstats("c", 100, 1, kpi=5)),
                       canary_weight_pct=10, state=None)
     got = by_name(res)
-    assert got["a"].evidence["threshold"] == pytest.approx(1 / (0.05 * 0.75))
-    assert got["b"].evidence["threshold"] == pytest.approx(1 / (0.05 * 0.25))
+    assert got["a"].evidence["threshold"] == pytest.approx(want_a)
+    assert got["b"].evidence["threshold"] == pytest.approx(want_b)
+    assert got["srm"].evidence["threshold"] == pytest.approx(want_srm)
+    # The promotion (non-inferiority) level is the whole alpha: a different error, not split.
+    assert got["a"].evidence["ni_threshold"] == pytest.approx(1 / alpha)
+    # Together the rollback and halt levels spend exactly alpha.
+    assert 1 / want_a + 1 / want_b + 1 / want_srm == pytest.approx(alpha)
 
 
 def test_srm_halts_on_a_mismatched_split():
