@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from canary.spec import AnalysisSpec
+from canary.spec.model import AnalysisSpec
 from canary.stats import label, msprt, srm
 from canary.stats.budget import error_budget
 from canary.stats.plan import fixed_horizon_n

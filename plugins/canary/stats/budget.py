@@ -6,7 +6,7 @@ halted by any statistical test, over the whole rollout and at any poll cadence. 
 stop such a canary, and each gets a fixed share:
 
 * the sample-ratio-mismatch check (HALT): ``srm_alpha``, by default ``min(0.001, alpha / 10)``
-  (:data:`canary.defaults.SRM_ALPHA`);
+  (:data:`canary.spec.defaults.SRM_ALPHA`);
 * the metrics (ROLLBACK): ``alpha - srm_alpha``, split over the metrics by their normalised weights
   ``w_i`` (weighted Bonferroni on e-values: metric ``i`` rolls back when ``E_i >= 1 / ((alpha -
   srm_alpha) w_i)``).
@@ -35,8 +35,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from canary import defaults
-from canary.spec import AnalysisSpec
+from canary.spec import defaults
+from canary.spec.model import AnalysisSpec
 
 
 def default_srm_alpha(alpha: float) -> float:

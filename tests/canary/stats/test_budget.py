@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from canary.errors import SpecError
-from canary.phases import Decision
-from canary.spec import parse_spec
+from canary.policy.decisions import Decision
+from canary.spec.model import parse_spec
 from canary.stats import SequentialAnalyzer, srm
 from canary.stats.budget import default_srm_alpha, error_budget
 from canary.stats.plan import plan
