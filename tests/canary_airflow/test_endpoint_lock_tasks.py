@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -18,13 +17,14 @@ import fakes
 import pytest
 import yaml
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from clock import PatchedClock
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo
 from canary.rollout.lease import LeaseHolder
 from canary.rollout.observe import StageWatch
 from canary.spec.model import parse_spec
-from canary_airflow import endpoint_lock, triggers
+from canary_airflow import endpoint_lock
 from canary_airflow.endpoint_lock import WAIT_TIMEOUT_SLACK_S
 from canary_airflow.operators import PLAN_TASK_ID, SetTrafficOperator, ValidateRolloutRequestOperator
 from canary_airflow.triggers import CanaryObserveTrigger, EndpointLeaseTrigger
@@ -48,30 +48,12 @@ def spec_data(**concurrency: Any) -> dict[str, Any]:
     }
 
 
-class Clock:
-    """time.time everywhere the lease code reads it; asyncio.sleep in the triggers advances it."""
-
-    def __init__(self, monkeypatch, now_s: float = NOW) -> None:
-        self.now = now_s
-        self.sleeps: list[float] = []
-        self.on_sleep: list[Any] = []
-        monkeypatch.setattr(time, "time", lambda: self.now)  # the operators, triggers and stores read it per call
-
-        async def fake_sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-            self.now += seconds
-            for hook in self.on_sleep:
-                hook(self.now)
-
-        monkeypatch.setattr(triggers.asyncio, "sleep", fake_sleep)
-
-    def __call__(self) -> float:
-        return self.now
+Clock = PatchedClock
 
 
 @pytest.fixture
 def clock(monkeypatch):
-    return Clock(monkeypatch)
+    return Clock(monkeypatch, NOW)
 
 
 @pytest.fixture

@@ -5,25 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from clock import PatchedClock
 
 from canary.errors import BackendError
-from canary_airflow import polling
 from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
-
-class Clock:
-    """``asyncio.sleep`` advances ``time.time`` instead of waiting, and records every pause."""
-
-    def __init__(self, monkeypatch, start_s: float = 1000.0) -> None:
-        self.now = start_s
-        self.sleeps: list[float] = []
-        monkeypatch.setattr(polling.time, "time", lambda: self.now)
-
-        async def fake_sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-        monkeypatch.setattr(polling.asyncio, "sleep", fake_sleep)
+Clock = PatchedClock
 
 
 def scripted(outcomes: list[object]):

@@ -17,6 +17,7 @@ from typing import Any
 import fakes
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from clock import PatchedClock
 
 from canary.rollout.plan import RolloutRequest, plan_rollout
 from canary.spec.model import parse_spec
@@ -212,19 +213,7 @@ def test_finalize_reports_an_endpoint_that_went_failed_as_retryable():
 
 # -- the trigger --------------------------------------------------------------------------------------
 
-class Clock:
-    """A patched clock: ``asyncio.sleep`` in the trigger advances time instead of waiting."""
-
-    def __init__(self, monkeypatch, start_s: float = 1000.0) -> None:
-        self.now = start_s
-        self.sleeps: list[float] = []
-        monkeypatch.setattr(serving_changes.time, "time", lambda: self.now)
-
-        async def fake_sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-        monkeypatch.setattr(serving_changes.asyncio, "sleep", fake_sleep)
+Clock = PatchedClock
 
 
 def make_trigger(deadline_s: float = 1060.0, serving: str = "fake-settling") -> ServingChangeTrigger:

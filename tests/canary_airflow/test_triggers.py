@@ -5,6 +5,7 @@ import json
 
 import fakes  # tests/ is on sys.path (rootdir conftest)
 import pytest
+from clock import PatchedClock
 
 from canary.rollout.observe import StageWatch
 from canary.spec.model import parse_spec
@@ -29,20 +30,7 @@ def fake_backends(monkeypatch):
     fakes.FakeMetrics.calls = []
 
 
-class Clock:
-    """A patched clock: ``asyncio.sleep`` advances time instead of waiting."""
-
-    def __init__(self, monkeypatch, start_s: float) -> None:
-        self.now = start_s
-        self.sleeps: list[float] = []
-        monkeypatch.setattr(triggers.time, "time", lambda: self.now)
-        monkeypatch.setattr("canary.rollout.observe.time.time", lambda: self.now)
-
-        async def fake_sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-        monkeypatch.setattr(triggers.asyncio, "sleep", fake_sleep)
+Clock = PatchedClock
 
 
 def make_trigger(stage_index: int = 0, started: float = 1000.0, carry=None) -> CanaryObserveTrigger:
