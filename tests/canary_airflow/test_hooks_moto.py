@@ -1,17 +1,19 @@
 """AWS backends built by the hooks outlive their assumed-role credentials (real moto server, real refresh).
 
 The Airflow AWS connection assumes a role (``role_arn``, ``assume_role_method: assume_role``) whose
-credentials live ``DURATION_S`` = 4 s (AWS: 15 min to 12 h). botocore refreshes assumed-role credentials
-15 min before they expire and must by 10 min before; those windows are scaled down with them (2 s and
-1 s: ``RefreshableCredentials``' own class settings), so the credentials are used for 2 s, then botocore
-calls the provider's refresh, which calls STS ``AssumeRole`` again. Nothing in the refresh is faked.
+credentials live ``DURATION_S`` = 5 s (AWS: 15 min to 12 h). botocore refreshes assumed-role credentials
+15 min before they expire and must by 10 min before; those windows are scaled down with them (3 s and
+2 s: ``RefreshableCredentials``' own class settings), so the credentials are used for 2 s, then botocore
+calls the provider's refresh, which calls STS ``AssumeRole`` again. Nothing in the refresh is faked. A
+request is signed with credentials that have at least 2 s left (the mandatory window), so a request is
+refused only if moto sees it more than 2 s after it was signed.
 
 moto's STS issues the credentials, and moto's IAM auth is on: every request's signature, session token
 and permissions are checked against what STS issued and the role's policy. moto does not check
 ``Expiration``; the test-side extension ``expiring_credentials`` (``tests/moto_harness.py``) refuses a
 request signed with expired credentials (``ExpiredTokenException``), as AWS does, and logs the access
 key that signed each request. With credentials frozen when the backend is built (the hook before this
-test existed), every call after the first 4 s is refused.
+test existed), every call after the first 5 s is refused.
 
 botocore refuses ``DurationSeconds`` below AWS's 900 s minimum before sending; the connection turns
 client-side parameter validation off (``config_kwargs``), which also shows ``config_kwargs`` reaching the
@@ -54,7 +56,7 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/canary-rollouts"
 REGION = "us-east-1"
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/churn:latest"
 #: Lifetime of the assumed-role credentials, and botocore's refresh windows scaled to it (AWS: 15/10 min).
-DURATION_S, ADVISORY_REFRESH_S, MANDATORY_REFRESH_S = 4, 2, 1
+DURATION_S, ADVISORY_REFRESH_S, MANDATORY_REFRESH_S = 5, 3, 2
 PERIOD_S = 60
 T0 = (int(datetime.now(UTC).timestamp()) // 3600 - 2) * 3600
 

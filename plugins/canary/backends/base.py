@@ -10,7 +10,7 @@ from canary.metrics import VersionStats
 
 
 class ClientFactory(Protocol):
-    """Build an SDK client for one service (e.g. ``"sagemaker"``) from a connection the caller resolved.
+    """Build an SDK client for one service (e.g. ``"sagemaker"``) from a connection the factory owns.
 
     The Airflow layer passes one built on the amazon provider's ``AwsBaseHook`` session, so that every
     field of an Airflow AWS connection is honoured and assumed-role credentials refresh while a

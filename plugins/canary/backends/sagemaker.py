@@ -65,7 +65,7 @@ _CONFIG_KEYS_FORBIDDEN_IN_EXTRA = ("role_arn", "assume_role_method")
 
 
 def client_config(*, max_attempts: int = 5) -> Any:
-    """Return the backends' default botocore client config: standard retry mode, ``max_attempts`` tries."""
+    """Return the backends' default botocore client config: standard retry mode, ``max_attempts`` retries."""
     from botocore.config import Config
 
     return Config(retries={"mode": "standard", "max_attempts": max_attempts})
