@@ -20,9 +20,12 @@ UpdateEndpointWeightsAndCapacities, CloudWatch) stays moto's own code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from services import require_service
 
@@ -122,3 +125,85 @@ def update_endpoint_extension(*, updating_s: float = 0.0) -> Iterator[UpdateCont
     finally:
         del SageMakerResponse.update_endpoint
         SageMakerResponse.describe_endpoint = original_describe
+
+
+@dataclasses.dataclass(frozen=True)
+class SeenRequest:
+    """One request moto received while :func:`expiring_credentials` was open."""
+
+    service: str
+    action: str
+    access_key: str
+    at: datetime.datetime  # moto's clock (UTC) when the request arrived
+    refused: bool  # True: its assumed-role credentials had expired, it was answered ExpiredTokenException
+
+
+class CredentialLog:
+    """What a test sees of :func:`expiring_credentials`: every request with the access key that signed it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[SeenRequest] = []
+
+    def seen(self, service: str, action: str | None = None) -> list[SeenRequest]:
+        """Return the requests to ``service`` (and ``action``), oldest first."""
+        with self.lock:
+            return [r for r in self.requests if r.service == service and action in (None, r.action)]
+
+    @staticmethod
+    def assumed_role(access_key: str) -> Any:
+        """Return moto's record of the role session that issued ``access_key`` (None: not an STS key)."""
+        from moto.sts.models import sts_backends
+
+        for account_id in list(sts_backends):
+            for role in sts_backends[account_id]["aws"].assumed_roles:
+                if role.access_key_id == access_key:
+                    return role
+        return None
+
+
+@contextlib.contextmanager
+def expiring_credentials() -> Iterator[CredentialLog]:
+    """Make moto's in-process server refuse expired assumed-role credentials, and log who signed each request.
+
+    A test-side extension, **not moto**: moto 5.2's STS issues credentials with an ``Expiration``
+    (``AssumeRole`` honours ``DurationSeconds``, and accepts less than AWS's 900 s minimum) but no service
+    checks it, so a client holding frozen keys keeps working forever there. AWS refuses such a request;
+    so does this extension: a request signed with an access key of an assumed-role session whose
+    ``Expiration`` has passed (on moto's clock) is answered ``ExpiredTokenException`` before the action
+    runs. Every request is logged with the access key in its ``Authorization`` header. Signatures and
+    permissions are moto's own checks (when its auth is on); everything else is moto's own code.
+    """
+    from moto.core.exceptions import ServiceException
+    from moto.core.responses import ActionResult, BaseResponse
+    from moto.core.utils import utcnow
+
+    class ExpiredTokenError(ServiceException):
+        code = "ExpiredTokenException"
+        message = "The security token included in the request is expired"
+
+    # The error shape is STS's own (STS issued the token): moto looks an error's shape up in the called
+    # service's model, then in the model of the service its class's module names ("moto.<service>...").
+    ExpiredTokenError.__module__ = "moto.sts.exceptions"
+    log = CredentialLog()
+    original_call_action = BaseResponse.call_action
+
+    def call_action(self: BaseResponse) -> Any:
+        access_key = self.get_access_key()
+        role = log.assumed_role(access_key)
+        now = utcnow()
+        refused = role is not None and role.expiration <= now
+        with log.lock:
+            log.requests.append(SeenRequest(service=str(self.service_name), action=self._get_action(),
+                                            access_key=access_key, at=now, refused=refused))
+        if refused:
+            status, headers, body = self.serialized(ActionResult(ExpiredTokenError()))
+            headers["status"] = status
+            return self._transform_response(self.response_headers, (body, headers))
+        return original_call_action(self)
+
+    BaseResponse.call_action = call_action
+    try:
+        yield log
+    finally:
+        BaseResponse.call_action = original_call_action

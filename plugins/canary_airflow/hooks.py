@@ -18,26 +18,47 @@ def conn_info(conn: Any) -> ConnInfo:
                     login=conn.login, password=conn.password, extra=extra)
 
 
-#: Backends reached through an Airflow AWS connection (keys, role_arn, profile, endpoint_url).
+#: Backends reached through an Airflow AWS connection (every field the amazon provider honours).
 AWS_BACKENDS = frozenset({"sagemaker", "cloudwatch"})
 
 
-def aws_conn_info(aws_conn_id: str) -> ConnInfo:
-    """Resolve an Airflow AWS connection (static keys, ``role_arn``, profile) into the core's value.
+class AwsClientFactory:
+    """Build boto3 clients exactly as the amazon provider's ``AwsBaseHook`` does for a connection.
 
-    Uses the amazon provider's :class:`AwsBaseHook`, so every AWS connection convention works;
-    temporary credentials are resolved here, per task or trigger run, and expire with it.
+    A :class:`~canary.backends.base.ClientFactory`: the client comes from the hook's session, so
+    ``role_arn`` (with ``assume_role_method``, ``assume_role_kwargs``), ``profile_name``, ``region_name``,
+    ``endpoint_url``, ``service_config.<service>``, ``verify``, ``config_kwargs`` and a custom
+    ``[aws] session_factory`` all apply, and assumed-role credentials are botocore refreshable credentials:
+    a backend built once (as a trigger builds it) re-assumes the role before they expire instead of
+    carrying keys frozen when it was built. Reads the connection when called (and assumes the role then):
+    call it off the event loop.
+
+    :param aws_conn_id: the Airflow AWS connection (``conn_type: aws``).
     """
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker")
-    creds = hook.get_credentials()
-    extra: dict[str, Any] = {"region_name": hook.conn_region_name}
-    if hook.conn_config.endpoint_url:
-        extra["endpoint_url"] = hook.conn_config.endpoint_url
-    if creds.token:
-        extra["aws_session_token"] = creds.token
-    return ConnInfo(conn_id=aws_conn_id, login=creds.access_key, password=creds.secret_key, extra=extra)
+    def __init__(self, aws_conn_id: str) -> None:
+        self.aws_conn_id = aws_conn_id
+
+    def __call__(self, service: str, *, config: Any) -> Any:
+        """Return a ``service`` client; the connection's ``config_kwargs`` override ``config`` field by field."""
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type=service)
+        connection_config = hook.conn_config.botocore_config
+        merged = config.merge(connection_config) if connection_config is not None else config
+        return hook.get_client_type(region_name=hook.region_name, config=merged)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.aws_conn_id!r})"
+
+
+def aws_conn_info(aws_conn_id: str) -> ConnInfo:
+    """Return the core's connection value for an Airflow AWS connection: clients come from the provider's hook.
+
+    Nothing is resolved here: the backend's constructor calls the :class:`AwsClientFactory`, which reads
+    the connection (so build AWS backends off the event loop, as :meth:`CanaryBackendHook.aclient` does).
+    """
+    return ConnInfo(conn_id=aws_conn_id, client_factory=AwsClientFactory(aws_conn_id))
 
 
 class CanaryBackendHook(BaseHook):
@@ -69,11 +90,13 @@ class CanaryBackendHook(BaseHook):
     async def aclient(self) -> Any:
         """Build the backend in a trigger: connections must be read asynchronously there."""
         if self.backend in AWS_BACKENDS:
-            from asgiref.sync import sync_to_async  # the provider hook reads the connection synchronously
+            from asgiref.sync import sync_to_async
 
-            info = await sync_to_async(aws_conn_info)(self.conn_id)
-        else:
-            info = conn_info(await self.aget_connection(self.conn_id))
+            # The provider's hook reads the connection (and may call STS) synchronously, inside the
+            # backend's constructor: build the whole backend in a thread, never on the event loop.
+            return await sync_to_async(build_backend)(self.role, self.backend, aws_conn_info(self.conn_id),
+                                                      **self.options)
+        info = conn_info(await self.aget_connection(self.conn_id))
         return build_backend(self.role, self.backend, info, **self.options)
 
 

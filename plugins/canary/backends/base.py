@@ -9,11 +9,25 @@ from typing import Any, Protocol, runtime_checkable
 from canary.policy.evidence import VersionStats
 
 
+class ClientFactory(Protocol):
+    """Build an SDK client for one service (e.g. ``"sagemaker"``) from a connection the factory owns.
+
+    The Airflow layer passes one built on the amazon provider's ``AwsBaseHook`` session, so that every
+    field of an Airflow AWS connection is honoured and assumed-role credentials refresh while a
+    long-lived backend (one built by a trigger) keeps using its client. ``config`` is the backend's
+    default ``botocore.config.Config``; the connection's own settings (``config_kwargs``) win over it.
+    """
+
+    def __call__(self, service: str, *, config: Any) -> Any: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConnInfo:
     """Connection details handed to a backend (built from an Airflow connection by the hooks).
 
-    Credentials live only here, never in specs, logs, XCom or reports.
+    Credentials live only here, never in specs, logs, XCom or reports. ``client_factory``, when set,
+    builds the backend's SDK client (see :class:`ClientFactory`); the other fields are then unused by
+    backends that take their client from it.
     """
 
     conn_id: str = ""
@@ -23,6 +37,7 @@ class ConnInfo:
     login: str | None = None
     password: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    client_factory: ClientFactory | None = field(default=None, repr=False, compare=False)
 
     def base_url(self, default_scheme: str = "http") -> str:
         """Return ``scheme://host:port`` (``schema`` is used as the scheme when given)."""
