@@ -39,13 +39,12 @@ from typing import Any
 
 from canary import defaults
 from canary.backends.base import ConnInfo, ShadowSummary
+from canary.backends.options import valid_cloudwatch_period_s
 from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.metrics import VersionStats
 
 BACKEND = "cloudwatch"
-#: Periods CloudWatch accepts: high-resolution 1/5/10/30 s, else multiples of 60 s.
-_HIGH_RESOLUTION_PERIODS_S = (1, 5, 10, 30)
 #: Query ids must start with a lower-case letter.
 _REQUESTS, _LATENCY_SUM, _LATENCY_COUNT = "requests", "latencysum", "latencycount"
 
@@ -58,9 +57,9 @@ class CloudWatchMetricsSource:
                  error_metrics: Sequence[str] = ("Invocation4XXErrors", "Invocation5XXErrors"),
                  latency_metric: str = "ModelLatency", latency_unit_ms: float = 0.001,
                  latency_exceedance_metrics: Mapping[float | str, str] | None = None,
-                 exceedance_namespace: str | None = None, settle_s: float = 0.0,
+                 exceedance_namespace: str | None = None, settle_s: float = defaults.CLOUDWATCH_SETTLE_S,
                  cloudwatch_client: Any = None) -> None:
-        if not (period_s in _HIGH_RESOLUTION_PERIODS_S or (period_s >= 60 and period_s % 60 == 0)):
+        if not valid_cloudwatch_period_s(period_s):
             raise ConfigError(f"cloudwatch endpoint {endpoint!r}: period_s must be 1, 5, 10, 30 or a multiple "
                               f"of 60, got {period_s}")
         if settle_s < 0:

@@ -22,10 +22,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from canary import defaults
 from canary.backends.base import ConnInfo
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
-CHAMPION = "champion"
+CHAMPION = defaults.CHAMPION_ALIAS
 #: Tag keys written on rollout outcomes (the same names the MLflow backend uses).
 TAG_RESULT = "rollout.result"
 TAG_RUN_ID = "rollout.run_id"
