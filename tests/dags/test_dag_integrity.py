@@ -94,7 +94,8 @@ def test_a_mistyped_backend_option_is_an_import_error_naming_the_option(tmp_path
     (message,) = bag.import_errors.values()
     assert "typo.yaml: backends.metrics.options.period: unknown cloudwatch metrics option (set to 60); allowed: " \
            "namespace, period_s, settle_s" in message
-    assert "typo.yaml: backends.metrics.options.settle_s: must be a valid number, got '2m'" in message
+    assert "typo.yaml: backends.metrics.options.settle_s: must be a valid number, unable to parse string as a " \
+           "number, got '2m'" in message
 
 
 def test_parsing_imports_nothing_heavy():

@@ -34,9 +34,10 @@ def valid_cloudwatch_period_s(period_s: int) -> bool:
 
 
 class BackendOptions(BaseModel):
-    """Base of the option models: unknown keys are refused, values are typed (``"60"`` is not 60)."""
+    """Base of the option models: unknown keys are refused, values are typed (converted as the spec's own
+    fields are: ``"60"`` is 60, ``"1m"`` is an error); the backend gets the converted values."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def constructor_kwargs(self) -> dict[str, Any]:
         """Return the options the spec set, JSON-able, as keyword arguments of the backend's constructor."""
@@ -116,7 +117,7 @@ class CloudWatchOptions(BackendOptions):
     @classmethod
     def _whole_periods(cls, period_s: int) -> int:
         if not valid_cloudwatch_period_s(period_s):
-            raise ValueError(f"must be 1, 5, 10, 30 or a multiple of 60, got {period_s}")
+            raise ValueError("must be 1, 5, 10, 30 or a multiple of 60")
         return period_s
 
     @field_validator("latency_exceedance_metrics", mode="before")
@@ -204,7 +205,7 @@ def option_problems(role: str, name: str, options: Any) -> tuple[BackendOptions 
                        f"{allowed_options(model)}")
             else:
                 msg = str(e["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-                msg = f"{msg}, got {e.get('input')!r}" if ", got " not in msg else msg
+                msg = f"{msg}, got {e.get('input')!r}"
             problems.append((loc, msg))
         return None, problems
 

@@ -53,16 +53,17 @@ def test_the_options_model_matches_the_constructor(role, name):
 @pytest.mark.parametrize(("role", "name", "options", "location", "fragment"), [
     ("metrics", "cloudwatch", {"period": 60}, "period", "unknown cloudwatch metrics option (set to 60); allowed: "
                                                          "namespace, period_s, settle_s,"),
-    ("metrics", "cloudwatch", {"period_s": "60"}, "period_s", "must be a valid integer, got '60'"),
+    ("metrics", "cloudwatch", {"period_s": "1m"}, "period_s", "must be a valid integer, unable to parse string as an "
+                                                              "integer, got '1m'"),
     ("metrics", "cloudwatch", {"period_s": 7}, "period_s", "must be 1, 5, 10, 30 or a multiple of 60, got 7"),
     ("metrics", "cloudwatch", {"settle_s": -1}, "settle_s", "greater than or equal to 0, got -1"),
     ("metrics", "cloudwatch", {"latency_exceedance_metrics": {"fast": "X"}}, "latency_exceedance_metrics",
      "key 'fast' must be a positive number of milliseconds"),
     ("metrics", "prometheus", {"latency_unit": "us"}, "latency_unit", "'ms' or 's', got 'us'"),
     ("metrics", "local", {"endpoint": "other"}, "endpoint", "allowed: none"),
-    ("serving", "sagemaker", {"wait": "yes"}, "wait", "valid boolean, got 'yes'"),
+    ("serving", "sagemaker", {"wait": "maybe"}, "wait", "valid boolean, unable to interpret input, got 'maybe'"),
     ("serving", "sagemaker", {"initial_instance_count": 0}, "initial_instance_count", "greater than or equal to 1"),
-    ("serving", "local", {"retries": 1.5}, "retries", "valid integer, got 1.5"),
+    ("serving", "local", {"retries": 1.5}, "retries", "valid integer, got a number with a fractional part, got 1.5"),
     ("registry", "mlflow", {"champion": "prod"}, "champion", "allowed: registered_model_name, champion_alias,"),
     ("registry", "local", {"path": "/x"}, "path", "allowed: none"),
     ("lock", "postgres", {"connect_timeout_s": 0}, "connect_timeout_s", "greater than 0, got 0"),
@@ -80,8 +81,8 @@ def test_a_backend_without_options_model_is_a_problem_not_a_silent_pass():
     assert typed is None and "declares no options model" in problems[0][1]
 
 
-def test_only_options_the_spec_sets_reach_the_constructor_json_able():
-    typed = parse_options("metrics", "cloudwatch", {"settle_s": 120, "latency_exceedance_metrics": {100: "Over100"},
+def test_only_options_the_spec_sets_reach_the_constructor_typed_and_json_able():
+    typed = parse_options("metrics", "cloudwatch", {"settle_s": "120", "latency_exceedance_metrics": {100: "Over100"},
                                                     "error_metrics": ["Invocation5XXErrors"]})
     assert isinstance(typed, CloudWatchOptions)
     assert typed.period_s == defaults.CLOUDWATCH_PERIOD_S  # what the window rule reads
