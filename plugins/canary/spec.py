@@ -534,9 +534,15 @@ def load_spec(path: str | Path) -> RolloutSpec:
         raise SpecError(str(path), [("", f"cannot read file: {err.strerror}")]) from err
     except yaml.YAMLError as err:
         raise SpecError(str(path), [("", f"not valid YAML: {err}")]) from err
-    spec = parse_spec(data, source=str(path))
-    if spec.model != path.stem:
-        raise SpecError(str(path), [("model", f"must match the file name {path.stem!r}, got {spec.model!r}")])
+    model = data.get("model") if isinstance(data, Mapping) else None
+    name_problems = [("model", f"must match the file name {path.stem!r}, got {model!r}")] \
+        if isinstance(model, str) and model != path.stem else []
+    try:
+        spec = parse_spec(data, source=str(path))
+    except SpecError as err:  # one pass: the file-name rule too
+        raise SpecError(str(path), [*err.problems, *name_problems]) from err
+    if name_problems:
+        raise SpecError(str(path), name_problems)
     return spec
 
 

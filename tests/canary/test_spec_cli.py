@@ -74,3 +74,9 @@ def test_a_cross_field_rule_over_an_invalid_field_is_not_judged(tmp_path, capsys
 def test_a_valid_spec_passes(tmp_path, capsys):
     code, lines = validate(tmp_path, spec(), capsys)
     assert (code, lines) == (0, [])
+
+
+def test_a_model_not_matching_the_file_name_is_reported_with_the_other_problems(tmp_path, capsys):
+    code, lines = validate(tmp_path, spec(model="frauds", owner=3), capsys)
+    assert code == 1
+    assert lines == ["owner: must be a valid string", "model: must match the file name 'fraud', got 'frauds'"]
