@@ -39,7 +39,7 @@ from typing import Any
 
 from canary import defaults
 from canary.backends.base import ConnInfo, ShadowSummary
-from canary.backends.options import valid_cloudwatch_period_s
+from canary.backends.options import exceedance_thresholds_ms, valid_cloudwatch_period_s
 from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.metrics import VersionStats
@@ -64,17 +64,10 @@ class CloudWatchMetricsSource:
                               f"of 60, got {period_s}")
         if settle_s < 0:
             raise ConfigError(f"cloudwatch endpoint {endpoint!r}: settle_s must be >= 0, got {settle_s}")
-        thresholds: dict[float, str] = {}
-        for threshold, metric in (latency_exceedance_metrics or {}).items():
-            try:
-                bound = float(threshold)
-            except ValueError as err:
-                raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency_exceedance_metrics key "
-                                  f"{threshold!r} is not a number of milliseconds") from err
-            if not (math.isfinite(bound) and bound > 0):
-                raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency threshold {threshold!r} must be a "
-                                  "positive number of milliseconds")
-            thresholds[bound] = metric
+        try:
+            thresholds = exceedance_thresholds_ms(latency_exceedance_metrics or {})
+        except ValueError as err:
+            raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency_exceedance_metrics {err}") from err
         self.endpoint = endpoint
         self.namespace = namespace
         self.period_s = int(period_s)

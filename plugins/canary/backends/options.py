@@ -16,6 +16,7 @@ A backend registered in :data:`canary.backends.KNOWN_BACKENDS` declares its mode
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,6 +32,23 @@ CLOUDWATCH_HIGH_RESOLUTION_PERIODS_S = (1, 5, 10, 30)
 def valid_cloudwatch_period_s(period_s: int) -> bool:
     """Return whether CloudWatch can aggregate over ``period_s`` seconds (1, 5, 10, 30 or a multiple of 60)."""
     return period_s in CLOUDWATCH_HIGH_RESOLUTION_PERIODS_S or (period_s >= 60 and period_s % 60 == 0)
+
+
+def exceedance_thresholds_ms(metrics: Mapping[Any, str]) -> dict[float, str]:
+    """Return CloudWatch latency exceedance counters by threshold in milliseconds.
+
+    :raises ValueError: a key is not a positive, finite number of milliseconds.
+    """
+    thresholds: dict[float, str] = {}
+    for threshold, metric in metrics.items():
+        try:
+            bound = math.nan if isinstance(threshold, bool) else float(threshold)
+        except (TypeError, ValueError):
+            bound = math.nan
+        if not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"key {threshold!r} must be a positive number of milliseconds")
+        thresholds[bound] = metric
+    return thresholds
 
 
 class BackendOptions(BaseModel):
@@ -123,18 +141,10 @@ class CloudWatchOptions(BackendOptions):
     @field_validator("latency_exceedance_metrics", mode="before")
     @classmethod
     def _thresholds_ms(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             return value  # the type check reports it
-        out = {}
-        for threshold, metric in value.items():
-            try:
-                bound = float(threshold)
-            except (TypeError, ValueError):
-                bound = math.nan
-            if not (math.isfinite(bound) and bound > 0) or isinstance(threshold, bool):
-                raise ValueError(f"key {threshold!r} must be a positive number of milliseconds")
-            out[str(threshold)] = metric
-        return out
+        exceedance_thresholds_ms(value)
+        return {str(threshold): metric for threshold, metric in value.items()}  # YAML keys may be numbers
 
 
 # -- registry -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import pytest
 
@@ -13,6 +14,7 @@ from canary.backends.options import (
     BACKEND_OPTIONS,
     CloudWatchOptions,
     MlflowRegistryOptions,
+    exceedance_thresholds_ms,
     option_problems,
     parse_options,
 )
@@ -106,3 +108,24 @@ def test_typed_options_build_the_backend():
                                                      "kpi_metric": None}).constructor_kwargs()
     source = build_backend("metrics", "prometheus", ConnInfo(conn_id="p", host="prom"), endpoint="churn", **kwargs)
     assert source.timeout_s == 2.0 and source.names.kpi == ""
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({"100": "Over100", 250: "Over250", 0.5: "OverHalf"}, {100.0: "Over100", 250.0: "Over250", 0.5: "OverHalf"}),
+    ({}, {}),
+])
+def test_exceedance_thresholds_are_milliseconds(metrics, expected):
+    assert exceedance_thresholds_ms(metrics) == expected
+
+
+@pytest.mark.parametrize("key", ["fast", 0, -5, "inf", "nan", True, None])
+def test_a_threshold_that_is_not_a_positive_number_is_refused_by_the_spec_and_the_backend(key):
+    from canary.backends.base import ConnInfo
+    from canary.backends.cloudwatch import CloudWatchMetricsSource
+
+    _, problems = option_problems("metrics", "cloudwatch", {"latency_exceedance_metrics": {key: "X"}})
+    assert problems == [("latency_exceedance_metrics",
+                         f"key {key!r} must be a positive number of milliseconds, got {{{key!r}: 'X'}}")]
+    with pytest.raises(ConfigError, match=rf"latency_exceedance_metrics key {re.escape(repr(key))} must be a positive"):
+        CloudWatchMetricsSource(ConnInfo(conn_id="aws"), endpoint="e", latency_exceedance_metrics={key: "X"},
+                                cloudwatch_client=object())
