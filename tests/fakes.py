@@ -8,6 +8,7 @@ from typing import Any
 
 from canary.backends import KNOWN_BACKENDS
 from canary.backends.base import ConnInfo, PendingChange, ShadowSummary
+from canary.backends.options import BACKEND_OPTIONS, NoOptions
 from canary.errors import BackendError, ChangeFailedError, NoDataError, UnknownVersionError
 from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, VersionStats
 
@@ -143,25 +144,31 @@ def constant_rate_stats(rates: Mapping[str, tuple[float, float]]) -> StatsFn:
     return fn
 
 
-#: (role, backend name, factory) of the fakes; registered only for the tests that use them.
-FAKE_BACKENDS = (("metrics", "fake", "fakes:FakeMetrics"), ("registry", "fake", "fakes:FakeRegistry"),
-                 ("serving", "fake", "fakes:FakeRouter"), ("serving", "fake-settling", "fakes:FakeSettlingRouter"))
+#: (role, backend name, factory, options model) of the fakes; registered only for the tests that use them.
+#: The fakes take no spec options (the Airflow layer still passes ``endpoint`` to serving and metrics).
+FAKE_BACKENDS = (("metrics", "fake", "fakes:FakeMetrics", NoOptions),
+                 ("registry", "fake", "fakes:FakeRegistry", NoOptions),
+                 ("serving", "fake", "fakes:FakeRouter", NoOptions),
+                 ("serving", "fake-settling", "fakes:FakeSettlingRouter", NoOptions))
 
 
 def install(monkeypatch: Any) -> None:
     """Register the fakes for one test (``monkeypatch`` removes them again, so no other test sees them)."""
-    for role, name, factory in FAKE_BACKENDS:
+    for role, name, factory, options in FAKE_BACKENDS:
         monkeypatch.setitem(KNOWN_BACKENDS[role], name, factory)
+        monkeypatch.setitem(BACKEND_OPTIONS[role], name, options)
 
 
 @contextmanager
 def installed() -> Iterator[None]:
     """Register the fakes for a ``with`` block (e.g. to parse a module-level spec that names them)."""
-    added = [(role, name) for role, name, _ in FAKE_BACKENDS if name not in KNOWN_BACKENDS[role]]
-    for role, name, factory in FAKE_BACKENDS:
+    added = [(role, name) for role, name, _, _ in FAKE_BACKENDS if name not in KNOWN_BACKENDS[role]]
+    for role, name, factory, options in FAKE_BACKENDS:
         KNOWN_BACKENDS[role][name] = factory
+        BACKEND_OPTIONS[role][name] = options
     try:
         yield
     finally:
         for role, name in added:
             KNOWN_BACKENDS[role].pop(name, None)
+            BACKEND_OPTIONS[role].pop(name, None)

@@ -11,6 +11,7 @@ from typing import Any
 
 from canary.backends import KNOWN_BACKENDS
 from canary.backends.base import ConnInfo
+from canary.backends.options import BACKEND_OPTIONS, BackendOptions
 from canary.errors import UnknownVersionError
 
 
@@ -69,6 +70,13 @@ def build(conn: ConnInfo, *, key: str) -> MemoryRegistry:
     return REGISTRIES[key]
 
 
+class MemoryOptions(BackendOptions):
+    """The ``memory`` registry's one option: which shared instance of :data:`REGISTRIES` to use."""
+
+    key: str
+
+
 def install(monkeypatch: Any) -> None:
     """Register the backend for one test (``monkeypatch`` removes it again, so no other test sees it)."""
     monkeypatch.setitem(KNOWN_BACKENDS["registry"], "memory", "registry_fakes:build")
+    monkeypatch.setitem(BACKEND_OPTIONS["registry"], "memory", MemoryOptions)

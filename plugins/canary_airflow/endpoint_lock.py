@@ -33,7 +33,8 @@ WAIT_TIMEOUT_SLACK_S = 300.0
 def lock_ref(spec: RolloutSpec) -> dict[str, Any]:
     """Return the lock backend as JSON-able trigger kwargs: ``{"name", "conn_id", "options"}``."""
     ref = spec.backends.lock
-    return {"name": ref.name, "conn_id": spec.backends.conn_id("lock"), "options": dict(ref.options)}
+    return {"name": ref.name, "conn_id": spec.backends.conn_id("lock"),
+            "options": spec.backends.constructor_kwargs("lock")}
 
 
 def lock_hook(spec: RolloutSpec) -> CanaryLockHook:

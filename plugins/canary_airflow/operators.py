@@ -17,7 +17,7 @@ from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from canary.backends import TrafficRouter, without_waiting
-from canary.errors import CanaryError, RequestError, SpecError
+from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
 from canary.rollout.lease import LeaseLostError
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
@@ -50,18 +50,47 @@ def stage_group(index: int) -> str:
 
 
 def serving_hook(spec: RolloutSpec) -> CanaryServingHook:
-    ref = spec.backends.serving
-    return CanaryServingHook(ref.name, spec.backends.conn_id("serving"), endpoint=spec.endpoint, **ref.options)
+    return CanaryServingHook(spec.backends.serving.name, spec.backends.conn_id("serving"), endpoint=spec.endpoint,
+                             **spec.backends.constructor_kwargs("serving"))
 
 
 def metrics_hook(spec: RolloutSpec) -> CanaryMetricsHook:
-    ref = spec.backends.metrics
-    return CanaryMetricsHook(ref.name, spec.backends.conn_id("metrics"), endpoint=spec.endpoint, **ref.options)
+    return CanaryMetricsHook(spec.backends.metrics.name, spec.backends.conn_id("metrics"), endpoint=spec.endpoint,
+                             **spec.backends.constructor_kwargs("metrics"))
 
 
 def registry_hook(spec: RolloutSpec) -> CanaryRegistryHook:
-    ref = spec.backends.registry
-    return CanaryRegistryHook(ref.name, spec.backends.conn_id("registry"), **ref.options)
+    return CanaryRegistryHook(spec.backends.registry.name, spec.backends.conn_id("registry"),
+                              **spec.backends.constructor_kwargs("registry"))
+
+
+def build_backends(spec: RolloutSpec) -> dict[str, Any]:
+    """Build every backend a rollout of ``spec`` uses (constructors only: no call, no traffic change).
+
+    Reads each connection and runs each backend's constructor, which checks its connection fields and
+    options, so a bad connection or option refuses the run before any traffic moves.
+
+    :return: role -> the built backend.
+    :raises ConfigError: naming the role, the backend and the connection of the first one that cannot be built.
+    """
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    hooks = {"serving": serving_hook(spec), "metrics": metrics_hook(spec), "registry": registry_hook(spec),
+             "lock": lock_hook(spec)}
+    built = {}
+    for role, hook in hooks.items():
+        what = f"{role} backend {hook.backend!r} (connection {hook.conn_id!r})"
+        try:
+            built[role] = hook.client
+        except AirflowNotFoundException as err:
+            raise ConfigError(f"{what}: the connection is not defined; create it (Admin > Connections, or "
+                              f"AIRFLOW_CONN_{hook.conn_id.upper()}) or set backends.{role}.conn_id") from err
+        except (ConfigError, TypeError, ValueError) as err:
+            raise ConfigError(f"{what} cannot be built: {err}") from err
+        except Exception as err:
+            err.add_note(f"while building the {what}")  # maybe transient (a secrets backend): the retry may help
+            raise
+    return built
 
 
 class CanaryBaseOperator(BaseOperator):
@@ -151,12 +180,12 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
             conf = dict(context["params"])
             conf.update(context["dag_run"].conf or {})
             request = RolloutRequest.from_conf(conf)
-            plan = plan_rollout(spec, request, registry_hook(spec).registry,
-                                run_id=context["run_id"], now_s=time.time())
+            registry = build_backends(spec)["registry"]
+            plan = plan_rollout(spec, request, registry, run_id=context["run_id"], now_s=time.time())
             self._wait_origin_s = wait_origin_s(context)
-            plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry_hook(spec).registry,
+            plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry,
                                                                  run_id=context["run_id"], now_s=time.time()))
-        except (SpecError, RequestError) as err:
+        except (SpecError, RequestError, ConfigError) as err:
             from canary_airflow.run_notes import write_run_note
 
             write_run_note(context, f"REFUSED before any traffic moved - {err}", log=self.log)

@@ -57,7 +57,7 @@ def registry_asset(spec: RolloutSpec) -> Asset:
         ref = spec.backends.registry
         trigger = RegistryWatchTrigger(
             model=spec.model, registry={"name": ref.name, "conn_id": spec.backends.conn_id("registry"),
-                                        "options": dict(ref.options)},
+                                        "options": spec.backends.constructor_kwargs("registry")},
             watch=events.watch.value, alias=events.alias, poll_interval_seconds=events.poll_interval_s)
         watchers.append(AssetWatcher(name=f"registry_watch__{spec.model}", trigger=trigger))
     return Asset(name=asset_name(spec.model), uri=asset_uri(spec.model), group="canary", watchers=watchers)

@@ -49,7 +49,7 @@ def serving_ref(spec: Any) -> dict[str, Any]:
     """Return the JSON-able ``{"name", "conn_id", "options"}`` a trigger rebuilds the spec's router from."""
     ref = spec.backends.serving
     return {"name": ref.name, "conn_id": spec.backends.conn_id("serving"),
-            "options": {"endpoint": spec.endpoint, **ref.options}}
+            "options": {"endpoint": spec.endpoint, **spec.backends.constructor_kwargs("serving")}}
 
 
 def defer_while_changing(task: Any, router: TrafficRouter, serving: Mapping[str, Any], *,

@@ -75,7 +75,7 @@ def webhook_models(specs_path: Any = None) -> dict[str, str]:
     from canary_airflow.factory import specs_dir
     from canary_airflow.registry_events import opted_in_specs
 
-    return {str(spec.backends.registry.options.get("registered_model_name") or model): model
+    return {str(spec.backends.typed_options("registry").registered_model_name or model): model
             for model, spec in opted_in_specs(specs_path or specs_dir()).items()
             if spec.backends.registry.name == "mlflow"}
 

@@ -83,6 +83,21 @@ def test_broken_spec_is_one_import_error_and_hides_no_other_dag(tmp_path):
     assert "broken.yaml: stages[2].weight: must be greater than stages[1].weight (25)" in message
 
 
+def test_a_mistyped_backend_option_is_an_import_error_naming_the_option(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "typo.yaml").write_text(yaml.safe_dump({
+        "model": "typo", "endpoint": "t", "shadow": {"enabled": False}, "stages": [{"weight": 100}],
+        "backends": {"metrics": {"name": "cloudwatch", "options": {"period": 60, "settle_s": "2m"}}}}))
+    bag = dagbag(specs_dir=specs)
+    assert "canary_rollout__typo" not in bag.dags
+    (message,) = bag.import_errors.values()
+    assert "typo.yaml: backends.metrics.options.period: unknown cloudwatch metrics option (set to 60); allowed: " \
+           "namespace, period_s, settle_s" in message
+    assert "typo.yaml: backends.metrics.options.settle_s: must be a valid number, unable to parse string as a " \
+           "number, got '2m'" in message
+
+
 def test_parsing_imports_nothing_heavy():
     """DAG files must not pull in scipy, pandas, boto3, GX or the serving stack at parse time."""
     code = (

@@ -6,6 +6,7 @@ real ones (as `make demo` uses them); nothing is faked.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,16 +35,18 @@ def e2e(tmp_path_factory):
     specs = root / "specs"
     specs.mkdir()
     (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(MODEL, ENDPOINT)))
-    # Same endpoint, metrics through a connection that does not exist: its observe task must fail.
+    # Same endpoint, metrics from a store file that does not exist: the backend builds (validate_request
+    # refuses only what cannot be built), but reading it fails, so its observe task fails after traffic moved.
     broken = fast_spec("e2e-broken", ENDPOINT, shadow={"enabled": False},
-                  backends={"metrics": {"name": "local", "conn_id": "no_such_connection"}})
+                  backends={"metrics": {"name": "local", "conn_id": "missing_store"}})
+    missing_store = json.dumps({"conn_type": "canary_metrics", "extra": {"path": str(root / "no-such-store.db")}})
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
     procs = Processes()
     try:
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6"),
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
-            yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs)}
+            yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs), "AIRFLOW_CONN_MISSING_STORE": missing_store}
     finally:
         procs.stop_all()
 

@@ -20,7 +20,7 @@ What is not moto, and says so:
   what the gate reads, as on AWS (without the minute or two of CloudWatch ingestion delay).
 
 The rollouts: a good candidate promoted, a faulty one rolled back at the first stage, and one whose
-observe task fails (a metrics backend that cannot be built), where ``finalize`` must return traffic to
+observe task fails (a metrics store that cannot be read), where ``finalize`` must return traffic to
 stable through a deferred wait. The registry is the local one (the registry backends have their own
 end-to-end tests).
 """
@@ -49,6 +49,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest
 
 MODEL, ENDPOINT = "e2e-sm-model", "e2e-sm"
 CONN_ID = "aws_canary_e2e"
+MISSING_STORE_CONN_ID = "missing_metrics_store"
 #: Seconds an endpoint stays Updating after UpdateEndpoint (the extension's; AWS takes minutes).
 UPDATING_S = 3.0
 RPS = 500.0  # simulated: costs nothing, and a stage reaches its decision sooner
@@ -76,11 +77,9 @@ def rollout_spec() -> dict[str, Any]:
 def broken_spec() -> dict[str, Any]:
     spec = rollout_spec()
     spec["model"] = BROKEN_MODEL
-    spec["backends"]["metrics"]["options"]["period_s"] = 7
-    # Long enough for the spec's CloudWatch window rule (warmup + settle_s + 2 x 7 s): the spec is valid,
-    # only the backend refuses the period when the observe task builds it.
-    for stage in spec["stages"]:
-        stage["min_duration"] = "20s"
+    # A metrics store that cannot be read: the backend builds (validate_request refuses only what cannot be
+    # built, e.g. a bad option), but its first read fails, so the observe task fails after traffic moved.
+    spec["backends"]["metrics"] = {"name": "local", "conn_id": MISSING_STORE_CONN_ID}
     return spec
 
 
@@ -178,7 +177,9 @@ def e2e(tmp_path_factory) -> Iterator[tuple[LocalStack, Path, dict[str, str], Co
         create_endpoint(conn)
         env = {"CANARY_SPECS_DIR": str(specs), "AWS_DEFAULT_REGION": "us-east-1",
                f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps({"conn_type": "aws", "login": "testing",
-                                                               "password": "testing", "extra": extra})}
+                                                               "password": "testing", "extra": extra}),
+               f"AIRFLOW_CONN_{MISSING_STORE_CONN_ID.upper()}": json.dumps({
+                   "conn_type": "canary_metrics", "extra": {"path": str(root / "no-such-store.db")}})}
         migrate(root / "airflow", stack)
         with SimulatedTraffic(conn, endpoint=ENDPOINT, rps=RPS, error_rates=ERROR_RATES) as traffic:
             yield stack, root / "airflow", env, conn, traffic
@@ -254,4 +255,4 @@ def test_failing_task_on_sagemaker_leaves_traffic_on_stable_through_a_deferred_f
     finalize_waits = [w for w in deferrals(stack, "v4") if "FinalizeRolloutOperator" in w]
     assert len(finalize_waits) == 1, deferrals(stack, "v4")  # removing v4's variant: Updating, deferred
     log = (stack.state_dir / "airflow-v4.log").read_text()
-    assert "period_s must be 1, 5, 10, 30 or a multiple of 60, got 7" in log
+    assert "unable to open database file" in log

@@ -27,7 +27,8 @@ __all__ = [
 ]
 
 #: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.
-#: Imports are lazy so that reading a spec never pulls in a backend's SDK.
+#: Imports are lazy so that reading a spec never pulls in a backend's SDK. Each backend also declares
+#: the model of its spec options in :data:`canary.backends.options.BACKEND_OPTIONS` (same role and name).
 KNOWN_BACKENDS: dict[str, dict[str, str]] = {
     "serving": {
         "local": "canary.backends.local_serving:LocalTrafficRouter",

@@ -38,14 +38,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from canary.backends.base import ConnInfo, ShadowSummary
+from canary.backends.options import exceedance_thresholds_ms, valid_cloudwatch_period_s
 from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.policy.evidence import VersionStats
 from canary.spec import defaults
 
 BACKEND = "cloudwatch"
-#: Periods CloudWatch accepts: high-resolution 1/5/10/30 s, else multiples of 60 s.
-_HIGH_RESOLUTION_PERIODS_S = (1, 5, 10, 30)
 #: Query ids must start with a lower-case letter.
 _REQUESTS, _LATENCY_SUM, _LATENCY_COUNT = "requests", "latencysum", "latencycount"
 
@@ -58,24 +57,17 @@ class CloudWatchMetricsSource:
                  error_metrics: Sequence[str] = ("Invocation4XXErrors", "Invocation5XXErrors"),
                  latency_metric: str = "ModelLatency", latency_unit_ms: float = 0.001,
                  latency_exceedance_metrics: Mapping[float | str, str] | None = None,
-                 exceedance_namespace: str | None = None, settle_s: float = 0.0,
+                 exceedance_namespace: str | None = None, settle_s: float = defaults.CLOUDWATCH_SETTLE_S,
                  cloudwatch_client: Any = None) -> None:
-        if not (period_s in _HIGH_RESOLUTION_PERIODS_S or (period_s >= 60 and period_s % 60 == 0)):
+        if not valid_cloudwatch_period_s(period_s):
             raise ConfigError(f"cloudwatch endpoint {endpoint!r}: period_s must be 1, 5, 10, 30 or a multiple "
                               f"of 60, got {period_s}")
         if settle_s < 0:
             raise ConfigError(f"cloudwatch endpoint {endpoint!r}: settle_s must be >= 0, got {settle_s}")
-        thresholds: dict[float, str] = {}
-        for threshold, metric in (latency_exceedance_metrics or {}).items():
-            try:
-                bound = float(threshold)
-            except ValueError as err:
-                raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency_exceedance_metrics key "
-                                  f"{threshold!r} is not a number of milliseconds") from err
-            if not (math.isfinite(bound) and bound > 0):
-                raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency threshold {threshold!r} must be a "
-                                  "positive number of milliseconds")
-            thresholds[bound] = metric
+        try:
+            thresholds = exceedance_thresholds_ms(latency_exceedance_metrics or {})
+        except ValueError as err:
+            raise ConfigError(f"cloudwatch endpoint {endpoint!r}: latency_exceedance_metrics {err}") from err
         self.endpoint = endpoint
         self.namespace = namespace
         self.period_s = int(period_s)

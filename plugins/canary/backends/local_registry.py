@@ -24,8 +24,9 @@ from typing import Any
 
 from canary.backends.base import ConnInfo
 from canary.errors import BackendError, ConfigError, UnknownVersionError
+from canary.spec import defaults
 
-CHAMPION = "champion"
+CHAMPION = defaults.CHAMPION_ALIAS
 #: Tag keys written on rollout outcomes (the same names the MLflow backend uses).
 TAG_RESULT = "rollout.result"
 TAG_RUN_ID = "rollout.run_id"

@@ -102,3 +102,8 @@ MAX_STAGES = 20
 
 #: CloudWatch metrics backend: the default statistics period (whole periods only; see spec validation).
 CLOUDWATCH_PERIOD_S = 60
+#: CloudWatch: how long before a window's end its last period is still being published (skipped).
+CLOUDWATCH_SETTLE_S = 0.0
+
+#: The registry alias that names the serving version (the MLflow registry's ``champion_alias`` option).
+CHAMPION_ALIAS = "champion"

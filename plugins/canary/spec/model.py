@@ -7,22 +7,28 @@ listing every problem as ``file: field.path: what is allowed``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from canary.errors import SpecError
 from canary.rollout.expectations import ExpectationSpec, expectation_problems
 from canary.spec import defaults
 from canary.spec.durations import parse_duration_s
 
+if TYPE_CHECKING:
+    from canary.backends.options import BackendOptions
+
 Duration = Annotated[float, BeforeValidator(parse_duration_s)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: The backend roles of ``backends``.
+ROLES = tuple(defaults.DEFAULT_CONN_IDS)
 
 
 class _Strict(BaseModel):
@@ -31,7 +37,11 @@ class _Strict(BaseModel):
 
 
 class BackendRef(_Strict):
-    """A backend chosen by name, reached through an Airflow connection."""
+    """A backend chosen by name, reached through an Airflow connection.
+
+    ``options`` are checked against the named backend's options model (:mod:`canary.backends.options`)
+    when the spec is loaded; :meth:`Backends.constructor_kwargs` returns them typed.
+    """
 
     name: str = "local"
     conn_id: str = ""
@@ -47,6 +57,20 @@ class Backends(_Strict):
     def conn_id(self, role: str) -> str:
         """Return the connection id of ``role``, falling back to the role's default connection."""
         return getattr(self, role).conn_id or defaults.DEFAULT_CONN_IDS[role]
+
+    def typed_options(self, role: str) -> BackendOptions:
+        """Return the ``role`` backend's options as its options model.
+
+        :raises ConfigError: the options do not fit the model (a loaded spec has been checked already).
+        """
+        from canary.backends.options import parse_options
+
+        ref = getattr(self, role)
+        return parse_options(role, ref.name, ref.options)
+
+    def constructor_kwargs(self, role: str) -> dict[str, Any]:
+        """Return the ``role`` backend's options, typed and JSON-able, as its constructor's keyword arguments."""
+        return self.typed_options(role).constructor_kwargs()
 
 
 def _default_expectations() -> list[ExpectationSpec]:
@@ -257,46 +281,88 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg.replace("Input should be", "must be").replace("String should", "must")
 
 
-def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
-    """Return the cross-field problems pydantic's per-field checks cannot see."""
+def _backend_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """Every backend is known, and its ``options`` fit that backend's options model."""
     from canary.backends import KNOWN_BACKENDS  # lazy: keeps the spec module import-light
+    from canary.backends.options import option_problems
 
     problems: list[tuple[str, str]] = []
-    for role in ("serving", "metrics", "registry", "lock"):
-        name = getattr(spec.backends, role).name
-        if name not in KNOWN_BACKENDS[role]:
-            problems.append((f"backends.{role}.name",
-                             f"unknown {role} backend {name!r}; known: {', '.join(sorted(KNOWN_BACKENDS[role]))}"))
+    for role in ROLES:
+        ref = getattr(spec.backends, role)
+        if ref.name not in KNOWN_BACKENDS[role]:
+            problems.append((f"backends.{role}.name", f"unknown {role} backend {ref.name!r}; known: "
+                                                      f"{', '.join(sorted(KNOWN_BACKENDS[role]))}"))
+            continue
+        _, found = option_problems(role, ref.name, ref.options)
+        problems += [(f"backends.{role}.options" + (f".{loc}" if loc else ""), msg) for loc, msg in found]
+    return problems
+
+
+def _typed_options(spec: RolloutSpec, role: str) -> BackendOptions | None:
+    """Return the typed options of the spec's ``role`` backend, or None when they are invalid (reported)."""
+    from canary.backends.options import option_problems
+
+    ref = getattr(spec.backends, role)
+    return option_problems(role, ref.name, ref.options)[0]
+
+
+def _shadow_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
     if spec.shadow.enabled and spec.backends.metrics.name in ("cloudwatch", "prometheus"):
         problems.append(("shadow.enabled", f"the {spec.backends.metrics.name} metrics backend cannot pair "
                                            "mirrored requests; set shadow.enabled: false or use a "
                                            "per-request metrics store"))
     if spec.shadow.enabled and spec.backends.serving.name == "sagemaker" and spec.shadow.mirror_percent != 100:
         problems.append(("shadow.mirror_percent", "SageMaker shadow variants mirror every request: must be 100"))
-    for i, expectation in enumerate(spec.shadow.expectations):
-        problems += [(f"shadow.expectations[{i}].{loc}", msg) for loc, msg in expectation_problems(expectation)]
-    prev = None
-    for i, stage in enumerate(spec.stages):
-        if prev is not None and stage.weight <= prev:
+    return problems
+
+
+def _expectation_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    return [(f"shadow.expectations[{i}].{loc}", msg)
+            for i, expectation in enumerate(spec.shadow.expectations)
+            for loc, msg in expectation_problems(expectation)]
+
+
+def _stage_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    # getattr: with field problems elsewhere a stage may lack a valid value (see parse_spec); compare the rest.
+    problems: list[tuple[str, str]] = []
+    weights = [getattr(stage, "weight", None) for stage in spec.stages]
+    for i in range(1, len(weights)):
+        prev, weight = weights[i - 1], weights[i]
+        if prev is not None and weight is not None and weight <= prev:
             problems.append((f"stages[{i}].weight", f"must be greater than stages[{i - 1}].weight ({prev})"))
-        prev = stage.weight
-        if stage.min_duration_s > stage.max_duration_s:
-            problems.append((f"stages[{i}].min_duration",
-                             f"must not exceed stages[{i}].max_duration ({stage.max_duration_s:g}s)"))
-    if spec.stages and spec.stages[-1].weight != 100:
+    for i, stage in enumerate(spec.stages):
+        min_s, max_s = getattr(stage, "min_duration_s", None), getattr(stage, "max_duration_s", None)
+        if min_s is not None and max_s is not None and min_s > max_s:
+            problems.append((f"stages[{i}].min_duration", f"must not exceed stages[{i}].max_duration ({max_s:g}s)"))
+    if weights and weights[-1] is not None and weights[-1] != 100:
         problems.append((f"stages[{len(spec.stages) - 1}].weight",
-                         f"the last stage must be 100 (full promotion), got {spec.stages[-1].weight}"))
-    lease_ttl_s = spec.concurrency.lease_ttl_s
-    if lease_ttl_s < 3 * spec.analysis.poll_interval_s:
+                         f"the last stage must be 100 (full promotion), got {weights[-1]}"))
+    return problems
+
+
+def _concurrency_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if spec.concurrency.lease_ttl_s < 3 * spec.analysis.poll_interval_s:
         problems.append(("concurrency.lease_ttl", f"must be at least 3 x analysis.poll_interval "
                                                   f"({3 * spec.analysis.poll_interval_s:g}s): each poll renews it"))
     if spec.concurrency.poll_interval_s > spec.concurrency.max_wait_s:
         problems.append(("concurrency.poll_interval", "must not exceed concurrency.max_wait"))
+    return problems
+
+
+def _alpha_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
     srm_alpha = spec.analysis.srm_alpha
     if srm_alpha is not None and srm_alpha >= spec.analysis.alpha:
         problems.append(("analysis.srm_alpha", f"must be below analysis.alpha ({spec.analysis.alpha:g}), got "
                                                f"{srm_alpha:g}: it is carved out of alpha and the metrics share "
                                                "the rest; omit it for the default min(0.001, alpha / 10)"))
+    return problems
+
+
+def _metric_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     for i, metric in enumerate(spec.analysis.metrics):
         loc = f"analysis.metrics[{i}]"
@@ -315,22 +381,34 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
                                            "2 x tolerance)"))
         if metric.mde is not None and metric.mde < metric.tolerance:
             problems.append((f"{loc}.mde", f"must be >= tolerance ({metric.tolerance:g})"))
+    return problems
+
+
+def _schedule_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
     cron = spec.schedule.nightly_cron
     if cron is not None:
         from croniter import croniter  # an Airflow dependency
 
         if not croniter.is_valid(cron):
             problems.append(("schedule.nightly_cron", f"not a valid cron expression: {cron!r} (e.g. '0 2 * * *')"))
-    events = spec.schedule.on_registry_event
-    champion_alias = str(spec.backends.registry.options.get("champion_alias", "champion"))
-    if events.enabled and events.watch is RegistryWatch.ALIAS and events.alias == champion_alias:
-        problems.append(("schedule.on_registry_event.alias",
-                         f"must not be the champion alias {champion_alias!r}: watch the alias candidates are "
-                         "given, e.g. 'challenger'"))
-    problems += _cloudwatch_window_problems(spec)
-    if spec.analysis.poll_interval_s > min(s.max_duration_s for s in spec.stages):
-        problems.append(("analysis.poll_interval", "must not exceed the shortest stage max_duration"))
     return problems
+
+
+def _registry_event_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    events = spec.schedule.on_registry_event
+    if not (events.enabled and events.watch is RegistryWatch.ALIAS):
+        return []
+    registry_options = _typed_options(spec, "registry")
+    if registry_options is None:
+        return []  # reported by _backend_problems
+    # Only the MLflow registry has the option; every other registry calls its serving version "champion".
+    champion_alias = getattr(registry_options, "champion_alias", defaults.CHAMPION_ALIAS)
+    if events.alias == champion_alias:
+        return [("schedule.on_registry_event.alias",
+                 f"must not be the champion alias {champion_alias!r}: watch the alias candidates are given, "
+                 "e.g. 'challenger'")]
+    return []
 
 
 def _cloudwatch_window_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
@@ -340,20 +418,108 @@ def _cloudwatch_window_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     period is complete ``warmup + settle_s + 2 x period_s`` after the traffic change at the latest; a stage
     that may decide earlier would HALT on "no data" with a healthy candidate.
     """
-    ref = spec.backends.metrics
-    if ref.name != "cloudwatch":
+    if spec.backends.metrics.name != "cloudwatch":
         return []
+    options = _typed_options(spec, "metrics")
+    if options is None:
+        return []  # reported by _backend_problems
+    from canary.backends.options import CloudWatchOptions
+
+    assert isinstance(options, CloudWatchOptions)
+    needed_s = spec.analysis.warmup_s + options.settle_s + 2 * options.period_s
+    problems = []
+    for i, stage in enumerate(spec.stages):
+        min_duration_s = getattr(stage, "min_duration_s", None)  # see _stage_problems
+        if min_duration_s is not None and min_duration_s < needed_s:
+            problems.append((f"stages[{i}].min_duration",
+                             f"must be at least warmup + settle_s + 2 x period_s ({needed_s:g}s) with CloudWatch "
+                             f"metrics, got {min_duration_s:g}s: earlier, no whole period is in the window and "
+                             "the stage halts on missing data"))
+    return problems
+
+
+def _poll_interval_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    max_durations_s = [s.max_duration_s for s in spec.stages if hasattr(s, "max_duration_s")]
+    if max_durations_s and spec.analysis.poll_interval_s > min(max_durations_s):
+        return [("analysis.poll_interval", "must not exceed the shortest stage max_duration")]
+    return []
+
+
+#: The cross-field rules, each a pure function of the spec returning ``(location, message)`` problems.
+CROSS_FIELD_RULES: tuple[Callable[[RolloutSpec], list[tuple[str, str]]], ...] = (
+    _backend_problems, _shadow_problems, _expectation_problems, _stage_problems, _concurrency_problems,
+    _alpha_problems, _metric_problems, _schedule_problems, _registry_event_problems, _cloudwatch_window_problems,
+    _poll_interval_problems,
+)
+
+
+def semantic_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """Return the cross-field problems pydantic's per-field checks cannot see."""
+    return [problem for rule in CROSS_FIELD_RULES for problem in rule(spec)]
+
+
+class _Unreadable:
+    """Stands for a list item that is not even a mapping: reading any field of it skips the rule."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+def _field_value(field: FieldInfo, raw: Any) -> Any:
+    """Return ``raw`` validated as ``field``; for a model (or list of models) with bad parts, the valid parts.
+
+    :raises ValueError: nothing of ``raw`` is valid.
+    """
     try:
-        period_s = float(ref.options.get("period_s", defaults.CLOUDWATCH_PERIOD_S))
-        settle_s = float(ref.options.get("settle_s", 0.0))
-    except (TypeError, ValueError):
-        return []  # the backend reports bad option values when it is built
-    needed_s = spec.analysis.warmup_s + settle_s + 2 * period_s
-    return [(f"stages[{i}].min_duration",
-             f"must be at least warmup + settle_s + 2 x period_s ({needed_s:g}s) with CloudWatch metrics, "
-             f"got {stage.min_duration_s:g}s: earlier, no whole period is in the window and the stage halts "
-             "on missing data")
-            for i, stage in enumerate(spec.stages) if stage.min_duration_s < needed_s]
+        annotation = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        return TypeAdapter(annotation).validate_python(raw)
+    except ValidationError:
+        pass
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _valid_parts(annotation, raw)
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        if isinstance(raw, list):
+            return [_valid_parts(args[0], item) if isinstance(item, Mapping) else _Unreadable() for item in raw]
+    raise ValueError("invalid")
+
+
+def _valid_parts(model: type[BaseModel], data: Any) -> Any:
+    """Return ``model`` built from the valid fields of ``data`` only; an invalid field is absent.
+
+    Reading an absent field raises ``AttributeError``: a cross-field rule that reads one is skipped, so it
+    never judges a value that pydantic already refused (or a default standing in for it).
+    """
+    if not isinstance(data, Mapping):
+        return _Unreadable()
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias if field.alias in data else name
+        if key not in data:
+            if not field.is_required():
+                values[name] = field.get_default(call_default_factory=True)
+            continue
+        try:
+            values[name] = _field_value(field, data[key])
+        except ValueError:
+            continue
+    partial = model.model_construct(**values)
+    for name in set(model.model_fields) - set(values):
+        partial.__dict__.pop(name, None)  # model_construct filled in the default
+    return partial
+
+
+def _cross_field_problems_of_valid_parts(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Run every cross-field rule whose fields are all valid, on a spec that has field problems."""
+    partial = _valid_parts(RolloutSpec, data)
+    problems: list[tuple[str, str]] = []
+    for rule in CROSS_FIELD_RULES:
+        try:
+            problems += rule(partial)
+        except AttributeError:
+            continue  # the rule reads a field with a problem of its own: that one is reported instead
+    return problems
 
 
 def parse_spec(data: Any, *, source: str = "<spec>") -> RolloutSpec:
@@ -363,7 +529,10 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> RolloutSpec:
     try:
         spec = RolloutSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(source, [(_loc(e["loc"]), _message(e)) for e in err.errors()]) from err
+        # Report the cross-field problems among the valid fields too: one pass shows every problem.
+        problems = [(_loc(e["loc"]), _message(e)) for e in err.errors()]
+        problems += [p for p in _cross_field_problems_of_valid_parts(data) if p not in problems]
+        raise SpecError(source, problems) from err
     problems = semantic_problems(spec)
     if problems:
         raise SpecError(source, problems)
@@ -379,9 +548,15 @@ def load_spec(path: str | Path) -> RolloutSpec:
         raise SpecError(str(path), [("", f"cannot read file: {err.strerror}")]) from err
     except yaml.YAMLError as err:
         raise SpecError(str(path), [("", f"not valid YAML: {err}")]) from err
-    spec = parse_spec(data, source=str(path))
-    if spec.model != path.stem:
-        raise SpecError(str(path), [("model", f"must match the file name {path.stem!r}, got {spec.model!r}")])
+    model = data.get("model") if isinstance(data, Mapping) else None
+    name_problems = [("model", f"must match the file name {path.stem!r}, got {model!r}")] \
+        if isinstance(model, str) and model != path.stem else []
+    try:
+        spec = parse_spec(data, source=str(path))
+    except SpecError as err:  # one pass: the file-name rule too
+        raise SpecError(str(path), [*err.problems, *name_problems]) from err
+    if name_problems:
+        raise SpecError(str(path), name_problems)
     return spec
 
 
