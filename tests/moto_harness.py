@@ -134,7 +134,7 @@ class SeenRequest:
     service: str
     action: str
     access_key: str
-    at: datetime.datetime  # moto's clock (UTC) when the request arrived
+    at: datetime.datetime  # when the client signed the request (X-Amz-Date, UTC, whole seconds)
     refused: bool  # True: its assumed-role credentials had expired, it was answered ExpiredTokenException
 
 
@@ -188,10 +188,24 @@ def expiring_credentials() -> Iterator[CredentialLog]:
     log = CredentialLog()
     original_call_action = BaseResponse.call_action
 
+    def signed_at(self: BaseResponse) -> Any:
+        """When the client signed the request (SigV4 ``X-Amz-Date``), else now.
+
+        AWS compares the token's expiry with the time it receives the request; this extension compares
+        it with the signing time, so that a loaded test machine that takes a while to deliver a request
+        signed with still-valid credentials cannot fail it. What is under test is the client: whether it
+        signed with credentials that had expired.
+        """
+        stamp = self.headers.get("X-Amz-Date") or self.headers.get("x-amz-date")
+        if stamp:
+            with contextlib.suppress(ValueError):
+                return datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ")
+        return utcnow()
+
     def call_action(self: BaseResponse) -> Any:
         access_key = self.get_access_key()
         role = log.assumed_role(access_key)
-        now = utcnow()
+        now = signed_at(self)
         refused = role is not None and role.expiration <= now
         with log.lock:
             log.requests.append(SeenRequest(service=str(self.service_name), action=self._get_action(),

@@ -5,8 +5,9 @@ credentials live ``DURATION_S`` = 5 s (AWS: 15 min to 12 h). botocore refreshes 
 15 min before they expire and must by 10 min before; those windows are scaled down with them (3 s and
 2 s: ``RefreshableCredentials``' own class settings), so the credentials are used for 2 s, then botocore
 calls the provider's refresh, which calls STS ``AssumeRole`` again. Nothing in the refresh is faked. A
-request is signed with credentials that have at least 2 s left (the mandatory window), so a request is
-refused only if moto sees it more than 2 s after it was signed.
+request is signed with credentials that have at least 2 s left (the mandatory window); the extension
+judges expiry at the request's signing time (``X-Amz-Date``), so however late a loaded machine delivers
+a request, only one signed with expired credentials is refused.
 
 moto's STS issues the credentials, and moto's IAM auth is on: every request's signature, session token
 and permissions are checked against what STS issued and the role's policy. moto does not check
@@ -118,7 +119,7 @@ def log(moto_url: str, monkeypatch) -> Iterator[CredentialLog]:
 
 
 def outlived_first_credentials(seen: list[SeenRequest]) -> bool:
-    """Return whether a request in ``seen`` arrived after the credentials of the first one had expired."""
+    """Return whether a request in ``seen`` was signed after the credentials of the first one had expired."""
     if not seen:
         return False
     first = CredentialLog.assumed_role(seen[0].access_key)
@@ -128,6 +129,7 @@ def outlived_first_credentials(seen: list[SeenRequest]) -> bool:
 def assert_rotated_and_never_refused(seen: list[SeenRequest]) -> None:
     """Every request succeeded, each signed with credentials of the role, and they changed after expiry."""
     assert seen and not [r for r in seen if r.refused], [r for r in seen if r.refused]
+    assert all(r.at.microsecond == 0 for r in seen)  # judged at the signing time (X-Amz-Date), not arrival
     roles = {r.access_key: CredentialLog.assumed_role(r.access_key) for r in seen}
     assert all(role is not None and role.role_arn == ROLE_ARN for role in roles.values()), roles
     first, last = seen[0], seen[-1]
