@@ -16,8 +16,9 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from canary.backends.base import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
 from canary.errors import RequestError
-from canary.rollout.lease import EndpointBusyError, Lease, LeaseHolder, LeaseLostError, endpoint_lease_key
+from canary.rollout.lease import endpoint_lease_key
 from canary.rollout.plan import RolloutPlan
 from canary.spec.durations import format_duration
 from canary.spec.model import OnBusy, RolloutSpec

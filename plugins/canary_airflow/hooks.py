@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 
 from canary.backends import ConnInfo, MetricsSource, ModelRegistry, TrafficRouter, build_backend
-from canary.rollout.lease import EndpointLock
+from canary.backends.base import EndpointLock
 
 
 def conn_info(conn: Any) -> ConnInfo:

@@ -17,9 +17,9 @@ from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from canary.backends import TrafficRouter, without_waiting
+from canary.backends.base import LeaseLostError
 from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
-from canary.rollout.lease import LeaseLostError
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec.model import RolloutSpec, load_spec
 from canary_airflow.endpoint_lock import (

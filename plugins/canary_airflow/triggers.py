@@ -14,9 +14,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from canary.backends.base import Lease, LeaseHolder, LeaseLostError
 from canary.errors import BackendError
 from canary.policy.decisions import Decision, GateResult
-from canary.rollout.lease import Lease, LeaseHolder, LeaseLostError, blocking_lease
+from canary.rollout.lease import blocking_lease
 from canary.rollout.observe import StageWatch, default_analyzer, poll_stage
 from canary.spec import defaults
 from canary.spec.model import StageSpec, parse_spec

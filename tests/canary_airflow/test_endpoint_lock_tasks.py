@@ -20,8 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from clock import PatchedClock
 
 from canary.backends import build_backend
-from canary.backends.base import ConnInfo
-from canary.rollout.lease import LeaseHolder
+from canary.backends.base import ConnInfo, LeaseHolder
 from canary.rollout.observe import StageWatch
 from canary.spec.model import parse_spec
 from canary_airflow import endpoint_lock

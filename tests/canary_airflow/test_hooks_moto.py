@@ -43,8 +43,9 @@ from moto_harness import (
     update_endpoint_extension,
 )
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo
-from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.backends.sagemaker import SageMakerTrafficRouter
 from canary.errors import BackendError
 from canary_airflow.hooks import CanaryMetricsHook, CanaryServingHook
 from canary_airflow.serving_changes import ServingChangeTrigger

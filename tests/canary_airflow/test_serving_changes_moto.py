@@ -18,8 +18,9 @@ import pytest
 import requests
 from moto_harness import moto_server, update_endpoint_extension
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo
-from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.backends.sagemaker import SageMakerTrafficRouter
 from canary_airflow.serving_changes import ServingChangeTrigger
 
 pytestmark = pytest.mark.integration

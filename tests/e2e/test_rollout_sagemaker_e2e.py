@@ -41,8 +41,9 @@ import yaml
 from fast_spec import FIRST_STAGE_PCT, fast_spec
 from moto_harness import moto_server, update_endpoint_extension
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo
-from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.backends.sagemaker import SageMakerTrafficRouter
 from canary.devstack.demo import LocalStack, migrate, run_rollout, seed_registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]

@@ -43,7 +43,7 @@ KNOWN_BACKENDS: dict[str, dict[str, str]] = {
         "local": "canary.backends.local_registry:LocalModelRegistry",
         "mlflow": "canary.backends.mlflow_registry:MlflowModelRegistry",
     },
-    # Endpoint leases (one rollout per endpoint, canary.rollout.lease.EndpointLock).
+    # Endpoint leases (one rollout per endpoint, canary.backends.base.EndpointLock).
     "lock": {
         "local": "canary.backends.local_lock:LocalEndpointLock",
         "postgres": "canary.backends.postgres_lock:PostgresEndpointLock",

@@ -1,11 +1,14 @@
-"""The three small interfaces every backend implements, and the connection value they are built from."""
+"""The small interfaces every backend implements (serving, metrics, registry, endpoint lock), their values,
+and the connection value they are built from."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from canary.errors import CanaryError
 from canary.policy.evidence import VersionStats
 
 
@@ -200,3 +203,98 @@ class ModelRegistry(Protocol):
     def record_rollback(self, model: str, version: str, *, run_id: str, reason: str,
                         summary: Mapping[str, Any]) -> None:
         """Tag ``version`` as rolled back, with the reason and an evidence summary."""
+
+
+# -- endpoint leases (one rollout per endpoint; semantics in canary.rollout.lease) -----------------------
+
+def _utc(ts_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_s))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseHolder:
+    """The rollout run holding (or asking for) a lease."""
+
+    dag_id: str
+    run_id: str
+
+    def __str__(self) -> str:
+        return f"{self.dag_id} run {self.run_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """A lease on one endpoint: who holds it, since when, until when unless renewed (epoch seconds)."""
+
+    key: str
+    holder: LeaseHolder
+    acquired_at_s: float
+    renewed_at_s: float
+    expires_at_s: float
+
+    def expired(self, now_s: float) -> bool:
+        return now_s >= self.expires_at_s
+
+    def describe(self) -> str:
+        """Return e.g. ``canary_rollout__m run manual__1 (since 2026-12-01T18:50:00Z, expires ...)``."""
+        return f"{self.holder} (since {_utc(self.acquired_at_s)}, lease expires {_utc(self.expires_at_s)} " \
+               "unless renewed)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "dag_id": self.holder.dag_id, "run_id": self.holder.run_id,
+                "acquired_at_s": self.acquired_at_s, "renewed_at_s": self.renewed_at_s,
+                "expires_at_s": self.expires_at_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        return cls(key=str(data["key"]), holder=LeaseHolder(dag_id=str(data["dag_id"]), run_id=str(data["run_id"])),
+                   acquired_at_s=float(data["acquired_at_s"]), renewed_at_s=float(data["renewed_at_s"]),
+                   expires_at_s=float(data["expires_at_s"]))
+
+
+class EndpointBusyError(CanaryError):
+    """Another rollout holds the endpoint's lease; ``lease`` says who and since when."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        super().__init__(f"endpoint {lease.key} is busy: held by {lease.describe()}")
+
+
+class LeaseLostError(CanaryError):
+    """A run renewing its lease no longer holds it: another rollout took it after it expired or was broken."""
+
+    def __init__(self, key: str, holder: LeaseHolder, current: Lease | None) -> None:
+        self.key = key
+        self.holder = holder
+        self.current = current
+        now = f"now held by {current.describe()}" if current else "now free"
+        super().__init__(f"{holder} lost the lease on endpoint {key} ({now})")
+
+
+@runtime_checkable
+class EndpointLock(Protocol):
+    """A lease store. Every call is atomic; ``acquire`` and ``renew`` are re-entrant for the holder."""
+
+    def acquire(self, key: str, holder: LeaseHolder, *, ttl_s: float) -> Lease:
+        """Take the lease (or renew it if ``holder`` has it); a free or expired lease is taken.
+
+        :raises EndpointBusyError: another holder has an unexpired lease.
+        """
+
+    def renew(self, key: str, holder: LeaseHolder, *, ttl_s: float) -> Lease:
+        """Extend ``holder``'s lease to ``now + ttl_s``; re-takes it if it expired and nobody took it.
+
+        :raises LeaseLostError: another holder has the lease now.
+        """
+
+    def release(self, key: str, holder: LeaseHolder) -> bool:
+        """Drop the lease if ``holder`` has it; return whether it did (idempotent, never raises for others)."""
+
+    def get(self, key: str) -> Lease | None:
+        """Return the stored lease of ``key`` (possibly expired), or None."""
+
+    def list_leases(self) -> list[Lease]:
+        """Return every stored lease (expired ones too), sorted by key."""
+
+    def break_lease(self, key: str) -> Lease | None:
+        """Drop the lease of ``key`` whoever holds it (an operator's override); return what was dropped."""

@@ -27,7 +27,7 @@ No datapoint at all for the variant in the window raises :class:`NoDataError` (t
 HALTs; never "healthy"). :meth:`shadow_summary` raises :class:`ConfigError`: CloudWatch has per-variant
 aggregates, not the per-request pairs a shadow comparison needs.
 
-Connection: as :func:`canary.backends.sagemaker.aws_client` (Airflow AWS connection conventions).
+Connection: as :func:`canary.backends.aws.aws_client` (Airflow AWS connection conventions).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from canary.backends.aws import aws_client, client_error
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.backends.options import exceedance_thresholds_ms, valid_cloudwatch_period_s
-from canary.backends.sagemaker import aws_client, client_error
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.policy.evidence import VersionStats
 from canary.spec import defaults

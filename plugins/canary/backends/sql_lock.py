@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
+from canary.backends.base import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
 from canary.errors import BackendError, ConfigError
-from canary.rollout.lease import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
 
 DEFAULT_TABLE = "canary_endpoint_leases"
 _TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")

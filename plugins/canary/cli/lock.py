@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from canary.backends import KNOWN_BACKENDS, build_backend
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, EndpointLock, Lease
 from canary.errors import CanaryError
-from canary.rollout.lease import EndpointLock, Lease, endpoint_lease_key
+from canary.rollout.lease import endpoint_lease_key
 from canary.spec import defaults
 
 

@@ -6,20 +6,19 @@ one DAG or from two models sharing an endpoint. Before any traffic moves a run t
 traffic is back on stable (or the candidate is promoted). A lease expires after its TTL, so a
 crashed scheduler cannot wedge an endpoint forever; ``canary lock release`` breaks one sooner.
 
-The stores (:class:`EndpointLock`) live in :mod:`canary.backends` (``local``: SQLite, ``postgres``).
+The store interface (:class:`~canary.backends.base.EndpointLock`) and its values live in
+:mod:`canary.backends.base`, the stores beside it (``local``: SQLite, ``postgres``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from canary.errors import CanaryError
+from canary.backends.base import EndpointLock, Lease, LeaseHolder
 
 #: File name of the local (SQLite) lease store when no connection gives a path.
 LOCAL_LOCK_FILE = "canary_locks.db"
@@ -44,99 +43,6 @@ def default_lock_path() -> Path:
         return Path(os.environ["CANARY_LOCK_PATH"])
     home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
     return Path(home) / LOCAL_LOCK_FILE
-
-
-def _utc(ts_s: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_s))
-
-
-@dataclass(frozen=True, kw_only=True)
-class LeaseHolder:
-    """The rollout run holding (or asking for) a lease."""
-
-    dag_id: str
-    run_id: str
-
-    def __str__(self) -> str:
-        return f"{self.dag_id} run {self.run_id}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Lease:
-    """A lease on one endpoint: who holds it, since when, until when unless renewed (epoch seconds)."""
-
-    key: str
-    holder: LeaseHolder
-    acquired_at_s: float
-    renewed_at_s: float
-    expires_at_s: float
-
-    def expired(self, now_s: float) -> bool:
-        return now_s >= self.expires_at_s
-
-    def describe(self) -> str:
-        """Return e.g. ``canary_rollout__m run manual__1 (since 2026-12-01T18:50:00Z, expires ...)``."""
-        return f"{self.holder} (since {_utc(self.acquired_at_s)}, lease expires {_utc(self.expires_at_s)} " \
-               "unless renewed)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "dag_id": self.holder.dag_id, "run_id": self.holder.run_id,
-                "acquired_at_s": self.acquired_at_s, "renewed_at_s": self.renewed_at_s,
-                "expires_at_s": self.expires_at_s}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Lease:
-        return cls(key=str(data["key"]), holder=LeaseHolder(dag_id=str(data["dag_id"]), run_id=str(data["run_id"])),
-                   acquired_at_s=float(data["acquired_at_s"]), renewed_at_s=float(data["renewed_at_s"]),
-                   expires_at_s=float(data["expires_at_s"]))
-
-
-class EndpointBusyError(CanaryError):
-    """Another rollout holds the endpoint's lease; ``lease`` says who and since when."""
-
-    def __init__(self, lease: Lease) -> None:
-        self.lease = lease
-        super().__init__(f"endpoint {lease.key} is busy: held by {lease.describe()}")
-
-
-class LeaseLostError(CanaryError):
-    """A run renewing its lease no longer holds it: another rollout took it after it expired or was broken."""
-
-    def __init__(self, key: str, holder: LeaseHolder, current: Lease | None) -> None:
-        self.key = key
-        self.holder = holder
-        self.current = current
-        now = f"now held by {current.describe()}" if current else "now free"
-        super().__init__(f"{holder} lost the lease on endpoint {key} ({now})")
-
-
-@runtime_checkable
-class EndpointLock(Protocol):
-    """A lease store. Every call is atomic; ``acquire`` and ``renew`` are re-entrant for the holder."""
-
-    def acquire(self, key: str, holder: LeaseHolder, *, ttl_s: float) -> Lease:
-        """Take the lease (or renew it if ``holder`` has it); a free or expired lease is taken.
-
-        :raises EndpointBusyError: another holder has an unexpired lease.
-        """
-
-    def renew(self, key: str, holder: LeaseHolder, *, ttl_s: float) -> Lease:
-        """Extend ``holder``'s lease to ``now + ttl_s``; re-takes it if it expired and nobody took it.
-
-        :raises LeaseLostError: another holder has the lease now.
-        """
-
-    def release(self, key: str, holder: LeaseHolder) -> bool:
-        """Drop the lease if ``holder`` has it; return whether it did (idempotent, never raises for others)."""
-
-    def get(self, key: str) -> Lease | None:
-        """Return the stored lease of ``key`` (possibly expired), or None."""
-
-    def list_leases(self) -> list[Lease]:
-        """Return every stored lease (expired ones too), sorted by key."""
-
-    def break_lease(self, key: str) -> Lease | None:
-        """Drop the lease of ``key`` whoever holds it (an operator's override); return what was dropped."""
 
 
 def blocking_lease(lock: EndpointLock, key: str, holder: LeaseHolder, now_s: float) -> Lease | None:
@@ -176,5 +82,4 @@ def lock_store_conflicts(specs: Iterable[tuple[str, Any]]) -> list[tuple[str, st
     return problems
 
 
-__all__ = ["EndpointBusyError", "EndpointLock", "Lease", "LeaseHolder", "LeaseLostError", "blocking_lease",
-           "default_lock_path", "endpoint_lease_key", "lock_store_conflicts"]
+__all__ = ["blocking_lease", "default_lock_path", "endpoint_lease_key", "lock_store_conflicts"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo, MetricsSource
 from canary.backends.cloudwatch import CloudWatchMetricsSource
-from canary.backends.sagemaker import aws_client
 from canary.errors import ConfigError, NoDataError
 
 pytestmark = pytest.mark.integration

@@ -13,18 +13,10 @@ import pytest
 from services import require_service
 
 from canary.backends import build_backend
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, EndpointBusyError, EndpointLock, Lease, LeaseHolder, LeaseLostError
 from canary.backends.sql_lock import named_to_pyformat
 from canary.errors import BackendError, ConfigError
-from canary.rollout.lease import (
-    EndpointBusyError,
-    EndpointLock,
-    Lease,
-    LeaseHolder,
-    LeaseLostError,
-    blocking_lease,
-    endpoint_lease_key,
-)
+from canary.rollout.lease import blocking_lease, endpoint_lease_key
 
 PG = ConnInfo(conn_id="pg", host="127.0.0.1", port=5432, login="postgres", schema="test")
 A = LeaseHolder(dag_id="canary_rollout__model-a", run_id="manual__1")

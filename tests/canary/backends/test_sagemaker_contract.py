@@ -16,8 +16,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo, TrafficRouter
-from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.backends.sagemaker import SageMakerTrafficRouter
 from canary.errors import BackendError, ConfigError
 
 ENDPOINT = "churn"

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from canary.backends.aws import aws_client
 from canary.backends.base import ConnInfo
-from canary.backends.sagemaker import SageMakerTrafficRouter, aws_client
+from canary.backends.sagemaker import SageMakerTrafficRouter
 from canary.errors import BackendError, ChangeFailedError
 
 pytestmark = pytest.mark.integration

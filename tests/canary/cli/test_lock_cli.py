@@ -9,10 +9,9 @@ import time
 from services import require_service
 
 from canary.backends import build_backend
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, LeaseHolder
 from canary.cli import main
 from canary.cli.lock import conn_from_env, conn_from_uri
-from canary.rollout.lease import LeaseHolder
 
 A = LeaseHolder(dag_id="canary_rollout__a", run_id="manual__1")
 B = LeaseHolder(dag_id="canary_rollout__b", run_id="manual__2")
