@@ -197,8 +197,18 @@ def stage_decision(rules: StageRules, elapsed_s: Any, *, has_data: Any, canary_r
     post = conclude(rules, elapsed_s, canary_requests=canary_requests, verdict=verdict)
     if not isinstance(pre.rule, np.ndarray) and not isinstance(post.rule, np.ndarray):
         return post if pre.rule is Rule.ANALYSIS else pre
-    passed = np.asarray(pre.rule, dtype=object) == Rule.ANALYSIS
-    return Verdict(np.where(passed, post.decision, pre.decision), np.where(passed, post.rule, pre.rule))
+    shape = np.broadcast_shapes(np.shape(pre.rule), np.shape(post.rule))
+    passed = _objects(pre.rule, shape) == Rule.ANALYSIS
+    return Verdict(np.where(passed, _objects(post.decision, shape), _objects(pre.decision, shape)),
+                   np.where(passed, _objects(post.rule, shape), _objects(pre.rule, shape)))
+
+
+def _objects(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``value`` broadcast to an object array of ``shape`` (enum members stay members: a bare
+    member in ``np.where`` would become a plain string)."""
+    out = np.empty(shape, dtype=object)
+    out[...] = value
+    return out
 
 
 def _first(conditions: list[Any], choices: list[Any], default: Any) -> Any:

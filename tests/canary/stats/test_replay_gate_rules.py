@@ -102,10 +102,13 @@ def test_no_stable_traffic_at_100_percent_is_not_missing_data(tmp_path):
     assert res["decision"] == "halt" and res["metric"] == "data" and res["t"] == 900.0
 
 
-def test_data_halt_waits_for_the_warm_up(tmp_path):
+def test_data_halt_waits_a_poll_interval_after_the_warm_up(tmp_path):
+    """Warm-up 240 s, minimum duration 60 s, poll 30 s: the gate's no-data deadline is 270 s (replay
+    used to halt at 240 s, when the window had only just opened)."""
     spec = spec_with(min_duration="1m", warmup_s=240.0)
     res = run_replay(tmp_path, spec, rows([30.0 * k for k in range(20)], canary=0))["r0"]
-    assert res["decision"] == "halt" and res["t"] == 240.0
+    assert res["decision"] == "halt" and res["t"] == 270.0
+    assert res["evidence"]["no_data_deadline_s"] == 270.0
 
 
 def test_without_a_weight_column_the_first_spec_stage_rules_apply(tmp_path):
