@@ -59,8 +59,8 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
         p99_ms = canary.latency_quantile_ms(0.99) if rails.max_latency_p99_ms is not None else None
         breaches = stage_rules.guardrail_breaches(rails, canary.requests, canary.errors, p99_ms)
     pre = stage_rules.screen(rules, elapsed, has_data=window is not None,
-                             canary_requests=canary.requests if canary else 0,
-                             stable_requests=stable.requests if stable else 0, breached=any(breaches))
+                             canary_requests=canary.requests if canary is not None else 0,
+                             stable_requests=stable.requests if stable is not None else 0, breached=any(breaches))
     if pre.rule is Rule.WARMUP:
         return GateResult(decision=pre.decision,
                           reason=f"warming up ({format_duration(elapsed)} of {format_duration(warmup)})",
@@ -89,7 +89,6 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
             return GateResult(decision=pre.decision, metric="data",
                               reason=f"no {' or '.join(empty)} requests after {format_duration(elapsed)} "
                                      f"at {stage.weight}%", evidence=evidence), state
-
         return GateResult(decision=pre.decision, reason=f"waiting for {' and '.join(empty)} requests",
                           evidence=evidence), state
 
