@@ -22,17 +22,6 @@ class Decision(StrEnum):
         return self is not Decision.CONTINUE
 
 
-#: Precedence when several hold at once: a regression beats missing data beats promotion.
-PRECEDENCE: tuple[Decision, ...] = (
-    Decision.ROLLBACK, Decision.HALT, Decision.TIMEOUT, Decision.ADVANCE, Decision.CONTINUE,
-)
-
-
-def strongest(decisions: list[Decision]) -> Decision:
-    """Return the decision of highest precedence (CONTINUE for none)."""
-    return min(decisions, key=PRECEDENCE.index, default=Decision.CONTINUE)
-
-
 class Action(StrEnum):
     """What the DAG does after a stage's gate."""
 
