@@ -22,12 +22,6 @@ class Decision(StrEnum):
         return self is not Decision.CONTINUE
 
 
-#: Precedence when several hold at once: a regression beats missing data beats promotion.
-PRECEDENCE: tuple[Decision, ...] = (
-    Decision.ROLLBACK, Decision.HALT, Decision.TIMEOUT, Decision.ADVANCE, Decision.CONTINUE,
-)
-
-
 class Action(StrEnum):
     """What the DAG does after a stage's gate."""
 

@@ -1,16 +1,9 @@
 """The stage gate: a pure function of (spec, stage, evidence) -> decision, and the policy that acts on it.
 
-Order of checks (first match wins), so that missing data can never look healthy:
-
-1. still warming up after the traffic change -> CONTINUE;
-2. no data from the metrics backend, or no canary (or stable) requests in the window -> CONTINUE
-   until the stage's minimum duration, and at least one poll interval after the warm-up (a window
-   that has only just opened is empty by construction, not evidence), then HALT;
-3. an absolute guardrail breached (after ``guardrails.min_requests`` canary requests) -> ROLLBACK;
-4. the analyzer's verdicts: any ROLLBACK -> ROLLBACK; any HALT -> HALT;
-5. minimum duration and minimum canary requests reached and every metric non-inferior -> ADVANCE;
-6. the stage's maximum duration reached -> TIMEOUT;
-7. otherwise CONTINUE.
+Which rule decides, and in which order, is :mod:`canary.policy.stage_rules` (the same rule book
+``canary replay`` applies): warm-up, no data, guardrails, an empty window, the analyzer's verdicts,
+bake time and minimum requests, the stage deadline. This module reads the evidence for those rules
+from one window, calls the analyzer only when the rules get that far, and words the result.
 
 At 100% (the last stage) no stable traffic runs beside the canary, so only the guardrails and the
 bake time apply.
@@ -22,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from canary.policy import stage_rules
 from canary.policy.analysis import Analyzer, MetricAssessment
 from canary.policy.decisions import Action, Decision, GateResult
 from canary.policy.evidence import Snapshot
+from canary.policy.stage_rules import Rule, StageRules
 from canary.spec.durations import format_duration
 from canary.spec.model import ApprovalMode, HaltPolicy, RolloutSpec, StageSpec, TimeoutPolicy
 
@@ -38,13 +33,8 @@ class StageClock:
 
 
 def no_data_deadline_s(spec: RolloutSpec, stage: StageSpec) -> float:
-    """Seconds into a stage after which missing data is a HALT rather than a reason to wait.
-
-    The stage's minimum duration, but never before the window after the warm-up has been open for a
-    full poll interval, and never after the stage's maximum duration.
-    """
-    return min(max(stage.min_duration_s, spec.analysis.warmup_s + spec.analysis.poll_interval_s),
-               stage.max_duration_s)
+    """Seconds into a stage after which missing data is a HALT (see :func:`canary.policy.stage_rules.no_data_deadline_s`)."""
+    return stage_rules.no_data_deadline_s(StageRules.of(spec, stage))
 
 
 def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, window: Snapshot | None, *,
@@ -58,98 +48,100 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
     :return: the gate result and the analyzer state to carry if the stage ended now.
     """
     state = dict(carry_state or {})
+    rules = StageRules.of(spec, stage)
     elapsed, warmup = clock.elapsed_s, spec.analysis.warmup_s
     timing = {"stage": clock.index, "weight_pct": stage.weight, "elapsed_s": round(elapsed, 3)}
-    min_reached = elapsed >= stage.min_duration_s
-    no_data_due = elapsed >= no_data_deadline_s(spec, stage)
-    if elapsed < warmup:
-        return GateResult(decision=Decision.CONTINUE,
+    rails = spec.analysis.guardrails
+    canary = stable = None
+    breaches: tuple[bool, bool] = (False, False)
+    if window is not None:
+        canary, stable = window.canary, window.stable
+        p99_ms = canary.latency_quantile_ms(0.99) if rails.max_latency_p99_ms is not None else None
+        breaches = stage_rules.guardrail_breaches(rails, canary.requests, canary.errors, p99_ms)
+    pre = stage_rules.screen(rules, elapsed, has_data=window is not None,
+                             canary_requests=canary.requests if canary is not None else 0,
+                             stable_requests=stable.requests if stable is not None else 0, breached=any(breaches))
+    if pre.rule is Rule.WARMUP:
+        return GateResult(decision=pre.decision,
                           reason=f"warming up ({format_duration(elapsed)} of {format_duration(warmup)})",
                           evidence=timing), state
-    if window is None:
-        if no_data_due:
-            return GateResult(decision=Decision.HALT, metric="data",
+    if pre.rule is Rule.NO_DATA:
+        if pre.decision is Decision.HALT:
+            return GateResult(decision=pre.decision, metric="data",
                               reason=f"no metrics data after {format_duration(elapsed)}: {no_data_reason}",
                               evidence=timing), state
-        return GateResult(decision=Decision.CONTINUE, reason=f"waiting for data: {no_data_reason}",
+        return GateResult(decision=pre.decision, reason=f"waiting for data: {no_data_reason}",
                           evidence=timing), state
-
-    canary, stable = window.canary, window.stable
+    assert canary is not None and stable is not None  # window is not None past the NO_DATA rule
     counts = {"canary_requests": canary.requests, "canary_errors": canary.errors,
               "stable_requests": stable.requests, "stable_errors": stable.errors}
     evidence: dict[str, Any] = {**timing, **counts}
-
-    breach = _guardrail_breach(spec, window)
-    if breach is not None:
-        metric, reason, detail = breach
-        return GateResult(decision=Decision.ROLLBACK, metric=metric, reason=reason,
+    if pre.rule is Rule.GUARDRAIL:
+        metric, reason, detail = _guardrail_breach(spec, window, breaches)
+        return GateResult(decision=pre.decision, metric=metric, reason=reason,
                           evidence={**evidence, **detail}), state
-
-    compares = stage.weight < 100
-    empty = [name for name, stats in (("canary", canary), ("stable", stable))
-             if stats.requests == 0 and (compares or name == "canary")]
-    if empty:
+    if pre.rule is Rule.EMPTY:
+        empty = [name for name, flag in zip(("canary", "stable"),
+                                            stage_rules.empty_versions(rules, canary.requests, stable.requests),
+                                            strict=True) if flag]
         # Nothing to compare yet: wait, but never past the no-data deadline (missing data is not healthy).
-        if no_data_due:
-            return GateResult(decision=Decision.HALT, metric="data",
+        if pre.decision is Decision.HALT:
+            return GateResult(decision=pre.decision, metric="data",
                               reason=f"no {' or '.join(empty)} requests after {format_duration(elapsed)} "
                                      f"at {stage.weight}%", evidence=evidence), state
-        return GateResult(decision=Decision.CONTINUE, reason=f"waiting for {' and '.join(empty)} requests",
+        return GateResult(decision=pre.decision, reason=f"waiting for {' and '.join(empty)} requests",
                           evidence=evidence), state
 
     assessments: list[MetricAssessment] = []
-    if compares:
+    if rules.compares:
         assessments, state = analyzer.assess(spec, window, canary_weight_pct=stage.weight, state=carry_state)
         evidence["metrics"] = [a.to_dict() for a in assessments]
-        for wanted in (Decision.ROLLBACK, Decision.HALT):
-            fired = [a for a in assessments if a.decision is wanted]
-            if fired:
-                first = fired[0]
-                return GateResult(decision=wanted, metric=first.metric, reason=f"{first.metric}: {first.reason}",
-                                  evidence=evidence), state
-
-    enough_requests = canary.requests >= stage.min_requests
-    all_non_inferior = all(a.decision is Decision.ADVANCE for a in assessments)
-    if min_reached and enough_requests and all_non_inferior:
+    verdict = stage_rules.analysis_verdict(rollback=any(a.decision is Decision.ROLLBACK for a in assessments),
+                                           halt=any(a.decision is Decision.HALT for a in assessments),
+                                           all_non_inferior=all(a.decision is Decision.ADVANCE for a in assessments))
+    post = stage_rules.conclude(rules, elapsed, canary_requests=canary.requests, verdict=verdict)
+    if post.rule is Rule.ANALYSIS:
+        first = next(a for a in assessments if a.decision is post.decision)
+        return GateResult(decision=post.decision, metric=first.metric, reason=f"{first.metric}: {first.reason}",
+                          evidence=evidence), state
+    if post.rule is Rule.PROMOTION:
         why = ("every metric within tolerance" if assessments
                else "bake time passed with no guardrail breached")
-        return GateResult(decision=Decision.ADVANCE,
+        return GateResult(decision=post.decision,
                           reason=f"{why} after {canary.requests} canary requests in {format_duration(elapsed)}",
                           evidence=evidence), state
-    if elapsed >= stage.max_duration_s:
-        pending = [a.metric for a in assessments if a.decision is not Decision.ADVANCE]
-        missing = [] if enough_requests else [f"{canary.requests}/{stage.min_requests} canary requests"]
-        return GateResult(decision=Decision.TIMEOUT,
+    enough = stage_rules.enough_requests(rules, canary.requests)
+    pending = [a.metric for a in assessments if a.decision is not Decision.ADVANCE]
+    if post.rule is Rule.TIMEOUT:
+        missing = [] if enough else [f"{canary.requests}/{stage.min_requests} canary requests"]
+        return GateResult(decision=post.decision,
                           reason=f"undecided at the {format_duration(stage.max_duration_s)} deadline: "
                                  f"{', '.join(pending + missing) or 'minimum duration not reached'}",
                           evidence=evidence), state
     waiting = []
-    if not min_reached:
+    if not stage_rules.bake_time_reached(rules, elapsed):
         waiting.append(f"{format_duration(elapsed)}/{format_duration(stage.min_duration_s)}")
-    if not enough_requests:
+    if not enough:
         waiting.append(f"{canary.requests}/{stage.min_requests} canary requests")
-    waiting += [a.metric for a in assessments if a.decision is not Decision.ADVANCE]
-    return GateResult(decision=Decision.CONTINUE, reason=f"observing: {', '.join(waiting)}",
+    return GateResult(decision=post.decision, reason=f"observing: {', '.join(waiting + pending)}",
                       evidence=evidence), state
 
 
-def _guardrail_breach(spec: RolloutSpec, window: Snapshot) -> tuple[str, str, dict[str, Any]] | None:
+def _guardrail_breach(spec: RolloutSpec, window: Snapshot,
+                      breaches: tuple[bool, bool]) -> tuple[str, str, dict[str, Any]]:
+    """Word the first breached guardrail (``breaches`` from :func:`canary.policy.stage_rules.guardrail_breaches`)."""
     rails, canary = spec.analysis.guardrails, window.canary
-    if canary.requests < rails.min_requests:
-        return None
-    rate = canary.error_rate or 0.0
-    if rails.max_error_rate is not None and rate > rails.max_error_rate:
+    rate_breached, _ = breaches
+    if rate_breached:
+        rate = canary.error_rate or 0.0
         return ("guardrail.max_error_rate",
                 f"canary error rate {rate:.2%} above the {rails.max_error_rate:.2%} guardrail "
                 f"({canary.errors}/{canary.requests} requests)",
                 {"error_rate": rate, "limit": rails.max_error_rate})
-    if rails.max_latency_p99_ms is not None:
-        p99 = canary.latency_quantile_ms(0.99)
-        if p99 is not None and p99 > rails.max_latency_p99_ms:
-            return ("guardrail.max_latency_p99_ms",
-                    f"canary p99 latency {p99:.0f} ms above the {rails.max_latency_p99_ms:g} ms guardrail",
-                    {"latency_p99_ms": p99, "limit": rails.max_latency_p99_ms})
-    return None
+    p99 = canary.latency_quantile_ms(0.99)
+    return ("guardrail.max_latency_p99_ms",
+            f"canary p99 latency {p99:.0f} ms above the {rails.max_latency_p99_ms:g} ms guardrail",
+            {"latency_p99_ms": p99, "limit": rails.max_latency_p99_ms})
 
 
 def next_action(spec: RolloutSpec, stage_index: int, result: GateResult) -> tuple[Action, str]:

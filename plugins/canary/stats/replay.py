@@ -6,25 +6,25 @@ and version (see :data:`REQUIRED_COLUMNS` and the optional ``weight``, ``latency
 every run, as the observe tasks of all stages would see it: a *stage* is a maximal stretch of equal
 ``weight`` (the whole run without a ``weight`` column; then the SRM check is skipped), its window
 starts ``analysis.warmup`` after its first row, and the state of :class:`SequentialAnalyzer` is carried
-from each stage's last evaluation to the next stage. Stage progression is not re-simulated.
+from each stage's last evaluation to the next stage.
 
 Each stretch takes the rules of the spec stage with the same weight (the first such stage; without
 a ``weight`` column, or before the first weight of a run, the spec's first stage; a weight that no
 spec stage has takes the largest ``min_duration`` and ``min_requests`` of the spec and no deadline;
-a weight of 0 is no canary stage and takes no rules). As in the live gate
-(:func:`canary.policy.gate.evaluate_stage`), with ``elapsed`` = time since the stretch's first row:
+a weight of 0 is no canary stage and takes no rules). The stage rules are the live gate's own
+(:mod:`canary.policy.stage_rules`, which :func:`canary.policy.gate.evaluate_stage` calls too), applied to every row at
+once with ``elapsed`` = time since the stretch's first row: warm-up, guardrails (after
+``guardrails.min_requests`` canary requests in the window), an empty window (no canary requests, or
+below 100% no stable requests) that HALTs at the no-data deadline (metric ``data``), the analysis'
+ROLLBACK and HALT verdicts, then bake time (``min_duration``), ``min_requests`` canary requests in the
+window of the last stretch and ``max_duration``.
 
-* the absolute error-rate and p99 guardrails roll back (after ``guardrails.min_requests`` canary
-  requests in the window);
-* after the warm-up, a window with no canary requests (or, below 100%, no stable requests) HALTs once
-  ``elapsed >= min_duration`` (metric ``data``: missing data is not healthy);
-* promotion needs ``elapsed >= min_duration`` and at least ``min_requests`` canary requests in the
-  window of the last stretch, besides every assessment saying ADVANCE.
-
-A run's decision is ``rollback`` or ``halt`` if either ever fires (the first time), else ``promote``
-if the promotion criterion holds at the end of the data (below 100%, with the analyzer evaluated in the
-last stretch; at 100%, where the gate compares nothing, with the last evaluated assessments all
-ADVANCE), else ``timeout`` if the last stretch ran past its ``max_duration``, else ``continue``.
+A run's decision is ``rollback`` or ``halt`` if the gate's decision at one of its rows is (the first
+such row), else the gate's decision at the last row: ``promote`` (ADVANCE; below 100%, with the
+analyzer evaluated in the last stretch; at 100%, where the gate compares nothing, with the last
+evaluated assessments all ADVANCE, standing for the gates of the earlier stages), ``timeout`` or
+``continue``. Stage progression is not re-simulated: an ADVANCE or TIMEOUT before the last row does
+not end a run.
 
 Everything that can fire is computed vectorised over all rows of all runs (label e-processes on a
 grid, SRM, TV bounds, guardrails); the evidence of the row where a run's decision first held, and the
@@ -44,8 +44,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
+from canary.policy import stage_rules
 from canary.policy.decisions import Decision
 from canary.policy.evidence import Snapshot, VersionStats
+from canary.policy.stage_rules import Rule, StageRules, Verdict
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
 from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
@@ -338,34 +340,14 @@ def _label_log_e(p: Points, metric: MetricSpec, xc: np.ndarray, xs: np.ndarray, 
     return logsumexp(total + prior.log_weights, axis=1)
 
 
-def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Return per point: code of what fires (0 none, 1 rollback, 2 halt) and the metric index (-1 guardrail,
-    -3 missing data, len(metrics) for srm)."""
+def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return per point where the analysis' tests fire: ``rollback``, ``halt`` and the index of the
+    metric that fired for each (-2 none, ``len(metrics)`` for srm). Which rule wins is
+    :func:`_row_verdicts`."""
     n = len(p.t)
     metrics = spec.analysis.metrics
     budget = error_budget(spec.analysis)
     c, ev = p.cum, p.evaluated
-    code = np.zeros(n, dtype=np.int8)
-    which = np.full(n, -2, dtype=int)
-
-    def mark(mask: np.ndarray, value: int, idx: int) -> None:
-        new = mask & (code == 0)
-        code[new] = value
-        which[new] = idx
-
-    rails = spec.analysis.guardrails
-    canary_req = c["canary_requests"]
-    guard_ok = p.in_window & (canary_req >= rails.min_requests) & (canary_req > 0)
-    if rails.max_error_rate is not None:
-        rate = c["canary_errors"] / np.maximum(canary_req, 1)
-        mark(guard_ok & (rate > rails.max_error_rate), 1, -1)
-    if rails.max_latency_p99_ms is not None and layout.latency_columns:
-        bounds = np.array([*layout.latency_bounds_ms, math.inf])
-        p99 = _quantile(_latency_hist(p, layout, "canary"), bounds, 0.99)
-        mark(guard_ok & (p99 > rails.max_latency_p99_ms), 1, -1)
-    # The gate's order: guardrails, then an empty window HALTs once the minimum duration has passed (the
-    # analyzer is not called on it, and ``evaluated`` is False there anyway).
-    mark(_no_data(p), 2, -3)
 
     rollback = np.zeros(n, dtype=bool)
     halt = np.zeros(n, dtype=bool)
@@ -391,8 +373,6 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
         halt_metric[halted & (halt_metric == -2)] = i
         rollback |= fired
         halt |= halted
-    mark(rollback, 1, 0)
-    which[(code == 1) & (which == 0)] = rb_metric[(code == 1) & (which == 0)]
     if layout.has_weight:
         w = p.weight / 100.0
         srm_ok = ev & (w > 0) & (w < 1)
@@ -402,17 +382,44 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.
         srm_fire = ev & (le >= budget.log_srm_threshold)
         halt_metric[srm_fire & ~halt] = len(metrics)
         halt |= srm_fire
-    mark(halt, 2, 0)
-    which[(code == 2) & (which == 0)] = halt_metric[(code == 2) & (which == 0)]
-    return code, which
+    return rollback, halt, rb_metric, halt_metric
 
 
-def _no_data(p: Points) -> np.ndarray:
-    """Points where the gate HALTs for missing data: no canary (below 100%: or stable) requests in the
-    window after the stage's minimum duration."""
-    c = p.cum
-    empty = (c["canary_requests"] == 0) | (p.compares & (c["stable_requests"] == 0))
-    return p.in_window & p.has_rules & (p.elapsed_s >= p.min_duration_s) & empty
+def _rules(spec: RolloutSpec, p: Points, at: int | slice = slice(None)) -> StageRules:
+    """The stage rules at point ``at`` (default: arrays over every point)."""
+    return StageRules(warmup_s=spec.analysis.warmup_s, poll_interval_s=spec.analysis.poll_interval_s,
+                      min_duration_s=p.min_duration_s[at], max_duration_s=p.max_duration_s[at],
+                      min_requests=p.min_requests[at], compares=p.compares[at])
+
+
+def _guardrails(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per point ``(error_rate_breached, latency_p99_breached)`` (:func:`canary.policy.stage_rules.guardrail_breaches`)."""
+    c, rails = p.cum, spec.analysis.guardrails
+    p99 = np.full(len(p.t), np.nan)
+    if rails.max_latency_p99_ms is not None and layout.latency_columns:
+        p99 = _quantile(_latency_hist(p, layout, "canary"), np.array([*layout.latency_bounds_ms, math.inf]), 0.99)
+    return stage_rules.guardrail_breaches(rails, c["canary_requests"], c["canary_errors"], p99)
+
+
+def _row_verdicts(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[Verdict, np.ndarray]:
+    """Return the gate's stage decision at every point (the rule book's :func:`stage_decision` on arrays)
+    and, per point, the metric index that fired (see :func:`_fire`).
+
+    Non-inferiority is not computed per row (only the firing tests are): below 100% the analysis'
+    verdict is ROLLBACK, HALT or CONTINUE here, and :func:`replay` asks the analyzer at the end of the
+    data whether the run promotes. A weight of 0 is no canary stage: CONTINUE.
+    """
+    rollback, halt, rb_metric, halt_metric = _fire(p, layout, spec)
+    rate, p99 = _guardrails(p, layout, spec)
+    verdict = stage_rules.analysis_verdict(rollback=rollback, halt=halt, all_non_inferior=~p.compares)
+    rows = stage_rules.stage_decision(_rules(spec, p), p.elapsed_s, has_data=True,
+                                      canary_requests=p.cum["canary_requests"],
+                                      stable_requests=p.cum["stable_requests"], breached=rate | p99, verdict=verdict)
+    # The fill is an object array: np.where would store a bare enum member as a plain string.
+    decision = np.where(p.has_rules, rows.decision, np.full(len(p.t), Decision.CONTINUE, dtype=object))
+    rule = np.where(p.has_rules, rows.rule, np.full(len(p.t), Rule.OBSERVING, dtype=object))
+    which = np.where(decision == Decision.ROLLBACK, rb_metric, np.where(decision == Decision.HALT, halt_metric, -2))
+    return Verdict(decision, rule), which
 
 
 def _latency_fires(p: Points, layout: Layout, m: MetricSpec, log_thr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -495,24 +502,26 @@ def _weight_label(p: Points, i: int) -> str:
     return "unknown weight" if np.isnan(p.weight[i]) else f"{p.weight[i]:g}%"
 
 
-def _gate_evidence(p: Points, i: int) -> dict[str, Any]:
+def _gate_evidence(spec: RolloutSpec, p: Points, i: int) -> dict[str, Any]:
     """Stage clock and rules at point ``i`` (what the gate's ``timing`` evidence holds)."""
     return {"stage": int(p.stage[i]), "weight_pct": None if np.isnan(p.weight[i]) else float(p.weight[i]),
             "elapsed_s": float(p.elapsed_s[i]), "min_duration_s": float(p.min_duration_s[i]),
+            "no_data_deadline_s": float(stage_rules.no_data_deadline_s(_rules(spec, p, i))),
             "canary_requests": int(p.cum["canary_requests"][i]), "min_requests": int(p.min_requests[i])}
 
 
-def _promotion_waits(p: Points, i: int) -> list[str]:
+def _promotion_waits(spec: RolloutSpec, p: Points, i: int) -> list[str]:
     """What keeps the gate from advancing at point ``i`` besides the metrics (empty when nothing does)."""
+    rules, elapsed_s, canary = _rules(spec, p, i), float(p.elapsed_s[i]), p.cum["canary_requests"][i]
     waits = []
     if not p.has_rules[i]:
         waits.append("weight 0 is no canary stage")
-    if not p.in_window[i]:
+    if stage_rules.warming_up(rules, elapsed_s):
         waits.append("warming up")
-    if p.elapsed_s[i] < p.min_duration_s[i]:
-        waits.append(f"{p.elapsed_s[i]:g}/{p.min_duration_s[i]:g} s")
-    if p.cum["canary_requests"][i] < max(p.min_requests[i], 1):
-        waits.append(f"{int(p.cum['canary_requests'][i])}/{int(p.min_requests[i])} canary requests")
+    if not stage_rules.bake_time_reached(rules, elapsed_s):
+        waits.append(f"{elapsed_s:g}/{p.min_duration_s[i]:g} s")
+    if not stage_rules.enough_requests(rules, canary) or canary == 0:
+        waits.append(f"{int(canary)}/{int(p.min_requests[i])} canary requests")
     return waits
 
 
@@ -529,69 +538,76 @@ def _analyze_at(spec: RolloutSpec, p: Points, layout: Layout, i: int, analyzer: 
     return analyzer.assess(spec, _snapshot(p, layout, i), canary_weight_pct=_weight_pct(p, i), state=state)
 
 
+#: A run's ``decision`` in replay's output, from the gate's decision that ended it (or held at the end).
+RUN_DECISION = {Decision.ROLLBACK: "rollback", Decision.HALT: "halt", Decision.ADVANCE: "promote",
+                Decision.TIMEOUT: "timeout", Decision.CONTINUE: "continue"}
+
+
+def _stop_evidence(spec: RolloutSpec, p: Points, layout: Layout, i: int, rule: Rule, metric_idx: int,
+                   decision: Decision, analyzer: SequentialAnalyzer) -> tuple[str, dict[str, Any]]:
+    """Return the metric and evidence of a ROLLBACK or HALT at point ``i``."""
+    c, rails, metrics = p.cum, spec.analysis.guardrails, spec.analysis.metrics
+    if rule is Rule.EMPTY:
+        evidence = {**_gate_evidence(spec, p, i), "stable_requests": int(c["stable_requests"][i])}
+        canary_empty, stable_empty = stage_rules.empty_versions(_rules(spec, p, i), c["canary_requests"][i],
+                                                                c["stable_requests"][i])
+        empty = [v for v, flag in (("canary", canary_empty), ("stable", stable_empty)) if flag]
+        evidence["reason"] = (f"no {' or '.join(empty)} requests after {p.elapsed_s[i]:g} s at "
+                              f"{_weight_label(p, i)} (no-data deadline {evidence['no_data_deadline_s']:g} s)")
+        return "data", evidence
+    if rule is Rule.GUARDRAIL:
+        rate, _ = stage_rules.guardrail_breaches(rails, c["canary_requests"][i], c["canary_errors"][i], None)
+        evidence = {"canary_requests": int(c["canary_requests"][i]), "canary_errors": int(c["canary_errors"][i]),
+                    "max_error_rate": rails.max_error_rate, "max_latency_p99_ms": rails.max_latency_p99_ms}
+        return ("guardrail.max_error_rate" if rate else "guardrail.max_latency_p99_ms"), evidence
+    metric = "srm" if metric_idx == len(metrics) else metrics[metric_idx].name
+    assessments, _ = _analyze_at(spec, p, layout, i, analyzer)
+    hit = [x for x in assessments if x.decision is decision]
+    chosen = next((x for x in hit if x.metric == metric), hit[0] if hit else None)
+    if chosen is None:
+        return metric, {}
+    return chosen.metric, {"reason": chosen.reason, **chosen.evidence}
+
+
 def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict[str, Any]]:
     """Yield one result dict per run (in order of first appearance)."""
     p = _points(df, layout, spec)
-    code, which = _fire(p, layout, spec)
+    rows, which = _row_verdicts(p, layout, spec)
+    stops = np.flatnonzero((rows.decision == Decision.ROLLBACK) | (rows.decision == Decision.HALT))
     analyzer = SequentialAnalyzer()
-    metrics = spec.analysis.metrics
-    rails = spec.analysis.guardrails
     starts = np.flatnonzero(np.r_[True, p.run[1:] != p.run[:-1]])
     ends = np.r_[starts[1:], len(p.t)]
     for a, b in zip(starts, ends, strict=True):
-        fired = np.flatnonzero(code[a:b])
         name = str(p.run_names[p.run[a]])
-        if fired.size:
-            i = a + int(fired[0])
-            decision = "rollback" if code[i] == 1 else "halt"
-            metric_idx = int(which[i])
-            evidence: dict[str, Any] = {}
-            if metric_idx == -3:
-                metric, evidence = "data", {**_gate_evidence(p, i),
-                                            "stable_requests": int(p.cum["stable_requests"][i])}
-                empty = [v for v in ("canary", "stable") if p.cum[f"{v}_requests"][i] == 0
-                         and (v == "canary" or p.compares[i])]
-                evidence["reason"] = (f"no {' or '.join(empty)} requests after {p.elapsed_s[i]:g} s at "
-                                      f"{_weight_label(p, i)} (minimum duration {p.min_duration_s[i]:g} s)")
-            elif metric_idx == -1:
-                c = p.cum
-                metric = "guardrail"
-                evidence = {"canary_requests": int(c["canary_requests"][i]),
-                            "canary_errors": int(c["canary_errors"][i]),
-                            "max_error_rate": rails.max_error_rate,
-                            "max_latency_p99_ms": rails.max_latency_p99_ms}
-                rate = c["canary_errors"][i] / max(c["canary_requests"][i], 1)
-                metric = ("guardrail.max_error_rate" if rails.max_error_rate is not None
-                          and rate > rails.max_error_rate else "guardrail.max_latency_p99_ms")
-            else:
-                metric = "srm" if metric_idx == len(metrics) else metrics[metric_idx].name
-                assessments, _ = _analyze_at(spec, p, layout, i, analyzer)
-                wanted = Decision.ROLLBACK if decision == "rollback" else Decision.HALT
-                hit = [x for x in assessments if x.decision is wanted]
-                chosen = next((x for x in hit if x.metric == metric), hit[0] if hit else None)
-                if chosen is not None:
-                    metric, evidence = chosen.metric, {"reason": chosen.reason, **chosen.evidence}
-            yield {"run": name, "decision": decision, "t": float(p.t[i]),
+        k = np.searchsorted(stops, a)
+        if k < len(stops) and stops[k] < b:
+            i = int(stops[k])
+            decision = rows.decision[i]
+            metric, evidence = _stop_evidence(spec, p, layout, i, rows.rule[i], int(which[i]), decision, analyzer)
+            yield {"run": name, "decision": RUN_DECISION[decision], "t": float(p.t[i]),
                    "canary_requests": int(p.run_canary_requests[i]), "metric": metric, "evidence": evidence}
             continue
+        # Nothing fired: what the gate says at the last row, with the analyzer's non-inferiority verdict.
         i = b - 1
         evaluated = np.flatnonzero(p.evaluated[a:b])
-        decision, evidence = "continue", {}
-        non_inferior = False
+        evidence: dict[str, Any] = {}
+        verdict = Decision.CONTINUE
         if evaluated.size:
             j = a + int(evaluated[-1])
             assessments, _ = _analyze_at(spec, p, layout, j, analyzer)
             evidence = {x.metric: x.decision.value for x in assessments}
             # Below 100% the gate decides on the last stretch's own evaluation; at 100% it compares
-            # nothing, and the last evaluated (earlier) stage stands for the stages that led there.
+            # nothing, and the last evaluated (earlier) stage stands for the gates that led there.
             current = p.stage[j] == p.stage[i] or not p.compares[i]
-            non_inferior = current and bool(assessments) and all(x.decision is Decision.ADVANCE for x in assessments)
-        gate = _gate_evidence(p, i)
-        waiting = _promotion_waits(p, i)
-        evidence["gate"] = {**gate, "waiting": waiting}
-        if non_inferior and not waiting:
-            decision = "promote"
-        elif p.elapsed_s[i] >= p.max_duration_s[i]:
-            decision = "timeout"
-        yield {"run": name, "decision": decision, "t": float(p.t[i]),
+            verdict = stage_rules.analysis_verdict(
+                rollback=False, halt=False,
+                all_non_inferior=current and bool(assessments) and all(x.decision is Decision.ADVANCE
+                                                                       for x in assessments))
+        final = stage_rules.stage_decision(_rules(spec, p, i), float(p.elapsed_s[i]), has_data=True,
+                                           canary_requests=p.cum["canary_requests"][i],
+                                           stable_requests=p.cum["stable_requests"][i], breached=False,
+                                           verdict=verdict)
+        decision = final.decision if p.has_rules[i] else Decision.CONTINUE
+        evidence["gate"] = {**_gate_evidence(spec, p, i), "waiting": _promotion_waits(spec, p, i)}
+        yield {"run": name, "decision": RUN_DECISION[decision], "t": float(p.t[i]),
                "canary_requests": int(p.run_canary_requests[i]), "metric": None, "evidence": evidence}
