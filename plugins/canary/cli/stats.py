@@ -98,7 +98,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from canary.stats.replay import ReplayInputError, load_csv, replay
+    from canary.stats.replay import replay
+    from canary.stats.replay_input import ReplayInputError, load_csv
 
     spec = _spec(args.spec)
     if spec is None:

@@ -1,8 +1,7 @@
 """Backtest a spec's decision policy on recorded per-version counts (``canary replay``).
 
 Input: a CSV with one row per (run, t, version) holding counts *since the previous row* of that run
-and version (see :data:`REQUIRED_COLUMNS` and the optional ``weight``, ``latency_le_<ms>``,
-``pred_bin_<i>`` and ``kpi_events`` columns). The analysis is evaluated at every distinct row time of
+and version, read and checked by :mod:`canary.stats.replay_input`. The analysis is evaluated at every distinct row time of
 every run, as the observe tasks of all stages would see it: a *stage* is a maximal stretch of equal
 ``weight`` (the whole run without a ``weight`` column; then the SRM check is skipped), its window
 starts ``analysis.warmup`` after its first row, and the state of :class:`SequentialAnalyzer` is carried
@@ -34,10 +33,8 @@ end-of-data verdicts, come from :class:`SequentialAnalyzer` itself, so replay an
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,144 +49,10 @@ from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
 from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
 from canary.stats.budget import error_budget
+from canary.stats.replay_input import Layout
 
-REQUIRED_COLUMNS = ("run", "t", "version", "requests", "errors")
-VERSIONS = ("stable", "canary")
-_LATENCY = re.compile(r"^latency_le_(\d+(?:\.\d+)?)$")
-_PRED = re.compile(r"^pred_bin_(\d+)$")
 #: Rows evaluated per vectorised block (bounds memory at about 100 MB).
 _BLOCK = 100_000
-
-
-class ReplayInputError(ValueError):
-    """Bad replay input; ``row`` is the 1-based data row (the file line is ``row + 1``), ``column`` its column."""
-
-    def __init__(self, message: str, *, row: int | None = None, column: str | None = None) -> None:
-        self.row = row
-        self.column = column
-        where = []
-        if row is not None:
-            where.append(f"row {row} (line {row + 1})")
-        if column is not None:
-            where.append(f"column {column!r}")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Optional columns found in the file."""
-
-    latency_columns: tuple[str, ...]
-    latency_bounds_ms: tuple[float, ...]
-    pred_columns: tuple[str, ...]
-    has_weight: bool
-    has_kpi: bool
-
-
-def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ReplayInputError(f"missing required column(s) {missing}; the header has {columns}",
-                               row=None, column=missing[0])
-    lat = sorted(((float(m.group(1)), c) for c in columns if (m := _LATENCY.match(c))), key=lambda x: x[0])
-    pred = sorted(((int(m.group(1)), c) for c in columns if (m := _PRED.match(c))), key=lambda x: x[0])
-    if pred and [i for i, _ in pred] != list(range(len(pred))):
-        raise ReplayInputError(f"pred_bin_<i> columns must be numbered 0..{len(pred) - 1}, got "
-                               f"{[c for _, c in pred]}", column=pred[0][1])
-    layout = Layout(latency_columns=tuple(c for _, c in lat), latency_bounds_ms=tuple(b for b, _ in lat),
-                    pred_columns=tuple(c for _, c in pred), has_weight="weight" in columns,
-                    has_kpi="kpi_events" in columns)
-    for m in spec.analysis.metrics:
-        if m.kind is MetricKind.LATENCY and not layout.latency_columns:
-            raise ReplayInputError(f"metric {m.name!r} (latency) needs latency_le_<ms> bucket columns",
-                                   column="latency_le_<ms>")
-        if m.kind is MetricKind.KPI and not layout.has_kpi:
-            raise ReplayInputError(f"metric {m.name!r} (kpi) needs a kpi_events column", column="kpi_events")
-        if m.kind is MetricKind.PREDICTION_DISTRIBUTION and not layout.pred_columns:
-            raise ReplayInputError(f"metric {m.name!r} (prediction_distribution) needs pred_bin_<i> columns",
-                                   column="pred_bin_0")
-    return layout
-
-
-def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]:
-    """Read and validate a replay CSV; raise :class:`ReplayInputError` naming row and column."""
-    try:
-        df = pd.read_csv(path, dtype={"run": str, "version": str}, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ReplayInputError(f"cannot read {path}: {err}") from err
-    df.columns = [str(c).strip() for c in df.columns]
-    layout = _layout(list(df.columns), spec)
-    numeric = ["t", "requests", "errors", *layout.latency_columns, *layout.pred_columns]
-    numeric += ["kpi_events"] if layout.has_kpi else []
-    numeric += ["weight"] if layout.has_weight else []
-    for col in ("run", "version"):
-        bad = df[col].isna()
-        if bad.any():
-            raise ReplayInputError("empty value", row=int(np.argmax(bad.to_numpy())) + 1, column=col)
-    for col in numeric:
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
-        if col == "weight":
-            bad &= df[col].notna()  # a blank weight means "unchanged"
-        if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise ReplayInputError(f"not a number: {df[col].iloc[i]!r}", row=i + 1, column=col)
-        df[col] = values
-        if col not in ("t", "weight"):
-            neg = (values < 0).to_numpy()
-            if neg.any():
-                i = int(np.argmax(neg))
-                raise ReplayInputError(f"negative count {values.iloc[i]:g}", row=i + 1, column=col)
-            frac = (values != np.floor(values)).to_numpy()
-            if frac.any():
-                i = int(np.argmax(frac))
-                raise ReplayInputError(f"counts must be whole numbers, got {values.iloc[i]:g}", row=i + 1, column=col)
-    if layout.has_weight:
-        w = df["weight"]
-        bad = (w.notna() & ((w < 0) | (w > 100))).to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ReplayInputError(f"weight must be a percentage in [0, 100], got {w.iloc[i]:g}", row=i + 1,
-                                   column="weight")
-    versions = df["version"].str.strip()
-    bad = ~versions.isin(VERSIONS).to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ReplayInputError(f"unknown version {df['version'].iloc[i]!r}; expected one of {list(VERSIONS)}",
-                               row=i + 1, column="version")
-    df["version"] = versions
-    over = (df["errors"] > df["requests"]).to_numpy()
-    if over.any():
-        i = int(np.argmax(over))
-        raise ReplayInputError(f"errors ({df['errors'].iloc[i]:g}) exceed requests ({df['requests'].iloc[i]:g})",
-                               row=i + 1, column="errors")
-    if layout.latency_columns:
-        lat = df[list(layout.latency_columns)].to_numpy(dtype=float)
-        dec = np.diff(lat, axis=1) < 0
-        if dec.any():
-            i, j = np.argwhere(dec)[0]
-            raise ReplayInputError("cumulative latency buckets must be non-decreasing", row=int(i) + 1,
-                                   column=layout.latency_columns[j + 1])
-        over = lat[:, -1] > df["requests"].to_numpy()
-        if over.any():
-            i = int(np.argmax(over))
-            raise ReplayInputError("bucket count exceeds the row's requests", row=i + 1,
-                                   column=layout.latency_columns[-1])
-    t = df["t"].to_numpy(dtype=float)
-    run_codes, _ = pd.factorize(df["run"])
-    order = np.argsort(run_codes, kind="stable")
-    same_run = run_codes[order][1:] == run_codes[order][:-1]
-    back = same_run & (np.diff(t[order]) < 0)
-    if back.any():
-        i = int(order[int(np.argmax(back)) + 1])
-        raise ReplayInputError(f"t goes backwards within run {df['run'].iloc[i]!r} ({t[i]:g})", row=i + 1,
-                               column="t")
-    if len(df) == 0:
-        raise ReplayInputError("no data rows")
-    return df, layout
-
-
-# -- vectorised evaluation ---------------------------------------------------------------------------
 
 
 @dataclass

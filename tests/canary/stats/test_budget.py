@@ -14,7 +14,8 @@ from canary.spec.model import parse_spec
 from canary.stats import SequentialAnalyzer, srm
 from canary.stats.budget import default_srm_alpha, error_budget
 from canary.stats.plan import plan
-from canary.stats.replay import load_csv, replay
+from canary.stats.replay import replay
+from canary.stats.replay_input import load_csv
 
 from .helpers import make_spec, snap, vstats
 

@@ -26,7 +26,8 @@ from canary.policy.evidence import Snapshot, VersionStats
 from canary.policy.gate import StageClock, evaluate_stage
 from canary.spec.model import parse_spec
 from canary.stats.analyzer import SequentialAnalyzer
-from canary.stats.replay import load_csv, replay
+from canary.stats.replay import replay
+from canary.stats.replay_input import load_csv
 
 #: (warm-up, poll interval, minimum duration, maximum duration), seconds. The first is the issue's
 #: example: the gate's no-data deadline is 270 s where replay used to halt at 240 s.

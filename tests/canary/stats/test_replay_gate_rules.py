@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from canary.stats.replay import load_csv, replay
+from canary.stats.replay import replay
+from canary.stats.replay_input import load_csv
 
 from .helpers import make_spec
 
