@@ -1,4 +1,5 @@
-# canary-rollouts: `make demo` runs the demo, `make test` runs every test. Both set up .venv first.
+# canary-rollouts: `make demo` runs the demo, `make test` runs every test. Both set up .venv first, and
+# what they need besides it (`make services`: scripts/setup-services).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE := True
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint bench airflow lock clean
+.PHONY: setup services demo test test-fast lint bench airflow lock clean
 
 setup: $(STAMP)
 
@@ -26,18 +27,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m compileall -q -j 2 $(VENV)/lib > /dev/null || true
 	@touch $(STAMP)
 
+# Prometheus (Debian's package), the MLflow server's own virtualenv; checks PostgreSQL and Redis.
+# Installs only what is missing (as root or with sudo), says how to install what it cannot.
+services: setup
+	@scripts/setup-services
+
 # `make demo METRICS=prometheus` lets the gate read a real Prometheus scraping the serving layer.
 demo: setup
+	@$(if $(filter prometheus,$(METRICS)),scripts/setup-services prometheus,true)
 	$(PY) -m canary.devstack.demo $(if $(METRICS),--metrics $(METRICS))
 
 # Three workers on two cores: most of the suite waits on servers and rollout stages, not the CPU.
 # Tests sharing a costly fixture stay on one worker (tests/conftest.py: pytest_xdist_make_scheduler).
 PYTEST_WORKERS ?= 3
 
-test: setup
+test: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
-test-fast: setup
+test-fast: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not e2e and not gx"
 
 lint: setup

@@ -1,18 +1,16 @@
-"""A real MLflow server for tests: its own virtualenv (created with ``uv`` when missing) and a runner.
+"""A real MLflow server for tests: its own virtualenv and a runner.
 
 The full ``mlflow`` server package is not part of the Airflow environment, only the ``mlflow-skinny``
-client is, so the server lives in ``.state/mlflow-venv`` (``.ci/run`` pre-installs it).
+client is, so the server lives in ``.state/mlflow-venv`` (or ``$CANARY_MLFLOW_VENV``), installed by
+``make services`` (``scripts/setup-services``, run by ``make test``) from ``requirements-mlflow-server.txt``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,33 +22,21 @@ from canary.devstack.processes import Processes, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The server matches the client (mlflow-skinny in requirements.txt); [auth] adds basic auth.
-MLFLOW_SERVER_REQUIREMENT = "mlflow[auth]==3.17.2"
+SERVER_REQUIREMENTS = ROOT / "requirements-mlflow-server.txt"
 SERVER_VENV = Path(os.environ.get("CANARY_MLFLOW_VENV", ROOT / ".state" / "mlflow-venv"))
 ADMIN = "admin"
 
 
 def mlflow_server_executable() -> tuple[Path | None, str]:
-    """Return the ``mlflow`` executable of the server virtualenv, creating it with ``uv`` if needed."""
-    exe = SERVER_VENV / "bin" / "mlflow"
-    stamp = SERVER_VENV / ".canary-installed"
-    if exe.exists() and stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
+    """Return the ``mlflow`` executable of the server virtualenv, or None and why it cannot be used.
+
+    The virtualenv counts only when scripts/setup-services stamped it with the current requirements.
+    """
+    exe, stamp = SERVER_VENV / "bin" / "mlflow", SERVER_VENV / ".canary-installed"
+    if exe.exists() and stamp.exists() and stamp.read_bytes() == SERVER_REQUIREMENTS.read_bytes():
         return exe, ""
-    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    if uv is None:
-        return None, f"no MLflow server in {SERVER_VENV} and no `uv` to create it"
-    SERVER_VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(SERVER_VENV.parent / (SERVER_VENV.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs create it once
-        if stamp.exists() and stamp.read_text() == MLFLOW_SERVER_REQUIREMENT:
-            return exe, ""
-        steps = [[uv, "venv", "-q", "--allow-existing", "-p", sys.executable, str(SERVER_VENV)],
-                 [uv, "pip", "install", "-q", "-p", str(SERVER_VENV / "bin" / "python"), MLFLOW_SERVER_REQUIREMENT]]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                return None, f"cannot install the MLflow server ({' '.join(step[:3])}): {done.stderr[-500:]}"
-        stamp.write_text(MLFLOW_SERVER_REQUIREMENT)
-    return exe, ""
+    return None, (f"no MLflow server ({SERVER_REQUIREMENTS.read_text().strip()}) in {SERVER_VENV}: "
+                  "run `make services` (scripts/setup-services mlflow)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -14,3 +15,9 @@ def require_service(available: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"required service missing in CI: {reason}")
     pytest.skip(reason)
+
+
+def require_prometheus() -> None:
+    """Skip (locally) or fail (CI) without the ``prometheus`` and ``promtool`` binaries."""
+    require_service(shutil.which("prometheus") is not None and shutil.which("promtool") is not None,
+                    "prometheus/promtool not installed: run `make services` (Debian: apt-get install prometheus)")

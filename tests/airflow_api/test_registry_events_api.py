@@ -1,10 +1,12 @@
 """Event-driven starts on a real Airflow: events pushed through the REST API, and a watcher on a real MLflow server.
 
-The module adds three specs to the session's Airflow for its own duration (and removes them again, so the
-other tests see the specs they expect): ``api-push`` (local registry, push only), ``api-mlflow`` (a real
-MLflow registry, watched for new versions every second) and ``api-alias`` (the same MLflow, watched for
-its ``challenger`` alias moving). Their rollout DAGs stay paused, so a
-started rollout stays queued and moves no traffic; the test deletes those runs.
+The module adds five specs to the session's Airflow for its own duration (and removes them again, so the
+other tests see the specs they expect): ``api-push`` (local registry, push only), ``api-mlflow`` and
+``api-restart`` (a real MLflow registry, watched for new versions every second), ``api-alias`` (the same
+MLflow, watched for its ``challenger`` alias moving) and ``api-webhook`` (the same MLflow, no watcher:
+MLflow webhook deliveries only). Their rollout DAGs stay paused, so a started rollout stays queued and
+moves no traffic; the test deletes those runs. Each test uses its own model and registers the versions
+it needs, so it passes alone and in any order (the watchers' watermarks are per model).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 ENDPOINT = "api"  # the endpoint of tests/airflow_api/conftest.py
 DISPATCHER = "canary_registry_events"
 PUSH_MODEL, WATCHED_MODEL, ALIAS_MODEL = "api-push", "api-mlflow", "api-alias"
+RESTART_MODEL, WEBHOOK_MODEL = "api-restart", "api-webhook"
 MLFLOW_CONN_ID = "canary_registry_mlflow_events"
 WEBHOOK_CONN_ID, WEBHOOK_SECRET = "canary_mlflow_webhook_default", "api-test-webhook-secret"
 WAIT_S = 120.0
@@ -97,8 +100,9 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
         client.request("POST", "/api/v2/connections", json_body={
             "connection_id": WEBHOOK_CONN_ID, "conn_type": "generic", "password": WEBHOOK_SECRET})
         mlflow_registry = build_backend("registry", "mlflow", mlflow.conn())
-        mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/1")
-        mlflow_registry.set_alias(WATCHED_MODEL, "champion", "1")
+        for model in (WATCHED_MODEL, RESTART_MODEL, WEBHOOK_MODEL):
+            mlflow_registry.register_version(model, f"s3://canary-test/{model}/1")
+            mlflow_registry.set_alias(model, "champion", "1")
         for n in (1, 2, 3):
             mlflow_registry.register_version(ALIAS_MODEL, f"s3://canary-test/api-alias/{n}")
         mlflow_registry.set_alias(ALIAS_MODEL, "champion", "1")
@@ -106,16 +110,18 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
         for version, tags in (("v1", {}), ("v2", {}), ("v3", {"rollout.result": "rolled_back"})):
             local.register_version(PUSH_MODEL, version, tags=tags)
         local.set_alias(PUSH_MODEL, "champion", "v1")
+        mlflow = {"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}}
+        new_versions = {"on_registry_event": {"enabled": True, "poll_interval": "1s"}}
         added = {
             PUSH_MODEL: fast_spec(PUSH_MODEL, ENDPOINT, schedule={"on_registry_event": {"enabled": True,
                                                                                         "watch": "none"}}),
-            WATCHED_MODEL: fast_spec(WATCHED_MODEL, ENDPOINT,
-                                     backends={"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}},
-                                     schedule={"on_registry_event": {"enabled": True, "poll_interval": "1s"}}),
-            ALIAS_MODEL: fast_spec(ALIAS_MODEL, ENDPOINT,
-                                   backends={"registry": {"name": "mlflow", "conn_id": MLFLOW_CONN_ID}},
+            WATCHED_MODEL: fast_spec(WATCHED_MODEL, ENDPOINT, backends=mlflow, schedule=new_versions),
+            RESTART_MODEL: fast_spec(RESTART_MODEL, ENDPOINT, backends=mlflow, schedule=new_versions),
+            ALIAS_MODEL: fast_spec(ALIAS_MODEL, ENDPOINT, backends=mlflow,
                                    schedule={"on_registry_event": {"enabled": True, "watch": "alias",
                                                                    "alias": "challenger", "poll_interval": "1s"}}),
+            WEBHOOK_MODEL: fast_spec(WEBHOOK_MODEL, ENDPOINT, backends=mlflow,
+                                     schedule={"on_registry_event": {"enabled": True, "watch": "none"}}),
         }
         for model, spec in added.items():
             (specs / f"{model}.yaml").write_text(yaml.safe_dump(spec))
@@ -128,7 +134,7 @@ def events(airflow_server, tmp_path_factory) -> Iterator[EventsSetup]:
             # Watchers run only for assets a non-paused DAG is scheduled on, decided when the file is parsed.
             server.set_paused(DISPATCHER, False)
             reparse(client, DISPATCHER)
-            for model in (WATCHED_MODEL, ALIAS_MODEL):
+            for model in (WATCHED_MODEL, RESTART_MODEL, ALIAS_MODEL):
                 wait_for(f"the MLflow watcher of {model}", lambda m=model: asset(client, m)["watchers"])
             yield EventsSetup(server=server, client=client, mlflow_registry=mlflow_registry)
         finally:
@@ -186,7 +192,7 @@ def test_a_pushed_event_starts_the_rollout_of_that_version(events):
 @pytest.mark.parametrize(("extra", "kind", "reason"), [
     ({"model": "no-such-model", "version": "v2"}, "refused",
      "model: unknown model 'no-such-model': no spec with schedule.on_registry_event.enabled "
-     "(known: api-alias, api-mlflow, api-push)"),
+     "(known: api-alias, api-mlflow, api-push, api-restart, api-webhook)"),
     ({"model": PUSH_MODEL}, "refused",
      'version: is missing; the event\'s extra must be {"model": "<model>", "version": "<version>"}'),
     ({"model": PUSH_MODEL, "version": 2}, "refused", 'version: must be a non-empty string, got 2 (quote it: "2")'),
@@ -208,7 +214,7 @@ def test_the_watcher_starts_a_rollout_when_a_version_is_registered_in_mlflow(eve
     client = events.client
     dag_id = f"canary_rollout__{WATCHED_MODEL}"
     assert runs(client, dag_id) == []  # only the champion so far: nothing to report
-    version = events.mlflow_registry.register_version(WATCHED_MODEL, "s3://canary-test/api-mlflow/2")
+    version = events.mlflow_registry.register_version(WATCHED_MODEL, f"s3://canary-test/{WATCHED_MODEL}/2")
     started = time.time()
     [run] = wait_for(f"a rollout run of {WATCHED_MODEL} version {version}", lambda: runs(client, dag_id))
     print(f"\nwatcher-driven rollout run created {time.time() - started:.1f}s after registering version {version}")
@@ -233,19 +239,24 @@ def stored_watermark(client, model: str = WATCHED_MODEL) -> dict | None:
 
 
 def test_a_restarted_watcher_resumes_from_its_watermark_and_reports_nothing_again(events):
-    """Run after the test above: version 2 was reported. Its rollout run is deleted (nothing queued,
-    no tag), so only the stored watermark keeps a new watcher from starting it again."""
+    """The watcher reports a new version; its rollout run is deleted (nothing queued, no tag), so only the
+    stored watermark keeps a new watcher from starting it again."""
     client, server = events.client, events.server
-    dag_id = f"canary_rollout__{WATCHED_MODEL}"
+    dag_id = f"canary_rollout__{RESTART_MODEL}"
+    version = events.mlflow_registry.register_version(RESTART_MODEL, f"s3://canary-test/{RESTART_MODEL}/2")
+    [run] = wait_for(f"a rollout run of {RESTART_MODEL} version {version}", lambda: runs(client, dag_id))
+    assert run["conf"]["version"] == version
+    wait_for(f"the watermark at version {version}",
+             lambda: (stored_watermark(client, RESTART_MODEL) or {}).get("last_version") == version)
     delete_runs(client, dag_id)
     dispatcher_runs = run_ids(client)
     # Pausing the dispatcher stops the watcher (at the next parse), unpausing starts a new one.
     server.set_paused(DISPATCHER, True)
     reparse(client, DISPATCHER)
-    wait_for("the watcher to stop", lambda: asset(client, WATCHED_MODEL)["watchers"] == [])
+    wait_for("the watcher to stop", lambda: asset(client, RESTART_MODEL)["watchers"] == [])
     server.set_paused(DISPATCHER, False)
     reparse(client, DISPATCHER)
-    wait_for("a new watcher", lambda: asset(client, WATCHED_MODEL)["watchers"])
+    wait_for("a new watcher", lambda: asset(client, RESTART_MODEL)["watchers"])
     time.sleep(15)  # several polls of the new watcher, and time for a run it would have started
     assert runs(client, dag_id) == [] and run_ids(client) == dispatcher_runs
 
@@ -254,7 +265,7 @@ def test_the_alias_watcher_starts_a_rollout_when_the_challenger_alias_moves(even
     """Only moves of the alias count: versions registered without it start nothing."""
     client, registry = events.client, events.mlflow_registry
     dag_id = f"canary_rollout__{ALIAS_MODEL}"
-    registry.register_version(ALIAS_MODEL, "s3://canary-test/api-alias/4")
+    registry.register_version(ALIAS_MODEL, f"s3://canary-test/{ALIAS_MODEL}/4")
     time.sleep(5)  # several polls: a new version without the alias is not the alias moving
     assert runs(client, dag_id) == []
     registry.set_alias(ALIAS_MODEL, "challenger", "2")
@@ -274,11 +285,12 @@ def test_the_alias_watcher_starts_a_rollout_when_the_challenger_alias_moves(even
 def test_a_signed_mlflow_webhook_delivery_starts_the_rollout_and_a_forged_one_is_refused(events):
     """The receiver the API server serves at /canary/mlflow/webhook, as MLflow would call it."""
     client, server = events.client, events.server
-    dag_id = f"canary_rollout__{ALIAS_MODEL}"
-    delete_runs(client, dag_id)  # the alias test leaves its last run queued
+    dag_id = f"canary_rollout__{WEBHOOK_MODEL}"
+    source = f"s3://canary-test/{WEBHOOK_MODEL}/2"
+    version = events.mlflow_registry.register_version(WEBHOOK_MODEL, source)  # what MLflow reports next
     before = run_ids(client)
     body = json.dumps({"entity": "model_version", "action": "created", "timestamp": "2026-12-01T00:00:00+00:00",
-                       "data": {"name": ALIAS_MODEL, "version": "4", "source": "s3://canary-test/api-alias/4"}}).encode()
+                       "data": {"name": WEBHOOK_MODEL, "version": version, "source": source}}).encode()
     sent = str(int(time.time()))
     headers = {"Content-Type": "application/json", "X-MLflow-Delivery-Id": "api-test-1", "X-MLflow-Timestamp": sent,
                "X-MLflow-Signature": sign(WEBHOOK_SECRET, delivery_id="api-test-1", timestamp=sent, body=body)}
@@ -288,11 +300,11 @@ def test_a_signed_mlflow_webhook_delivery_starts_the_rollout_and_a_forged_one_is
     assert forged.status_code == 401 and forged.json()["field"] == "X-MLflow-Signature", forged.text
     accepted = requests.post(url, data=body, headers=headers, timeout=30)
     assert accepted.status_code == 202, accepted.text
-    assert accepted.json()["asset"] == f"canary_registry__{ALIAS_MODEL}"
+    assert accepted.json()["asset"] == f"canary_registry__{WEBHOOK_MODEL}"
     [(state, report)] = dispatcher_reports(client, before, until=lambda reps: any(r["started"] for r in reps))
     assert state == "success", report
     [started] = report["started"]
-    assert (started["model"], started["version"]) == (ALIAS_MODEL, "4")
+    assert (started["model"], started["version"]) == (WEBHOOK_MODEL, version)
     [run] = runs(client, dag_id)
-    assert run["conf"] == {"version": "4", "reason": "registry event (REST API, new_version): MLflow webhook: "
-                                                     f"version 4 created in '{ALIAS_MODEL}'"}
+    assert run["conf"] == {"version": version, "reason": "registry event (REST API, new_version): MLflow webhook: "
+                                                         f"version {version} created in '{WEBHOOK_MODEL}'"}

@@ -9,14 +9,13 @@ per-request pairs, so these specs run without a shadow test.
 from __future__ import annotations
 
 import json
-import shutil
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 import yaml
 from fast_spec import FIRST_STAGE_PCT, fast_spec
-from services import require_service
+from services import require_prometheus
 
 from canary.backends.base import ConnInfo
 from canary.devstack.demo import local_stack, migrate, run_rollout
@@ -38,7 +37,7 @@ def rollout_spec() -> dict:
 
 @pytest.fixture(scope="module")
 def e2e(request, tmp_path_factory):
-    require_service(shutil.which("prometheus") is not None, "prometheus not installed (apt-get install prometheus)")
+    require_prometheus()
     root = tmp_path_factory.mktemp("e2e-prom")
     specs = root / "specs"
     specs.mkdir()

@@ -1,8 +1,8 @@
 """The MLflow registry backend against a real MLflow server (basic auth on, SQLite store, loopback port).
 
-The server runs from its own virtualenv (``.state/mlflow-venv``, created here with ``uv`` when
-missing): the full ``mlflow`` server package is not part of the Airflow environment, only the
-``mlflow-skinny`` client is. Retry behaviour is tested against a small HTTP stub that answers 503
+The server runs from its own virtualenv (``.state/mlflow-venv``, installed by ``make services``): the
+full ``mlflow`` server package is not part of the Airflow environment, only the ``mlflow-skinny`` client
+is. Retry behaviour is tested against a small HTTP stub that answers 503
 first, since a healthy server cannot be made to fail on cue.
 """
 

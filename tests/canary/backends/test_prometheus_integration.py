@@ -11,7 +11,6 @@ The Prometheus harness (:func:`canary.devstack.processes.prometheus_server`) is 
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from services import require_service
+from services import require_prometheus
 
 from canary.backends.base import ConnInfo
 from canary.backends.local_metrics import LocalMetricsSource
@@ -36,12 +35,6 @@ from canary.serving.traffic import run_traffic
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 TOKEN = "prometheus-integration-token"
-
-
-def require_prometheus(request: pytest.FixtureRequest | None = None) -> None:
-    """Skip (locally) or fail (CI) without the ``prometheus`` and ``promtool`` binaries."""
-    require_service(shutil.which("prometheus") is not None and shutil.which("promtool") is not None,
-                    "prometheus/promtool not installed (Debian: apt-get install prometheus)")
 
 
 def conn_for(url: str) -> ConnInfo:
@@ -133,8 +126,8 @@ def truth(version: str, t0: int, start_s: float, end_s: float) -> dict:
 
 
 @pytest.fixture(scope="module")
-def history(request, tmp_path_factory) -> Iterator[tuple[str, int]]:
-    require_prometheus(request)
+def history(tmp_path_factory) -> Iterator[tuple[str, int]]:
+    require_prometheus()
     work = tmp_path_factory.mktemp("prom-history")
     t0 = (int(time.time()) - 3 * 3600) // STEP_S * STEP_S
     write_openmetrics(work / "history.om", t0)
@@ -204,8 +197,8 @@ def test_extra_matchers_select_one_pod(history):
 
 # --- (b) live scrape of the embedded serving layer ------------------------------------------------------
 
-def test_live_scrape_agrees_with_the_local_store_across_a_restart(request, tmp_path):
-    require_prometheus(request)
+def test_live_scrape_agrees_with_the_local_store_across_a_restart(tmp_path):
+    require_prometheus()
     db = tmp_path / "metrics.db"
     port = free_port()
     options = {"deployments": {"ep": ["v1", "v2", "v3"]}, "faults": {"v2": Faults(error_rate=0.2)}, "seed": 5}
