@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.backends.base import EndpointBusyError, Lease, LeaseHolder, LeaseLostError
+from canary.backends.base import EndpointBusyError, EndpointLock, Lease, LeaseHolder, LeaseLostError
 from canary.errors import RequestError
 from canary.rollout.lease import endpoint_lease_key
 from canary.rollout.plan import RolloutPlan
@@ -90,11 +90,12 @@ class EndpointLeaseMixin:
     #: When a fresh wait counts from (see :func:`wait_origin_s`); None: now.
     _wait_origin_s: float | None = None
 
-    def take_endpoint(self, plan: RolloutPlan, replan: Callable[[], RolloutPlan]) -> RolloutPlan:
+    def take_endpoint(self, plan: RolloutPlan, replan: Callable[[], RolloutPlan], lock: EndpointLock) -> RolloutPlan:
         """Return the plan, resolved again under the lease; raise :class:`RequestError` when refused.
 
         :param plan: the plan resolved before taking the lease (its request was valid).
         :param replan: resolves the request again (called once the lease is held).
+        :param lock: the spec's lease store, as the first task built it.
         """
         spec = plan.spec
         say: Callable[[RolloutPlan, str], None] = self.say  # type: ignore[attr-defined]
@@ -103,7 +104,6 @@ class EndpointLeaseMixin:
             return plan
         key, holder, concurrency = lease_key(spec), lease_holder(plan), spec.concurrency
         waited = self._lease_wait
-        lock = lock_hook(spec).lock
         now = time.time()
         try:
             lock.acquire(key, holder, ttl_s=concurrency.lease_ttl_s)

@@ -180,11 +180,13 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
             conf = dict(context["params"])
             conf.update(context["dag_run"].conf or {})
             request = RolloutRequest.from_conf(conf)
-            registry = build_backends(spec)["registry"]
+            backends = build_backends(spec)
+            registry = backends["registry"]
             plan = plan_rollout(spec, request, registry, run_id=context["run_id"], now_s=time.time())
             self._wait_origin_s = wait_origin_s(context)
             plan = self.take_endpoint(plan, lambda: plan_rollout(spec, request, registry,
-                                                                 run_id=context["run_id"], now_s=time.time()))
+                                                                 run_id=context["run_id"], now_s=time.time()),
+                                      backends["lock"])
         except (SpecError, RequestError, ConfigError) as err:
             from canary_airflow.run_notes import write_run_note
 
