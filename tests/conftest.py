@@ -34,6 +34,13 @@ def _own_lock_store(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CANARY_LOCK_PATH", str(tmp_path_factory.mktemp("locks") / "canary_locks.db"))
 
 
+@pytest.fixture(autouse=True)
+def _own_history_store(monkeypatch, tmp_path_factory):
+    """Each test gets its own rollout history (SQLite): looks recorded by one test never show in another."""
+    path = tmp_path_factory.mktemp("history") / "canary_history.db"
+    monkeypatch.setenv("CANARY_HISTORY_URL", f"sqlite:///{path}")
+
+
 def xdist_scope_of(nodeid: str) -> str:
     """Return the scheduling unit of a test for ``make test`` (``pytest -n 3``): one worker runs a unit.
 

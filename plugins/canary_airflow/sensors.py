@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -9,10 +10,12 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
+from canary.history.looks import look_line, look_of_poll, stage_title
 from canary.policy.decisions import GateResult
 from canary.rollout.observe import StageWatch, poll_stage
 from canary.rollout.plan import RolloutPlan
 from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
+from canary_airflow.history import record
 from canary_airflow.operators import PLAN_TASK_ID, metrics_hook, stage_group
 from canary_airflow.triggers import CanaryObserveTrigger
 
@@ -71,27 +74,44 @@ class CanaryObserveSensor(BaseSensorOperator):
         renew_lease(plan)  # every look renews the endpoint lease (the trigger renews at its polls)
         stage = plan.stages[self.stage_index]
         source = metrics_hook(plan.spec).source
-        result, state = poll_stage(plan.spec, stage, watch, source)
+        look_at_s = time.time()
+        result, state = poll_stage(plan.spec, stage, watch, source, now_s=look_at_s)
+        self._look(context, plan, result, look_at_s)
         if result.decision.is_terminal():
             self._log(plan, result, 1)
         return PokeReturnValue(is_done=result.decision.is_terminal(),
                                xcom_value={"stage_index": self.stage_index, "result": result.to_dict(),
                                            "state": state or None, "polls": 1})
 
+    def _look(self, context: Any, plan: RolloutPlan, result: GateResult, look_at_s: float) -> None:
+        """Log one look and record it in the rollout history (a failure to record only warns)."""
+        ti = context["ti"]
+        look = look_of_poll(dag_id=ti.dag_id, run_id=context["run_id"], spec=plan.spec,
+                            stage=plan.stages[self.stage_index], stage_index=self.stage_index,
+                            look_at_s=look_at_s, result=result)
+        self.log.info("%s", look_line(look))
+        record(f"look {look_at_s:.3f} of stage {self.stage_index + 1}", lambda history: history.add_look(look),
+               self.log)
+
     def execute(self, context: Any) -> Any:
-        first = self.poke(context)
-        if first.is_done:
-            return first.xcom_value
         plan, watch = self._setup(context)
-        if plan.dry_run:
-            # No traffic moved, so there is nothing to wait for: report what one look shows.
-            self.log.info("CANARY %s %s: [dry run] stage %d: one look, not waiting: %s", plan.model, plan.candidate,
-                          self.stage_index + 1, first.xcom_value["result"]["reason"])
-            return first.xcom_value
-        if not self.deferrable:
-            return super().execute(context)
-        ref = plan.spec.backends.metrics
         stage = plan.stages[self.stage_index]
+        # One collapsible group per stage in the task log; the trigger opens its own while it polls.
+        self.log.info("::group::%s", stage_title(self.stage_index, stage.weight))
+        try:
+            first = self.poke(context)
+            if first.is_done:
+                return first.xcom_value
+            if plan.dry_run:
+                # No traffic moved, so there is nothing to wait for: report what one look shows.
+                self.log.info("CANARY %s %s: [dry run] stage %d: one look, not waiting: %s", plan.model,
+                              plan.candidate, self.stage_index + 1, first.xcom_value["result"]["reason"])
+                return first.xcom_value
+            if not self.deferrable:
+                return super().execute(context)
+        finally:
+            self.log.info("::endgroup::")
+        ref = plan.spec.backends.metrics
         self.defer(
             trigger=CanaryObserveTrigger(
                 spec=plan.spec.model_dump(mode="json", by_alias=True),
@@ -101,6 +121,8 @@ class CanaryObserveSensor(BaseSensorOperator):
                          "options": {"endpoint": plan.spec.endpoint,
                                      **plan.spec.backends.constructor_kwargs("metrics")}},
                 lease=observe_lease_kwargs(plan),
+                dag_id=context["ti"].dag_id,
+                run_id=context["run_id"],
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=stage.max_duration_s + TIMEOUT_SLACK_S),

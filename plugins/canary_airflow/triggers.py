@@ -16,11 +16,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from canary.backends.base import Lease, LeaseHolder, LeaseLostError
 from canary.errors import BackendError
+from canary.history.looks import look_line, look_of_poll, stage_title
 from canary.policy.decisions import Decision, GateResult
 from canary.rollout.lease import blocking_lease
 from canary.rollout.observe import StageWatch, default_analyzer, poll_stage
 from canary.spec import defaults
 from canary.spec.model import StageSpec, parse_spec
+from canary_airflow.history import arecord
 from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed polls after which the trigger reports HALT instead of retrying further.
@@ -36,21 +38,39 @@ class CanaryObserveTrigger(BaseTrigger):
     :param metrics: ``{"name", "conn_id", "options"}`` of the metrics backend.
     :param lease: the run's endpoint lease, renewed at every poll: ``{"lock", "key", "dag_id", "run_id",
         "ttl_s"}`` (None: nothing to renew, e.g. a dry run). A lost lease fires HALT (metric ``lease``).
+    :param dag_id: the observed run's DAG, to record each look in the rollout history.
+    :param run_id: the observed run. Both None (triggers stored before the history existed): looks are
+        logged, not recorded.
     """
 
     def __init__(self, *, spec: dict[str, Any], stage: dict[str, Any], watch: dict[str, Any],
-                 metrics: dict[str, Any], lease: dict[str, Any] | None = None) -> None:
+                 metrics: dict[str, Any], lease: dict[str, Any] | None = None, dag_id: str | None = None,
+                 run_id: str | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.stage = stage
         self.watch = watch
         self.metrics = metrics
         self.lease = lease
+        self.dag_id = dag_id
+        self.run_id = run_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {"spec": self.spec, "stage": self.stage, "watch": self.watch, "metrics": self.metrics,
-                 "lease": self.lease})
+                 "lease": self.lease, "dag_id": self.dag_id, "run_id": self.run_id})
+
+    async def _look(self, spec: Any, stage: StageSpec, watch: StageWatch, result: GateResult,
+                    look_at_s: float) -> None:
+        """Log the poll's look and record it in the history (in a thread; a failure only warns)."""
+        look = await asyncio.to_thread(look_of_poll, dag_id=self.dag_id or "", run_id=self.run_id or "",
+                                       spec=spec, stage=stage, stage_index=watch.stage_index,
+                                       look_at_s=look_at_s, result=result)
+        self.log.info("%s", look_line(look))
+        if self.dag_id and self.run_id:
+            # Keyed by (run, stage, look time): a retried poll or a second copy of this trigger records once.
+            await arecord(f"look {look_at_s:.3f} of stage {watch.stage_index + 1}",
+                          lambda history: history.add_look(look), self.log)
 
     async def _lease_store(self) -> Any:
         if not self.lease:
@@ -86,38 +106,57 @@ class CanaryObserveTrigger(BaseTrigger):
         source = await hook.aclient()
         lease_store = await self._lease_store()
 
-        async def poll() -> tuple[LeaseLostError | None, GateResult | None, Any]:
+        async def poll() -> tuple[LeaseLostError | None, GateResult | None, Any, float]:
             lost = await self._renew(lease_store)
+            look_at_s = time.time()
             if lost is not None:
-                return lost, None, None
-            result, state = await asyncio.to_thread(poll_stage, spec, stage, watch, source, analyzer=analyzer)
-            return None, result, state
+                return lost, None, None, look_at_s
+            result, state = await asyncio.to_thread(poll_stage, spec, stage, watch, source, analyzer=analyzer,
+                                                    now_s=look_at_s)
+            return None, result, state, look_at_s
 
         policy = PollPolicy(interval_s=spec.analysis.poll_interval_s,
                             max_consecutive_errors=MAX_CONSECUTIVE_BACKEND_ERRORS)
         polls = 0
-        async for step in poll_loop(poll, policy, retry_on=(BackendError,)):
-            if isinstance(step, Polled):
-                lost, result, state = step.value
-                if lost is not None:
-                    result = GateResult(decision=Decision.HALT, metric="lease", reason=f"{lost}: stopped observing")
+        # One collapsible group per stage in the task log (Airflow's log view folds ::group:: ... ::endgroup::).
+        self.log.info("::group::%s", stage_title(watch.stage_index, stage.weight))
+        group_open = True
+
+        def end_group() -> None:
+            nonlocal group_open
+            if group_open:
+                self.log.info("::endgroup::")
+                group_open = False
+
+        try:
+            async for step in poll_loop(poll, policy, retry_on=(BackendError,)):
+                if isinstance(step, Polled):
+                    lost, result, state, look_at_s = step.value
+                    if lost is not None:
+                        result = GateResult(decision=Decision.HALT, metric="lease",
+                                            reason=f"{lost}: stopped observing")
+                        end_group()
+                        yield TriggerEvent(self._payload(result, watch.carry_state, polls))
+                        return
+                    polls += 1
+                    await self._look(spec, stage, watch, result, look_at_s)
+                    if result.decision.is_terminal():
+                        end_group()
+                        yield TriggerEvent(self._payload(result, state, polls))
+                        return
+                    continue
+                assert isinstance(step, Failed | GaveUp)
+                self.log.warning("metrics poll %d failed (%d in a row): %s", polls + 1, step.failures, step.error)
+                past_deadline = time.time() - watch.stage_started_at_s >= stage.max_duration_s
+                if isinstance(step, GaveUp) or past_deadline:
+                    result = GateResult(decision=Decision.HALT, metric="data",
+                                        reason=f"metrics backend failing ({step.failures} polls in a row): "
+                                               f"{step.error}")
+                    end_group()
                     yield TriggerEvent(self._payload(result, watch.carry_state, polls))
                     return
-                polls += 1
-                self.log.info("stage %d poll %d: %s (%s)", watch.stage_index + 1, polls, result.decision.value,
-                              result.reason)
-                if result.decision.is_terminal():
-                    yield TriggerEvent(self._payload(result, state, polls))
-                    return
-                continue
-            assert isinstance(step, Failed | GaveUp)
-            self.log.warning("metrics poll %d failed (%d in a row): %s", polls + 1, step.failures, step.error)
-            past_deadline = time.time() - watch.stage_started_at_s >= stage.max_duration_s
-            if isinstance(step, GaveUp) or past_deadline:
-                result = GateResult(decision=Decision.HALT, metric="data",
-                                    reason=f"metrics backend failing ({step.failures} polls in a row): {step.error}")
-                yield TriggerEvent(self._payload(result, watch.carry_state, polls))
-                return
+        finally:
+            end_group()  # also when the triggerer cancels it (the task was cleared, the run failed)
 
     def _payload(self, result: GateResult, state: Any, polls: int) -> dict[str, Any]:
         return {"stage_index": self.watch["stage_index"], "result": result.to_dict(),

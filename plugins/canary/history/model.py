@@ -93,6 +93,14 @@ class Look:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def observed_weight_pct(self) -> float | None:
+        """The canary's observed share of the stage's requests in percent (None without requests)."""
+        canary, stable = self.evidence.get("canary_requests"), self.evidence.get("stable_requests")
+        if canary is None or stable is None or canary + stable <= 0:
+            return None
+        return 100.0 * canary / (canary + stable)
+
+    @property
     def key(self) -> tuple[str, str, int, float]:
         return (self.dag_id, self.run_id, self.stage_index, round(self.look_at_s, LOOK_TIME_DECIMALS))
 
