@@ -16,11 +16,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from canary.history import RolloutHistory, default_history_url, open_history
-from canary.history.model import RolloutEvent
+from canary.history.model import RolloutEvent, RolloutRecord, StartedBy
+from canary.history.started_by import started_by
+
+if TYPE_CHECKING:
+    from canary.rollout.plan import RolloutPlan
+    from canary.spec.model import RolloutSpec
 
 T = TypeVar("T")
 
@@ -47,7 +52,7 @@ def record(what: str, write: Callable[[RolloutHistory], T], log: Any) -> T | Non
     """
     try:
         return write(rollout_history())
-    except Exception as err:  # noqa: BLE001 - see the docstring: a record never decides anything
+    except Exception as err:
         log.warning("rollout history: could not record %s (%s: %s); the rollout goes on", what,
                     type(err).__name__, err)
         return None
@@ -58,12 +63,66 @@ async def arecord(what: str, write: Callable[[RolloutHistory], T], log: Any) -> 
     return await asyncio.to_thread(record, what, write, log)
 
 
-def record_event(context: Any, kind: str, key: str, data: dict[str, Any], log: Any) -> None:
+def run_key(context: Any) -> tuple[str, str]:
+    """Return ``(dag_id, run_id)`` of the task's run, the key of everything the history keeps of it."""
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or getattr(context.get("ti"), "dag_id", None) or ""
+    return str(dag_id), str(context["run_id"])
+
+
+def record_event(context: Any, kind: str, key: str, data: Mapping[str, Any], log: Any, *,
+                 at_s: float | None = None) -> None:
     """Record one event of the task's run (``(kind, key)`` identifies it: re-recording replaces it)."""
-    ti = context["ti"]
-    event = RolloutEvent(dag_id=ti.dag_id, run_id=context["run_id"], at_s=time.time(), kind=kind, key=key,
-                         data=data)
-    record(f"the {kind} event {key or ''}".rstrip(), lambda h: h.add_event(event), log)
+    dag_id, run_id = run_key(context)
+    event = RolloutEvent(dag_id=dag_id, run_id=run_id, at_s=time.time() if at_s is None else at_s, kind=kind,
+                         key=key, data=dict(data))
+    record(f"the {kind} event {key}".rstrip(), lambda h: h.add_event(event), log)
 
 
-__all__ = ["arecord", "record", "record_event", "rollout_history"]
+def started_by_of(context: Any) -> tuple[StartedBy, str]:
+    """Return who started the task's run (:func:`canary.history.started_by.started_by` on its dag_run)."""
+    dag_run = context.get("dag_run")
+    return started_by(getattr(dag_run, "run_type", None), getattr(dag_run, "conf", None) or {},
+                      getattr(dag_run, "triggering_user_name", None))
+
+
+def record_start(context: Any, plan: RolloutPlan, log: Any) -> None:
+    """Record the run's start with its frozen plan (a retried ``validate_request`` replaces it)."""
+    dag_id, run_id = run_key(context)
+    who, detail = started_by_of(context)
+    rollout = RolloutRecord(dag_id=dag_id, run_id=run_id, model=plan.model, endpoint=plan.spec.endpoint,
+                            candidate=plan.candidate, stable=plan.stable, started_by=who, started_by_detail=detail,
+                            reason=plan.reason, dry_run=plan.dry_run, started_at_s=plan.started_at_s,
+                            stages_planned=tuple(s.weight for s in plan.stages),
+                            spec=plan.spec.model_dump(mode="json", by_alias=True))
+    record("the start of the rollout", lambda h: h.start(rollout), log)
+
+
+def record_refusal(context: Any, spec: RolloutSpec | None, conf: Mapping[str, Any], reason: str, log: Any) -> None:
+    """Record a run refused before any traffic moved: its start and, at once, its end (outcome ``refused``)."""
+    from canary.spec.defaults import ROLLOUT_DAG_PREFIX
+
+    dag_id, run_id = run_key(context)
+    who, detail = started_by_of(context)
+    now_s = time.time()
+    rollout = RolloutRecord(
+        dag_id=dag_id, run_id=run_id, model=spec.model if spec else dag_id.removeprefix(ROLLOUT_DAG_PREFIX),
+        endpoint=spec.endpoint if spec else "", candidate=str(conf.get("version") or ""), stable="",
+        started_by=who, started_by_detail=detail, reason=str(conf.get("reason") or ""),
+        dry_run=conf.get("dry_run") is True, started_at_s=now_s,
+        stages_planned=tuple(s.weight for s in spec.stages) if spec else (),
+        spec=spec.model_dump(mode="json", by_alias=True) if spec else {})
+
+    def write(history: RolloutHistory) -> None:
+        history.start(rollout)
+        history.finish(dag_id, run_id, outcome=REFUSED, reason=reason, finished_at_s=now_s, stages_reached=0)
+
+    record("the refusal of the rollout", write, log)
+
+
+#: The outcome recorded for a run refused by ``validate_request`` (no traffic moved).
+REFUSED = "refused"
+
+
+__all__ = ["REFUSED", "arecord", "record", "record_event", "record_refusal", "record_start", "rollout_history",
+           "run_key", "started_by_of"]

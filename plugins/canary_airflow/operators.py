@@ -31,6 +31,7 @@ from canary_airflow.endpoint_lock import (
     renew_lease,
     wait_origin_s,
 )
+from canary_airflow.history import record_event
 from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
 from canary_airflow.serving_changes import (
     ServingChangeError,
@@ -175,10 +176,13 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
         self.spec_path = spec_path
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from canary_airflow.history import record_refusal, record_start
+
+        spec: RolloutSpec | None = None
+        conf = dict(context["params"])
+        conf.update(context["dag_run"].conf or {})
         try:
             spec = load_spec(self.spec_path)
-            conf = dict(context["params"])
-            conf.update(context["dag_run"].conf or {})
             request = RolloutRequest.from_conf(conf)
             backends = build_backends(spec)
             registry = backends["registry"]
@@ -191,10 +195,12 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
             from canary_airflow.run_notes import write_run_note
 
             write_run_note(context, f"REFUSED before any traffic moved - {err}", log=self.log)
+            record_refusal(context, spec, conf, str(err), self.log)
             raise AirflowFailException(f"rollout refused: {err}") from err
         weights = " -> ".join(f"{s.weight}%" for s in plan.stages)
         self.say(plan, f"rollout of {plan.candidate} against champion {plan.stable}, stages {weights}"
                        + (f" ({plan.reason})" if plan.reason else ""))
+        record_start(context, plan, self.log)  # the plan is frozen: the spec as this run will apply it
         return plan.to_dict()
 
 
@@ -222,6 +228,7 @@ class ShadowTestOperator(CanaryBaseOperator):
         verdict = run_shadow(serving_hook(plan.spec).router, metrics_hook(plan.spec).source, shadow,
                              stable=plan.stable, candidate=plan.candidate, log=lambda m: self.say(plan, m))
         result = verdict.to_dict()
+        record_event(context, "shadow", "", result, self.log)
         if not verdict.passed:
             context["ti"].xcom_push(key="return_value", value=result)
             raise AirflowFailException(f"shadow test failed: {'; '.join(verdict.reasons)}")
@@ -281,7 +288,13 @@ class SetTrafficOperator(CanaryBaseOperator):
             router.set_weights(split)
             self.settle(plan.spec, router)  # the stage's clock starts once the split is in effect
             self.say(plan, f"stage {self.stage_index + 1}: traffic set to {weight}% canary")
-        return {"stage_index": self.stage_index, "weight": weight, "started_at_s": time.time(), "split": split}
+        started_at_s = time.time()
+        if self.stage_index > 0:
+            record_approval(context, self.stage_index - 1, self.log)  # the answer that let this stage start
+        record_event(context, "traffic", stage_group(self.stage_index),
+                     {"stage_index": self.stage_index, "weight_pct": weight, "weights": split,
+                      "dry_run": plan.dry_run}, self.log, at_s=started_at_s)
+        return {"stage_index": self.stage_index, "weight": weight, "started_at_s": started_at_s, "split": split}
 
 
 class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
@@ -311,8 +324,9 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
             action, why = next_action_for(plan, self.stage_index, result)
         if action is Action.HOLD and not self.has_approval:
             action, why = Action.ROLLBACK, f"{why} (no approval task in this DAG: rolling back)"
-        context["ti"].xcom_push(key="action", value={"action": action.value, "reason": why,
-                                                      "decision": result.decision.value, "metric": result.metric})
+        gate = {"action": action.value, "reason": why, "decision": result.decision.value, "metric": result.metric}
+        context["ti"].xcom_push(key="action", value=gate)
+        record_event(context, "gate", group, {**gate, "stage_index": self.stage_index}, self.log)
         self.say(plan, f"stage {self.stage_index + 1} gate: {result.decision.value} -> {action.value}: {why}")
         if action is Action.ROLLBACK:
             return f"{group}.rollback"
@@ -366,6 +380,9 @@ class RollbackOperator(CanaryBaseOperator):
             self.say(plan, f"would roll back: {reason}")
         else:
             roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
+        record_event(context, "rollback", stage_group(self.stage_index),
+                     {"stage_index": self.stage_index, "reason": reason, "metric": gate.get("metric"),
+                      "weights": {plan.stable: 100}, "dry_run": plan.dry_run}, self.log)
         return {"outcome": Outcome.ROLLED_BACK.value, "reason": reason, "stage_index": self.stage_index,
                 "metric": gate.get("metric")}
 
@@ -390,6 +407,8 @@ class PromoteOperator(CanaryBaseOperator):
         registry_hook(plan.spec).registry.promote(plan.model, plan.candidate, run_id=plan.run_id,
                                                   summary={"retired": plan.stable, "reason": reason})
         self.say(plan, f"promoted {plan.candidate}; {plan.stable} retired")
+        record_event(context, "promote", "", {"candidate": plan.candidate, "retired": plan.stable, "reason": reason,
+                                              "weights": {plan.candidate: 100}}, self.log)
         return {"outcome": Outcome.PROMOTED.value, "reason": reason}
 
 
@@ -431,12 +450,18 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
                 roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
             except CanaryError as err:  # retried: the task's retries exist for exactly this
                 raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
+            record_event(context, "rollback", "finalize", {"reason": reason, "weights": {plan.stable: 100}},
+                         self.log)
         if final.release_lease:
             self._release_lease(plan)  # traffic is settled (on stable, or promoted): the endpoint is free
+        for index in range(self.stage_count):
+            record_approval(context, index, self.log)
         report = build_report(plan, outcome=outcome, reason=reason, shadow=shadow,
                               stages=[s for s in stages if s])
         paths = write_report(report)
         self.say(plan, f"outcome {outcome.value}: {reason} (report {paths[0]})")
+        self._record_finish(context, report, outcome=outcome.value, reason=reason,
+                            stages_reached=sum(1 for s in stages if s), location=str(paths[0]))
         from canary_airflow.run_notes import write_run_note
 
         dry = "[dry run] " if plan.dry_run and outcome is not Outcome.DRY_RUN else ""
@@ -446,6 +471,31 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
             context["ti"].xcom_push(key="return_value", value=report)
             raise AirflowFailException(f"rollout {outcome.value}: {reason}")
         return report
+
+    def _record_finish(self, context: Any, report: dict[str, Any], *, outcome: str, reason: str,
+                       stages_reached: int, location: str) -> None:
+        """Record how the run ended and keep its reports in the history (a failure only warns)."""
+        import json
+
+        from canary.rollout.report import render_markdown
+        from canary_airflow.history import record, run_key
+
+        dag_id, run_id = run_key(context)
+
+        def write(history: Any) -> None:
+            history.put_report(dag_id, run_id, "json", json.dumps(report, indent=2, default=str))
+            history.put_report(dag_id, run_id, "md", render_markdown(report))
+            # HTML REPORT: the one call site for the HTML report (canary.report.html):
+            #   history.put_report(dag_id, run_id, "html", render_html(...)) and write the .html file beside
+            #   the JSON and Markdown ones.
+            try:
+                history.finish(dag_id, run_id, outcome=outcome, reason=reason, finished_at_s=time.time(),
+                               stages_reached=stages_reached, report_location=location)
+            except KeyError:
+                self.log.warning("rollout history: no start of run %s/%s was recorded; its outcome is kept "
+                                 "in its reports only", dag_id, run_id)
+
+        record("the outcome of the rollout", write, self.log)
 
     def resume_after_serving_change(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resume the return to stable; any wait that did not settle fails the try, so a retry does it again."""
@@ -487,6 +537,27 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         except Exception as err:  # older task SDKs: name no task rather than fail the safety net
             self.log.warning("could not read task states: %s", err)
             return []
+
+
+def record_approval(context: Any, stage_index: int, log: Any) -> None:
+    """Record the answer of a stage's ``approve`` task, if it ran (who responded, when, the chosen option).
+
+    Airflow's ``ApprovalOperator`` returns ``{"chosen_options", "params_input", "responded_at",
+    "responded_by_user"}`` as its XCom; it is read here rather than by subclassing the operator.
+    """
+    group = stage_group(stage_index)
+    answer = context["ti"].xcom_pull(task_ids=f"{group}.approve")
+    if not isinstance(answer, dict) or not answer.get("chosen_options"):
+        return
+    responded_at = answer.get("responded_at")
+    responded_s = responded_at.timestamp() if hasattr(responded_at, "timestamp") else None
+    user = answer.get("responded_by_user") or {}
+    data = {"stage_index": stage_index, "chosen_option": answer["chosen_options"][0],
+            "chosen_options": list(answer["chosen_options"]),
+            "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
+            "responded_by": (user.get("name") or user.get("id")) if isinstance(user, dict) else str(user),
+            "params_input": dict(answer.get("params_input") or {})}
+    record_event(context, "approval", group, data, log, at_s=responded_s)
 
 
 def failed_task_ids(context: Any, *, exclude: str | None = None) -> list[str]:

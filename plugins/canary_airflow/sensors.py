@@ -15,7 +15,7 @@ from canary.policy.decisions import GateResult
 from canary.rollout.observe import StageWatch, poll_stage
 from canary.rollout.plan import RolloutPlan
 from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
-from canary_airflow.history import record
+from canary_airflow.history import record, run_key
 from canary_airflow.operators import PLAN_TASK_ID, metrics_hook, stage_group
 from canary_airflow.triggers import CanaryObserveTrigger
 
@@ -85,8 +85,8 @@ class CanaryObserveSensor(BaseSensorOperator):
 
     def _look(self, context: Any, plan: RolloutPlan, result: GateResult, look_at_s: float) -> None:
         """Log one look and record it in the rollout history (a failure to record only warns)."""
-        ti = context["ti"]
-        look = look_of_poll(dag_id=ti.dag_id, run_id=context["run_id"], spec=plan.spec,
+        dag_id, run_id = run_key(context)
+        look = look_of_poll(dag_id=dag_id, run_id=run_id, spec=plan.spec,
                             stage=plan.stages[self.stage_index], stage_index=self.stage_index,
                             look_at_s=look_at_s, result=result)
         self.log.info("%s", look_line(look))
@@ -121,8 +121,8 @@ class CanaryObserveSensor(BaseSensorOperator):
                          "options": {"endpoint": plan.spec.endpoint,
                                      **plan.spec.backends.constructor_kwargs("metrics")}},
                 lease=observe_lease_kwargs(plan),
-                dag_id=context["ti"].dag_id,
-                run_id=context["run_id"],
+                dag_id=run_key(context)[0],
+                run_id=run_key(context)[1],
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=stage.max_duration_s + TIMEOUT_SLACK_S),
