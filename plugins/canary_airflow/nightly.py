@@ -23,6 +23,8 @@ from airflow.sdk import DAG, BaseOperator, Param, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
 from canary.errors import CanaryError, SpecError
+from canary.history.model import StartedBy
+from canary.history.started_by import STARTED_BY_DETAIL_KEY, STARTED_BY_KEY
 from canary.spec import defaults
 from canary.spec.model import load_spec, spec_files
 from canary_airflow.factory import START_DATE, specs_dir
@@ -93,7 +95,10 @@ class SelectNightlyRolloutsOperator(BaseOperator):
             self.log.info("NIGHTLY %s: %s%s - %s", c.model, c.action, f" {c.version}" if c.version else "", c.reason)
         context["ti"].xcom_push(key="choices", value=[c.to_dict() for c in choices])
         return [{"trigger_dag_id": c.dag_id, "trigger_run_id": rollout_run_id(context["run_id"], c.version or ""),
-                 "conf": {"version": c.version, "reason": f"nightly: {c.reason}"},
+                 # started_by: the rollout's history says the nightly started it (its tasks see no caller).
+                 "conf": {"version": c.version, "reason": f"nightly: {c.reason}",
+                          STARTED_BY_KEY: StartedBy.NIGHTLY.value,
+                          STARTED_BY_DETAIL_KEY: f"{NIGHTLY_DAG_ID} run {context['run_id']}"},
                  "note": f"started by {NIGHTLY_DAG_ID} run {context['run_id']}: {c.reason}"}
                 for c in choices if c.action == "start"]
 

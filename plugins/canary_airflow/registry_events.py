@@ -25,6 +25,8 @@ from airflow.sdk import DAG, Asset, AssetAny, AssetWatcher, BaseOperator, Trigge
 from airflow.sdk.exceptions import AirflowFailException
 
 from canary.errors import SpecError
+from canary.history.model import StartedBy
+from canary.history.started_by import STARTED_BY_DETAIL_KEY, STARTED_BY_KEY
 from canary.spec.model import RegistryWatch, RolloutSpec, load_spec, spec_files
 from canary.starts.registry_events import asset_name, asset_uri
 from canary_airflow.factory import START_DATE, specs_dir
@@ -97,7 +99,10 @@ class DispatchRegistryEventsOperator(BaseOperator):
             self.log.info("REGISTRY EVENT %s %s%s (%s at %s): %s", c.action, c.model or "?",
                           f" {c.version}" if c.version else "", c.asset, c.timestamp, c.reason)
         ti.xcom_push(key="choices", value=[c.to_dict() for c in choices])
-        return [{"trigger_dag_id": c.dag_id, "trigger_run_id": c.run_id, "conf": c.conf,
+        # started_by: the rollout's history says a registry event started it (its tasks see no caller).
+        marker = {STARTED_BY_KEY: StartedBy.REGISTRY_EVENT.value,
+                  STARTED_BY_DETAIL_KEY: f"{REGISTRY_EVENTS_DAG_ID} run {context['run_id']}"}
+        return [{"trigger_dag_id": c.dag_id, "trigger_run_id": c.run_id, "conf": {**(c.conf or {}), **marker},
                  "note": f"started by {REGISTRY_EVENTS_DAG_ID} run {context['run_id']}: {c.reason}"}
                 for c in choices if c.action == "start"]
 

@@ -183,8 +183,11 @@ def test_a_pushed_event_starts_the_rollout_of_that_version(events):
     try:
         assert run["dag_run_id"] == started["run_id"] and run["dag_run_id"].startswith("registry__v2__")
         assert run["state"] == "queued"  # the rollout DAG is paused: nothing moves
-        assert run["conf"] == {"version": "v2",
-                               "reason": "registry event (REST API, pushed): registered by training run 42"}
+        conf = dict(run["conf"])
+        # the dispatcher says who started the run, for the rollout history
+        assert conf.pop("started_by") == "registry_event"
+        assert conf.pop("started_by_detail").startswith("canary_registry_events run ")
+        assert conf == {"version": "v2", "reason": "registry event (REST API, pushed): registered by training run 42"}
     finally:  # no rollout of the model left queued for the next test
         delete_run(client, f"canary_rollout__{PUSH_MODEL}", run["dag_run_id"])
 

@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from canary.airflow_api import AirflowApiError, AirflowClient, detail_text, refused_field
+from canary.history.model import StartedBy
+from canary.history.started_by import STARTED_BY_KEY
 from canary.spec import defaults
 from canary.spec.durations import parse_duration_s
 
@@ -34,8 +36,12 @@ EXIT_OK, EXIT_NOT_PROMOTED, EXIT_REFUSED = 0, 1, 2
 
 
 def build_conf(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the run conf; only what was given, so the DAG's params supply the rest."""
-    conf: dict[str, Any] = {"version": args.version}
+    """Return the run conf; only what was given, so the DAG's params supply the rest.
+
+    It also says who starts the run (``started_by: api``, for the rollout history): a run's tasks
+    cannot tell a REST call from the trigger form otherwise.
+    """
+    conf: dict[str, Any] = {"version": args.version, STARTED_BY_KEY: StartedBy.API.value}
     if args.stages is not None:
         conf["stages"] = args.stages
     if args.dry_run:

@@ -28,10 +28,11 @@ def args(**kw) -> argparse.Namespace:
 
 
 def test_build_conf_sends_only_what_was_given():
-    assert build_conf(args()) == {"version": "v2"}
+    api = {"started_by": "api"}  # for the rollout history: the run's tasks cannot tell a REST call otherwise
+    assert build_conf(args()) == {"version": "v2", **api}
     assert build_conf(args(stages=[5, 100], dry_run=True, reason="r")) == {
-        "version": "v2", "stages": [5, 100], "dry_run": True, "reason": "r"}
-    assert build_conf(args(approval="every_stage")) == {"version": "v2", "approval": "every_stage"}
+        "version": "v2", "stages": [5, 100], "dry_run": True, "reason": "r", **api}
+    assert build_conf(args(approval="every_stage")) == {"version": "v2", "approval": "every_stage", **api}
 
 
 class FakeClient:
