@@ -142,7 +142,8 @@ def test_dispatcher_starts_skips_and_refuses_with_reasons(memory_specs):
     assert triggers == [{
         "trigger_dag_id": "canary_rollout__watched",
         "trigger_run_id": "registry__2__2026-01-01T00:00:01+00:00",
-        "conf": {"version": "2", "reason": "registry event (watcher, new_version): version 2 registered"},
+        "conf": {"version": "2", "reason": "registry event (watcher, new_version): version 2 registered",
+                 "started_by": "registry_event", "started_by_detail": "canary_registry_events run asset_triggered__x"},
         "note": "started by canary_registry_events run asset_triggered__x: 2: version 2 registered "
                 "(after champion 1, not rolled out yet)"}]
     got = [(c["model"], c["action"], c["reason"]) for c in ti.xcom["choices"]]
