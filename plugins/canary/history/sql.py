@@ -98,7 +98,12 @@ def _engine(url: str) -> Engine:
             kwargs: dict[str, Any] = {"future": True}
             if parsed.get_backend_name() == "sqlite":
                 if parsed.database and parsed.database != ":memory:":
-                    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                    folder = Path(parsed.database).expanduser().parent
+                    try:
+                        folder.mkdir(parents=True, exist_ok=True)
+                    except OSError as err:
+                        raise ConfigError(f"history store {url!r}: cannot create its folder {folder} ({err}); "
+                                          "fix CANARY_HISTORY_URL") from err
                 kwargs["connect_args"] = {"timeout": 30}
             else:
                 kwargs["pool_pre_ping"] = True
