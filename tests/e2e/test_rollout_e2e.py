@@ -57,6 +57,19 @@ def registry(stack):
     return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
 
 
+def journal(report, model: str = MODEL):
+    """Return the run's record, looks and events from the rollout history the run wrote (this test's store)."""
+    from canary.history import open_history
+    from canary.spec import defaults
+
+    history = open_history()  # CANARY_HISTORY_URL: the test's own store, inherited by `airflow dags test`
+    dag_id = defaults.rollout_dag_id(model)
+    record = history.rollout(dag_id, report["run_id"])
+    assert record is not None, f"no history of {dag_id}/{report['run_id']} in {history.where()}"
+    events = {(e.kind, e.key): e.data for e in history.events(dag_id, report["run_id"])}
+    return history, record, history.looks(dag_id, report["run_id"]), events
+
+
 def test_good_candidate_is_promoted(e2e):
     stack, home, env = e2e
     report = run_rollout(stack, home, "v2", extra_env=env)
@@ -69,6 +82,20 @@ def test_good_candidate_is_promoted(e2e):
     assert len(expectations) == 4 and all(e["success"] for e in expectations), expectations
     assert report["shadow"]["outputs_validated"] >= 60
     assert Path(stack.state_dir / "reports-v2" / MODEL).glob("*.md")
+    history, record, looks, events = journal(report)
+    assert (record.outcome, record.candidate, record.stages_reached) == ("promoted", "v2", 2)
+    assert record.started_by.value == "cli" and record.report_location.endswith(".json")
+    assert [lk.stage_index for lk in looks] == sorted(lk.stage_index for lk in looks)
+    for stage in (0, 1):  # every stage's looks, its last one the decision the report shows
+        stage_looks = [lk for lk in looks if lk.stage_index == stage]
+        assert stage_looks and stage_looks[-1].decision == "advance", stage_looks
+        assert all(lk.decision == "continue" for lk in stage_looks[:-1])
+    first = [lk for lk in looks if lk.stage_index == 0]
+    assert any(lk.eta_s is not None and lk.eta_s > 0 for lk in first[:-1]) or len(first) == 1
+    assert events[("traffic", "stage_1")]["weight_pct"] == FIRST_STAGE_PCT
+    assert events[("gate", "stage_2")]["action"] == "promote" and ("promote", "") in events
+    assert events[("shadow", "")]["passed"] is True
+    assert json.loads(history.report(record.dag_id, record.run_id, "json"))["outcome"] == "promoted"
 
 
 def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
@@ -83,6 +110,12 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     tags = registry(stack).get_tags(MODEL, "v3")
     assert tags["rollout.result"] == "rolled_back", tags
     assert tags["rollout.reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): ") and "error_rate" in tags["rollout.reason"], tags
+    _, record, looks, events = journal(report)
+    assert (record.outcome, record.stages_reached) == ("rolled_back", 1)
+    assert looks and looks[-1].decision == "rollback" and looks[-1].metric is not None
+    assert all(lk.stage_index == 0 and lk.weight_pct == FIRST_STAGE_PCT for lk in looks)
+    assert looks[-1].evidence["canary_requests"] > 0 and looks[-1].observed_weight_pct is not None
+    assert events[("gate", "stage_1")]["action"] == "rollback" and ("rollback", "stage_1") in events
 
 
 def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
