@@ -163,3 +163,49 @@ def test_the_answer_of_an_approval_is_recorded_when_the_next_stage_starts(tmp_pa
     assert approval.key == "stage_1" and approval.at_s == answered.timestamp()
     assert (approval.data["chosen_option"], approval.data["responded_by"]) == ("Approve", "bob")
     assert approval.data["responded_at"] == answered.isoformat()
+
+
+# -- the observe sensor's own looks: its first check before deferring, and poke mode ------------------
+
+def observed_stage(tmp_path, monkeypatch) -> tuple[FakeTI, dict[str, Any], list[float]]:
+    """Validate and set stage 1's traffic at t=1000; return the task instance, a context and a settable clock."""
+    import time
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    monkeypatch.setenv("AIRFLOW_CONN_FAKE_METRICS", json.dumps({"conn_type": "canary_metrics", "host": "x"}))
+    fakes.FakeMetrics.stats_fn = fakes.constant_rate_stats({"v1": (90.0, 0.01), "v2": (10.0, 0.01)})
+    ti = FakeTI()
+    run(ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=spec_path(tmp_path)), ti, context(ti))
+    run(SetTrafficOperator(task_id="stage_1.set_traffic", stage_index=0, deferrable=False), ti, context(ti))
+    return ti, context(ti), now
+
+
+def test_the_sensors_first_check_is_a_look_and_its_trigger_knows_the_run(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from canary_airflow.sensors import CanaryObserveSensor
+
+    ti, ctx, now = observed_stage(tmp_path, monkeypatch)
+    now[0] = 1012.0
+    sensor = CanaryObserveSensor(task_id="stage_1.observe", stage_index=0, stage_max_duration_s=60.0,
+                                 poll_interval_s=5.0, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(ctx)
+    trigger = deferred.value.trigger
+    assert (trigger.dag_id, trigger.run_id) == (DAG_ID, RUN_ID)
+    (first,) = rollout_history().looks(DAG_ID, RUN_ID)
+    assert (first.look_at_s, first.stage_index, first.weight_pct, first.decision) == (1012.0, 0, 10, "continue")
+    assert first.elapsed_s == 12.0 and first.evidence["canary_requests"] > 0
+
+
+def test_each_poke_is_a_look_and_a_retried_poke_records_nothing_twice(tmp_path, monkeypatch):
+    from canary_airflow.sensors import CanaryObserveSensor
+
+    ti, ctx, now = observed_stage(tmp_path, monkeypatch)
+    sensor = CanaryObserveSensor(task_id="stage_1.observe", stage_index=0, stage_max_duration_s=60.0,
+                                 poll_interval_s=5.0, deferrable=False)
+    for at in (1010.0, 1015.0, 1015.0, 1020.0):  # the third is the second one retried
+        now[0] = at
+        sensor.poke(ctx)
+    assert [lk.look_at_s for lk in rollout_history().looks(DAG_ID, RUN_ID)] == [1010.0, 1015.0, 1020.0]
