@@ -106,7 +106,7 @@ def smtp_receiver() -> Iterator[SmtpReceiver]:
     receiver = SmtpReceiver(port=free_port())
 
     class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls handle_DATA
             receiver.received.append(SmtpReceived(envelope.mail_from, list(envelope.rcpt_tos),
                                                   message_from_bytes(envelope.original_content)))
             return "250 OK"
