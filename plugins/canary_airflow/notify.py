@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +128,11 @@ def send(notice: Notice, entries: Sequence[NotifySpec], context: Any, *, log: An
     """Send ``notice`` to every entry that wants one of its events; return ``notifier:conn_id`` of those sent.
 
     Never raises: a notifier that fails is logged as a warning (event, notifier, connection, error).
+
+    :param notice: what to tell.
+    :param entries: the spec's ``notify`` entries.
+    :param context: the task's context (or the deadline callback's), handed to each notifier.
+    :param log: where warnings go (a task passes its own logger).
     """
     sent = []
     for entry in entries:
@@ -150,7 +155,8 @@ def _run_ref(context: Any, plan: RolloutPlan) -> RunRef:
                   candidate=plan.candidate, stable=plan.stable, dry_run=plan.dry_run)
 
 
-def _guarded(what: str, logger: Any, build: Any, entries: Sequence[NotifySpec], context: Any) -> list[str]:
+def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Sequence[NotifySpec],
+             context: Any) -> list[str]:
     """Build a notice and send it; a failure to build one is a warning too (the task goes on)."""
     if not entries:
         return []
@@ -180,9 +186,9 @@ def rollout_refused(context: Any, spec_path: str, reason: Any, *, log: Any = log
         spec = load_spec(spec_path)
     except (SpecError, OSError):
         return []
-    conf_version = ((context.get("dag_run") and getattr(context["dag_run"], "conf", None)) or {}).get("version")
+    run_conf = getattr(context.get("dag_run"), "conf", None) or {}
     ref = RunRef(model=spec.model, dag_id=context["dag"].dag_id, run_id=context["run_id"], base_url=base_url(),
-                 candidate=conf_version or None)
+                 candidate=run_conf.get("version") or None)
     return _guarded("refused", log, lambda: messages.refused(ref, str(reason)), spec.notify, context)
 
 
@@ -207,6 +213,9 @@ def stuck_deadline(spec: RolloutSpec) -> DeadlineAlert | None:
     """Return the rollout DAG's Deadline Alert: fires when a run is still going past its spec's budget.
 
     None when no ``notify`` entry wants ``stuck``. The budget is measured from when the run was queued.
+    The callback's kwargs (JSON, stored in the serialized DAG) carry only the entries that want ``stuck``.
+
+    :param spec: the rollout's spec.
     """
     entries = [e for e in spec.notify if e.wants((NotifyEvent.STUCK,))]
     if not entries:
