@@ -119,6 +119,8 @@ def duration(seconds: float | None) -> str:
     """Format seconds as ``2m31s``, ``1h5m``, ``850ms`` (:func:`canary.spec.durations.format_duration`)."""
     if _bad(seconds) or seconds is None or seconds < 0:
         return MISSING
+    if seconds == 0:
+        return "0s"
     if seconds >= 3600:  # past an hour, seconds are noise: 1h5m, not 1h5m12s
         seconds = round(seconds / 60.0) * 60.0
     return format_duration(seconds)

@@ -291,14 +291,12 @@ def running_sentence(*, looks: Sequence[Look], stages_planned: Sequence[int] = (
         if ev.get("canary_errors") is not None and ev.get("stable_requests"):
             facts.append(f"error rate {fmt.pct(_rate(ev.get('canary_errors'), ev.get('canary_requests')))} vs "
                          f"{fmt.pct(_rate(ev.get('stable_errors'), ev.get('stable_requests')))} on stable")
-    if not facts:
-        facts.append(look.reason)
-    text = f"{head}: {', '.join(facts)}"
+    text = f"{head}: {', '.join(facts) or look.reason}"
     if look.decision in STOPPING_DECISIONS or look.decision == "advance":
         text += f"; the gate decided {look.decision}: {look.reason}"
     elif look.eta_s is not None:
         text += f"; decision expected in about {fmt.duration(look.eta_s)}"
-    else:
+    elif facts:
         text += f"; {look.reason}"
     return text + "."
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fast_spec import fast_spec
+
 from canary.history.model import Look, RolloutEvent, RolloutRecord, StartedBy
 from canary.policy.decisions import Action, Decision
 from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, VersionStats
 from canary.policy.gate import StageClock, evaluate_stage, next_action
 from canary.spec.model import parse_spec
 from canary.stats import SequentialAnalyzer
-
-from fast_spec import fast_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 #: 2026-12-02 10:00:00Z: every journal starts here.
