@@ -108,7 +108,7 @@ def traffic_chart(looks: Sequence[Look], *, started_at_s: float, now_s: float | 
     decisions = [{"t": axis.at(look.look_at_s), "share": look.weight_pct, "decision": look.decision}
                  for look in looks if look.decision != "continue"]
     boundaries = [{"t": axis.at(s["start_s"]), "label": f"stage {s['stage']}: {s['weight_pct']}%"} for s in stages]
-    x = alt.X("t:Q", title=axis.title, scale=_x_scale(alt, looks, axis, now_s))
+    x = alt.X("t:Q", title=axis.title, scale=_x_scale(alt, looks, axis, now_s), axis=alt.Axis(tickCount=12))
     color = alt.Color("series:N", title=None, scale=alt.Scale(domain=["configured canary %", "observed canary %"],
                                                               range=["#495057", CANARY_COLOR]))
     lines = alt.Chart(alt.Data(values=rows)).mark_line(interpolate="linear", point=False).encode(
@@ -190,7 +190,7 @@ def metric_charts(looks: Sequence[Look], metric: str, *, started_at_s: float, no
         return []
     test = next((ev.get("test") for _, _, ev in reversed(points) if ev.get("test")), None)
     kind = str((assessment(points[-1][1], metric) or {}).get("kind", ""))
-    x = alt.X("t:Q", title=axis.title, scale=_x_scale(alt, looks, axis, now_s))
+    x = alt.X("t:Q", title=axis.title, scale=_x_scale(alt, looks, axis, now_s), axis=alt.Axis(tickCount=5))
     stages = [{"t": axis.at(s["start_s"])} for s in _stage_starts(looks)[1:]]
     boundary = alt.Chart(alt.Data(values=stages)).mark_rule(color="#ced4da", strokeDash=[2, 2]).encode(x="t:Q")
     charts: list[Chart] = []
@@ -234,7 +234,7 @@ def metric_charts(looks: Sequence[Look], metric: str, *, started_at_s: float, no
         low, high = math.floor(math.log10(bottom)), math.ceil(math.log10(top))
         step = max(1, math.ceil((high - low) / 5))
         scale = alt.Scale(type="log", domain=[10.0 ** low, 10.0 ** high])
-        ticks = alt.Axis(values=[10.0 ** k for k in range(low, high + 1, step)], format="~g", grid=True)
+        ticks = alt.Axis(values=[10.0 ** k for k in range(low, high + 1, step)], format=",~g", grid=True)
         rule = alt.Chart(alt.Data(values=[{"y": threshold, "label": "rollback threshold"}]))
         finish("evalue", f"{metric}: evidence of a regression", "the e-value over time against its rollback "
                "threshold (log scale)",

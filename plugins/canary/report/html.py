@@ -17,7 +17,13 @@ from typing import Any
 
 from canary.history.model import Look, RolloutEvent, RolloutRecord
 from canary.report import format as fmt
-from canary.report.sentence import assessment, last_look_per_stage, outcome_sentence, running_sentence
+from canary.report.sentence import (
+    assessment,
+    last_look_per_stage,
+    metric_phrase,
+    outcome_sentence,
+    running_sentence,
+)
 
 #: Seconds between refreshes of a live page unless the spec's poll interval says otherwise.
 DEFAULT_REFRESH_S = 10
@@ -95,7 +101,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <h2>Metrics</h2>
 {% for m in metrics %}
 <section class="metric" id="metric-{{ m.name }}">
-  <h3>{{ m.name }} <span class="meta">{{ m.kind }}</span></h3>
+  <h3>{{ m.name }}{% if m.kind != m.name %} <span class="meta">{{ m.kind.replace("_", " ") }}</span>{% endif %}</h3>
   <p class="verdict">latest verdict: <span class="d-{{ m.decision }}">{{ m.decision }}</span> · {{ m.reason }}</p>
   <div class="row">{% for svg in m.svgs %}<div class="chart">{{ svg }}</div>{% endfor %}</div>
 </section>
@@ -346,7 +352,7 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
                 for k, chart in enumerate(charts.metric_charts(looks, name, started_at_s=record.started_at_s,
                                                                now_s=chart_now))]
         metrics.append({"name": name, "kind": str(latest.get("kind", "")), "svgs": svgs,
-                        "decision": str(latest.get("decision", "")), "reason": str(latest.get("reason", ""))})
+                        "decision": str(latest.get("decision", "")), "reason": metric_phrase(latest) if latest else ""})
     duration = (record.finished_at_s or now) - record.started_at_s
     started_by = record.started_by.value.replace("_", " ") + (f" ({record.started_by_detail})"
                                                              if record.started_by_detail else "")

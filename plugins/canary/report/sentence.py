@@ -90,7 +90,9 @@ def regression_phrase(item: Mapping[str, Any]) -> str:
         lower_is_harm = (ev.get("tolerance_ratio") or 2.0) < 1.0  # a KPI where higher is better
         bound = (f"ratio at most {fmt.ratio(ev.get('ratio_upper'))}" if lower_is_harm
                  else f"ratio at least {fmt.ratio(ev.get('ratio_lower'))}")
-        return (f"{_label_what(item)} {fmt.pct(canary)} vs {fmt.pct(stable)} on stable; {bound} "
+        stages = int(ev.get("stages") or 1)
+        over = f" over {stages} stages" if stages > 1 else ""  # the test pools the stages: so do its rates
+        return (f"{_label_what(item)} {fmt.pct(canary)} vs {fmt.pct(stable)} on stable{over}; {bound} "
                 f"({fmt.confidence(ev.get('threshold'))} confidence sequence); {_evidence_clause(ev)}")
     return f"{name}: {item.get('reason', '')}".rstrip(": ")
 
@@ -109,6 +111,18 @@ def within_phrase(item: Mapping[str, Any]) -> str:
         label = name.replace("_", " ") if name == "error_rate" else name
         return f"{label} ratio {bound}, tolerance {fmt.ratio(ev.get('tolerance_ratio'))}"
     return f"{name}: {item.get('reason', '')}".rstrip(": ")
+
+
+def metric_phrase(item: Mapping[str, Any]) -> str:
+    """Word a metric's latest verdict with its numbers (rollback, advance, or where it stands)."""
+    decision = item.get("decision")
+    if decision == "rollback" or (decision == "halt" and item.get("kind") == "srm"):
+        return regression_phrase(item)
+    if decision == "advance" and item.get("kind") != "srm":
+        return "within tolerance: " + within_phrase(item)
+    if decision == "continue":
+        return _undecided_phrase(item)
+    return str(item.get("reason", ""))
 
 
 def _where(look: Look, stages_planned: Sequence[int]) -> str:
@@ -301,5 +315,6 @@ def running_sentence(*, looks: Sequence[Look], stages_planned: Sequence[int] = (
     return text + "."
 
 
-__all__ = ["STOPPING_DECISIONS", "assessment", "deciding_look", "last_look_per_stage", "outcome_sentence",
+__all__ = ["STOPPING_DECISIONS", "assessment", "deciding_look", "last_look_per_stage", "metric_phrase",
+           "outcome_sentence",
            "regression_phrase", "running_sentence", "within_phrase"]

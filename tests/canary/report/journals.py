@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,12 @@ def rollback() -> Journal:
                     shadow=PASSED_SHADOW)
 
 
+def regression() -> Journal:
+    """churn-demo: healthy at 25%, then at 50% the canary fails 4% of its requests (the README's picture)."""
+    return simulate(rollout_spec("churn-demo"), lambda i: Traffic(requests_per_s=300.0) if i == 0
+                    else Traffic(requests_per_s=300.0, canary_error_rate=0.04), shadow=PASSED_SHADOW)
+
+
 def guardrail() -> Journal:
     """fast spec: the canary fails 60% of its requests (guardrail 50%, checked from 10 requests)."""
     spec = fast_spec("churn-demo", "churn")
@@ -280,6 +287,23 @@ def running() -> Journal:
 
 
 SCENARIOS: dict[str, Callable[[], Journal]] = {
-    "promotion": promotion, "rollback": rollback, "guardrail": guardrail, "srm_halt": srm_halt,
+    "promotion": promotion, "rollback": rollback, "regression": regression, "guardrail": guardrail, "srm_halt": srm_halt,
     "no_data_halt": no_data_halt, "timeout": timeout, "shadow_failure": shadow_failure, "running": running,
 }
+
+
+@cache
+def journal(name: str) -> Journal:
+    """Return a scenario's journal (simulated once per test session)."""
+    return SCENARIOS[name]()
+
+
+@cache
+def page(name: str) -> str:
+    """Return a scenario's page: live while it runs (rendered 3 s after its last look), else final."""
+    from canary.report.html import render_html
+
+    j = journal(name)
+    live = j.record.outcome is None
+    return render_html(j.record, j.looks, j.events, report=j.report, live=live,
+                       now_s=j.looks[-1].look_at_s + 3.0 if live else j.record.finished_at_s)

@@ -6,6 +6,7 @@ from typing import Any
 
 import journals
 import pytest
+
 from canary.history.model import Look
 from canary.report.html import headline
 from canary.report.sentence import deciding_look, outcome_sentence, running_sentence
@@ -187,7 +188,10 @@ def test_the_deciding_look_is_the_last_that_stopped_a_stage():
 
 @pytest.mark.parametrize(("scenario", "start", "contains"), [
     ("promotion", "Promoted v2 after 3 stages (25% → 50% → 100%)", "every metric within tolerance at 50%"),
-    ("rollback", "Rolled back at 25% after", "error rate"),
+    ("rollback", "Rolled back at 25% after", "on stable over 2 stages; ratio at least"),  # the test pools stages
+    ("regression", "Rolled back at 50% after 20s and 2,550 canary requests: error rate 2.2% vs 1% on stable over 2 "
+                   "stages; ratio at least 1.1x (99.6% confidence sequence); evidence 11,530 against a threshold of 222",
+     "."),
     ("guardrail", "Rolled back at 50% after 2s and 20 canary requests: canary error rate 60% above the 50% guardrail",
      "(12 errors in 20 requests)"),
     ("srm_halt", "Halted at 50% after", "traffic split 40% canary vs 50% configured (sample-ratio mismatch"),
