@@ -105,13 +105,15 @@ def traffic_chart(looks: Sequence[Look], *, started_at_s: float, now_s: float | 
         if c is not None and s is not None and c + s > 0:
             rows.append({"t": axis.at(look.look_at_s), "share": round(100.0 * c / (c + s), 2),
                          "series": "observed canary %"})
-    decisions = [{"t": axis.at(look.look_at_s), "share": look.weight_pct, "decision": look.decision}
+    # a decision's label sits above its mark, or below it near the top (where the stage labels are)
+    decisions = [{"t": axis.at(look.look_at_s), "share": look.weight_pct, "decision": look.decision,
+                  "label_at": look.weight_pct - 10 if look.weight_pct >= 85 else look.weight_pct + 7}
                  for look in looks if look.decision != "continue"]
     boundaries = [{"t": axis.at(s["start_s"]), "label": f"stage {s['stage']}: {s['weight_pct']}%"} for s in stages]
     x = alt.X("t:Q", title=axis.title, scale=_x_scale(alt, looks, axis, now_s), axis=alt.Axis(tickCount=12))
     color = alt.Color("series:N", title=None, scale=alt.Scale(domain=["configured canary %", "observed canary %"],
                                                               range=["#495057", CANARY_COLOR]))
-    lines = alt.Chart(alt.Data(values=rows)).mark_line(interpolate="linear", point=False).encode(
+    lines = alt.Chart(alt.Data(values=rows)).mark_line(interpolate="linear", point=alt.OverlayMarkDef(size=10)).encode(
         x=x, y=alt.Y("share:Q", title="canary share of requests (%)", scale=alt.Scale(domain=[0, 100])),
         color=color, strokeDash=alt.StrokeDash("series:N", legend=None,
                                                scale=alt.Scale(domain=["configured canary %", "observed canary %"],
@@ -128,8 +130,8 @@ def traffic_chart(looks: Sequence[Look], *, started_at_s: float, now_s: float | 
         layers += [
             alt.Chart(alt.Data(values=decisions)).mark_point(filled=True, size=90, shape="diamond").encode(
                 x="t:Q", y="share:Q", color=alt.Color("decision:N", scale=palette, legend=None)),
-            alt.Chart(alt.Data(values=decisions)).mark_text(dy=-12, fontSize=11, fontWeight="bold").encode(
-                x="t:Q", y="share:Q", text="decision:N",
+            alt.Chart(alt.Data(values=decisions)).mark_text(fontSize=11, fontWeight="bold").encode(
+                x="t:Q", y="label_at:Q", text="decision:N",
                 color=alt.Color("decision:N", scale=palette, legend=None)),
         ]
     chart = alt.layer(*layers).resolve_scale(color="independent").properties(
@@ -250,7 +252,9 @@ def metric_charts(looks: Sequence[Look], metric: str, *, started_at_s: float, no
         rows = [r for r in rows if r["lower"] is not None and r["upper"] is not None]
         tolerance = next((_num(ev.get("tolerance_ratio")) for _, _, ev in reversed(points)), None)
         if rows and tolerance is not None:
-            hi = max(max(r["upper"] for r in rows[len(rows) // 3:]), tolerance) * 1.15
+            # wide early bounds would flatten the picture: show up to ~3x the tolerance's distance
+            recent = max(r["upper"] for r in rows[len(rows) // 2:])
+            hi = max(tolerance * 1.6, min(recent * 1.1, 1.0 + (tolerance - 1.0) * 3.0 if tolerance > 1 else 2.0))
             lo = min(min(r["lower"] for r in rows), 1.0, tolerance) * 0.9
             charts_layers = _band_layers(alt, rows, x, tolerance, "canary/stable ratio (x)", (lo, hi),
                                          reference=1.0)

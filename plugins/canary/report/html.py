@@ -331,9 +331,11 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
 
     :param record: the run's record (``outcome`` None while it runs).
     :param looks: its looks in time order; ``events``: its events (traffic, gate, approval, shadow...).
-    :param report: the JSON report (:func:`canary.rollout.report.build_report`), for its shadow verdict.
-    :param live: a page of a running rollout: current stage, looks so far, time to decision, and a
-        ``<meta http-equiv="refresh">`` every poll interval.
+    :param report: the JSON report (:func:`canary.rollout.report.build_report`), for its shadow verdict (and,
+        when ``looks`` is empty, its timeline: one look per stage).
+    :param live: the page may be of a running rollout (the UI tab): while ``record.outcome`` is None it shows
+        the current stage, looks so far and time to decision, and refreshes itself every poll interval
+        (``<meta http-equiv="refresh">``); once the run has ended it is the final page.
     :param now_s: the time the page is rendered at (default: now), for "for how long" on a live page.
     """
     from markupsafe import Markup
@@ -341,6 +343,10 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
     from canary.report import charts
 
     now = time.time() if now_s is None else now_s
+    if not looks and report and report.get("timeline"):  # no journal: the report's last look per stage
+        from canary.report.markdown import looks_from_report
+
+        looks = looks_from_report(report)
     looks = sorted(looks, key=lambda look: look.look_at_s)
     events = sorted(events, key=lambda event: event.at_s)
     chart_now = now if live else None
@@ -376,14 +382,14 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
     is_live = live and record.outcome is None
     page = _environment().from_string(_TEMPLATE).render(
         title=f"{record.model} {record.candidate}: {_outcome_badge(record).lower()}", css=Markup(_CSS),
-        refresh_s=_refresh_s(record) if live else None, record=record, tone=OUTCOME_STYLE.get(record.outcome, "bad"),
+        refresh_s=_refresh_s(record) if is_live else None, record=record, tone=OUTCOME_STYLE.get(record.outcome, "bad"),
         badge=_outcome_badge(record), meta=meta, sentence=headline(record, looks, events, report=report, now_s=now),
         live_facts=_live_facts(record, looks, now) if is_live else [],
         traffic_svg=Markup(charts.to_svg(traffic, prefix="traffic")) if traffic else None, metrics=metrics,
         stages=_stage_rows(looks), planned=planned, srm=_srm_rows(looks),
         shadow=_shadow_section(_shadow_verdict(events, report)), approvals=_approvals(events), run_rows=run_rows,
         spec_yaml=_spec_yaml(record.spec),
-        footer=(f"{'Live page, refreshes every ' + fmt.duration(_refresh_s(record)) + '; ' if live else ''}"
+        footer=(f"{'Live page, refreshes every ' + fmt.duration(_refresh_s(record)) + '; ' if is_live else ''}"
                 f"rendered {fmt.timestamp(now)}. Evidence: anytime-valid e-values and confidence sequences "
                 "(a rollback needs the e-value at its threshold; an advance needs the bound within tolerance)."),
     )

@@ -18,7 +18,10 @@ from canary.report.sentence import outcome_sentence
 def looks_from_report(report: Mapping[str, Any]) -> list[Look]:
     """Return the report's stages as looks (one per stage: the look that ended it, or the last one)."""
     looks = []
+    # Stages follow each other: place each stage's last look at the end of its elapsed time.
+    at_s = float(report.get("started_at_s") or 0.0)
     for entry in report.get("timeline") or ():
+        at_s += float(entry.get("elapsed_s") or 0.0)
         evidence = {k: entry.get(k) for k in ("canary_requests", "canary_errors", "stable_requests", "stable_errors")
                     if entry.get(k) is not None}
         evidence.update({"stage": int(entry["stage"]) - 1, "weight_pct": entry.get("weight_pct"),
@@ -27,7 +30,7 @@ def looks_from_report(report: Mapping[str, Any]) -> list[Look]:
             if key in entry:
                 evidence[key] = entry[key]
         looks.append(Look(dag_id=str(report.get("dag_id", "")), run_id=str(report.get("run_id", "")),
-                          stage_index=int(entry["stage"]) - 1, look_at_s=float(entry.get("look_at_s") or 0.0),
+                          stage_index=int(entry["stage"]) - 1, look_at_s=float(entry.get("look_at_s") or at_s),
                           weight_pct=int(entry.get("weight_pct") or 0), decision=str(entry.get("decision")),
                           reason=str(entry.get("reason", "")), metric=entry.get("metric"),
                           elapsed_s=entry.get("elapsed_s"), evidence=evidence))

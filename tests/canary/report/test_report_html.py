@@ -167,6 +167,14 @@ def test_the_same_function_renders_a_finished_rollout_on_the_live_tab():
     j = journal("promotion")
     html = render_html(j.record, j.looks, j.events, report=j.report, live=True, now_s=j.record.finished_at_s)
     assert 'id="live"' not in html and "PROMOTED" in html  # finished: no live box, the final sentence
+    assert "http-equiv" not in html  # and it stops refreshing
+
+
+def test_without_a_journal_the_reports_timeline_is_drawn():
+    j = journal("regression")
+    html = render_html(j.record, [], j.events, report=markdown_report("regression"))
+    assert Page(html).metric_svgs == {"error_rate": 3, "latency_tail": 3}
+    assert "Rolled back at 50% after 20s and 2,550 canary requests: error rate 2.2% vs 1% on stable" in html
 
 
 def test_everything_is_escaped():
@@ -183,8 +191,9 @@ def test_everything_is_escaped():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def test_markdown_uses_the_same_sentence_and_formats():
-    j = journal("rollback")
+def markdown_report(name: str) -> dict:
+    """Return the JSON report ``finalize`` would build from the journal's last look per stage."""
+    j = journal(name)
     spec = parse_spec(j.record.spec)
     plan = RolloutPlan(spec=spec, candidate="v2", stable="v1", stages=tuple(spec.stages), run_id=j.record.run_id,
                        dry_run=False, reason="", started_at_s=j.record.started_at_s)
@@ -193,9 +202,14 @@ def test_markdown_uses_the_same_sentence_and_formats():
         stages[look.stage_index] = {"stage_index": look.stage_index, "polls": 1,
                                     "result": {"decision": look.decision, "reason": look.reason,
                                                "metric": look.metric, "evidence": dict(look.evidence)}}
-    report = build_report(plan, outcome=Outcome.ROLLED_BACK, reason=j.record.outcome_reason,
-                          shadow=journals.PASSED_SHADOW, stages=list(stages.values()),
-                          finished_at_s=j.record.finished_at_s)
+    return build_report(plan, outcome=Outcome(j.record.outcome), reason=j.record.outcome_reason,
+                        shadow=journals.PASSED_SHADOW, stages=list(stages.values()),
+                        finished_at_s=j.record.finished_at_s)
+
+
+def test_markdown_uses_the_same_sentence_and_formats():
+    j = journal("rollback")
+    report = markdown_report("rollback")
     markdown = render_markdown(report)
     html = render_html(j.record, j.looks, j.events, report=j.report)
     sentence = re.search(r'<p class="sentence bad" id="sentence">(.*?)</p>', html).group(1)
