@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canary.history.model import Look
-from canary.report.sentence import STOPPING_DECISIONS, assessment
+from canary.report.sentence import assessment
 
 CANARY_COLOR = "#d9480f"
 STABLE_COLOR = "#1c7ed6"
@@ -309,18 +309,13 @@ def to_svg(chart: Chart, *, prefix: str) -> str:
         svg = svg.replace(f'id="{name}"', f'id="{prefix}-{name}"').replace(f"url(#{name})", f"url(#{prefix}-{name})") \
             .replace(f'href="#{name}"', f'href="#{prefix}-{name}"')
     svg = re.sub(r"^<\?xml[^>]*>\s*", "", svg)
-    return svg.replace("<svg ", f'<svg role="img" aria-label="{_attr(chart.title)}" ', 1)
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{_attr(chart.title + ": " + chart.description)}" ', 1)
 
 
 def _attr(text: str) -> str:
     import html
 
     return html.escape(text, quote=True)
-
-
-def stopping_looks(looks: Sequence[Look]) -> list[Look]:
-    """Return the looks that ended a stage other than by advancing (marked on the charts)."""
-    return [look for look in looks if look.decision in STOPPING_DECISIONS]
 
 
 def metric_names(looks: Sequence[Look]) -> list[str]:

@@ -109,7 +109,7 @@ _TEMPLATE = """<!DOCTYPE html>
 {% endif %}
 <h2>Stages</h2>
 {% if stages %}
-<table id="stages"><thead><tr><th>stage</th><th class="num">canary</th><th>started</th><th class="num">observed</th>
+<table id="stages"><thead><tr><th>stage</th><th class="num">canary</th><th>started</th><th class="num">time in stage</th>
 <th class="num">looks</th><th class="num">canary requests (errors)</th><th class="num">stable requests (errors)</th>
 <th>decision</th><th>why</th></tr></thead><tbody>
 {% for s in stages %}<tr><td>{{ s.stage }}</td><td class="num">{{ s.weight }}</td><td>{{ s.started }}</td>

@@ -97,7 +97,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _shadow_lines(shadow)
     timeline = report.get("timeline") or []
     if timeline:
-        lines += ["## Stages", "", "| stage | canary | observed | decision | canary requests | stable requests | why |",
+        lines += ["## Stages", "", "| stage | canary | time in stage | decision | canary requests | stable requests | why |",
                   "|---|---|---|---|---|---|---|"]
         for s in timeline:
             lines.append(f"| {s['stage']} | {s['weight_pct']}% | {fmt.duration(s.get('elapsed_s'))} | {s['decision']} "
