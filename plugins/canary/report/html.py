@@ -295,14 +295,17 @@ def _approvals(events: Sequence[RolloutEvent]) -> list[dict[str, Any]]:
 def _spec_yaml(spec: Mapping[str, Any]) -> str:
     if not spec:
         return ""
+    import json
+
     import yaml
 
-    return yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=None, width=100)
+    plain = json.loads(json.dumps(dict(spec), default=str))  # enums, tuples, paths: plain YAML values
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
 
 
 def _refresh_s(record: RolloutRecord) -> int:
     analysis = record.spec.get("analysis") if isinstance(record.spec.get("analysis"), Mapping) else {}
-    poll = (analysis or {}).get("poll_interval")
+    poll = (analysis or {}).get("poll_interval", (analysis or {}).get("poll_interval_s"))  # as written, or dumped
     try:
         from canary.spec.durations import parse_duration_s
 

@@ -217,3 +217,12 @@ def test_markdown_uses_the_same_sentence_and_formats():
     assert not re.search(r"\d\.\d{6,}", markdown), re.findall(r".{30}\d\.\d{6,}", markdown)
     assert "| error_rate | rollback | e-value " in markdown
     assert "prediction agreement 97.3%" in markdown
+
+
+def test_a_spec_dumped_from_the_model_renders_too():
+    """``record.spec`` may be the parsed model's dump (enums, seconds) rather than the YAML as written."""
+    j = journal("running")
+    dumped = parse_spec(j.record.spec).model_dump()
+    html = render_html(replace(j.record, spec=dumped), j.looks, j.events, live=True, now_s=j.looks[-1].look_at_s)
+    assert '<meta http-equiv="refresh" content="5">' in html
+    assert "on_timeout: rollback" in html
