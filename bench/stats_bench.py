@@ -28,6 +28,7 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
+from canary.progress import Progress
 from canary.spec.model import AnalysisSpec
 from canary.stats import label, msprt, srm
 from canary.stats.budget import error_budget
@@ -258,7 +259,15 @@ def mean_det(x: np.ndarray) -> float:
     return float(np.nanmean(x)) if np.any(~np.isnan(x)) else math.nan
 
 
+#: Progress over the benchmark's tables (a bar on a terminal, plain lines on stderr otherwise).
+PROGRESS: Progress | None = None
+#: How many tables :func:`run` prints.
+TABLES = 8
+
+
 def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    if PROGRESS is not None:
+        PROGRESS.advance(title.split(":")[0])
     print(f"\n## {title}")
     cells = [header] + [tuple(f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else
                               (f"{v:,.0f}" if isinstance(v, float) else str(v)) for v in r) for r in rows]
@@ -524,7 +533,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    run(args.reps, args.seed)
+    global PROGRESS
+    with Progress(TABLES, "stats benchmark tables") as PROGRESS:
+        run(args.reps, args.seed)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from canary.rollout.plan import allowed_approval_modes
 from canary.spec import defaults
 from canary.spec.durations import format_duration
 from canary.spec.model import RolloutSpec, load_spec, spec_files
+from canary_airflow import notify
 from canary_airflow.operators import (
     PLAN_TASK_ID,
     PROMOTE_TASK_ID,
@@ -108,6 +109,7 @@ def build_rollout_dag(spec_path: str | Path) -> DAG:
         tags=["canary", f"model:{spec.model}", *spec.tags],
         default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=10)},
         render_template_as_native_obj=False,
+        deadline=notify.stuck_deadline(spec),
     ) as dag:
         validate = ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=str(spec_path))
         shadow = ShadowTestOperator(task_id=SHADOW_TASK_ID,

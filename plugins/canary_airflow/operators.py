@@ -22,6 +22,7 @@ from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec.model import RolloutSpec, load_spec
+from canary_airflow import notify
 from canary_airflow.endpoint_lock import (
     APPROVAL_TIMEOUT_S,
     EndpointLeaseMixin,
@@ -196,11 +197,13 @@ class ValidateRolloutRequestOperator(EndpointLeaseMixin, CanaryBaseOperator):
 
             write_run_note(context, f"REFUSED before any traffic moved - {err}", log=self.log)
             record_refusal(context, spec, conf, str(err), self.log)
+            notify.rollout_refused(context, self.spec_path, err, log=self.log)
             raise AirflowFailException(f"rollout refused: {err}") from err
         weights = " -> ".join(f"{s.weight}%" for s in plan.stages)
         self.say(plan, f"rollout of {plan.candidate} against champion {plan.stable}, stages {weights}"
                        + (f" ({plan.reason})" if plan.reason else ""))
         record_start(context, plan, self.log)  # the plan is frozen: the spec as this run will apply it
+        notify.rollout_started(context, plan, log=self.log)
         return plan.to_dict()
 
 
@@ -328,6 +331,7 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
         context["ti"].xcom_push(key="action", value=gate)
         record_event(context, "gate", group, {**gate, "stage_index": self.stage_index}, self.log)
         self.say(plan, f"stage {self.stage_index + 1} gate: {result.decision.value} -> {action.value}: {why}")
+        notify.stage_decided(context, plan, self.stage_index, result, action, why, log=self.log)
         if action is Action.ROLLBACK:
             return f"{group}.rollback"
         if action is Action.HOLD:
@@ -467,6 +471,7 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         dry = "[dry run] " if plan.dry_run and outcome is not Outcome.DRY_RUN else ""
         write_run_note(context, f"{dry}{outcome.value.upper().replace('_', ' ')} {plan.candidate} "
                                 f"(stable {plan.stable}) - {reason}", log=self.log)
+        notify.rollout_finished(context, plan, outcome, reason, log=self.log)
         if not outcome.is_success():
             context["ti"].xcom_push(key="return_value", value=report)
             raise AirflowFailException(f"rollout {outcome.value}: {reason}")

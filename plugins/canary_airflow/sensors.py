@@ -10,9 +10,9 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.history.looks import look_line, look_of_poll, stage_title
+from canary.history.looks import look_line, stage_title
 from canary.policy.decisions import GateResult
-from canary.rollout.observe import StageWatch, poll_stage
+from canary.rollout.observe import StageWatch, look_of_poll, poll_stage
 from canary.rollout.plan import RolloutPlan
 from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
 from canary_airflow.history import record, run_key

@@ -16,10 +16,10 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from canary.backends.base import Lease, LeaseHolder, LeaseLostError
 from canary.errors import BackendError
-from canary.history.looks import look_line, look_of_poll, stage_title
+from canary.history.looks import look_line, stage_title
 from canary.policy.decisions import Decision, GateResult
 from canary.rollout.lease import blocking_lease
-from canary.rollout.observe import StageWatch, default_analyzer, poll_stage
+from canary.rollout.observe import StageWatch, default_analyzer, look_of_poll, poll_stage
 from canary.spec import defaults
 from canary.spec.model import StageSpec, parse_spec
 from canary_airflow.history import arecord

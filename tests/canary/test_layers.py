@@ -42,10 +42,10 @@ def offenders(importer_prefixes: tuple[str, ...], imported_prefixes: tuple[str, 
 
 def test_the_layout_is_the_one_the_readme_describes():
     folders = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert folders == {"backends", "cli", "devstack", "history", "policy", "rollout", "serving", "spec", "starts",
-                       "stats"}
+    assert folders == {"backends", "cli", "devstack", "history", "notify", "policy", "report", "rollout", "serving",
+                       "spec", "starts", "stats"}
     loose = sorted(p.name for p in CORE.glob("*.py"))
-    assert loose == ["__init__.py", "__main__.py", "airflow_api.py", "errors.py"]
+    assert loose == ["__init__.py", "__main__.py", "airflow_api.py", "errors.py", "progress.py"]
 
 
 def test_the_core_never_imports_airflow():
@@ -62,6 +62,15 @@ def test_the_core_never_imports_airflow():
     # a spec checks backend names and options against the backends' registry, nothing else of them
     ("canary.spec", ("canary.backends.local_serving", "canary.backends.sagemaker", "canary.serving", "canary.policy", "canary.starts", "canary.devstack",
                      "canary.cli", "canary.airflow_api", "canary.stats")),
+    # the history keeps values; it knows no backend, serving layer, rollout step or report
+    ("canary.history", ("canary.backends", "canary.serving", "canary.rollout", "canary.starts", "canary.devstack",
+                        "canary.cli", "canary.airflow_api", "canary.stats", "canary.notify")),
+    # notices are words about decisions: no backend, serving layer or rollout step
+    ("canary.notify", ("canary.backends", "canary.serving", "canary.rollout", "canary.starts", "canary.devstack",
+                       "canary.cli", "canary.airflow_api", "canary.stats")),
+    # the report reads values (records, looks, events): it never reaches a backend or reruns a test
+    ("canary.report", ("canary.backends", "canary.serving", "canary.starts", "canary.devstack", "canary.cli",
+                       "canary.airflow_api", "canary.stats")),
     ("canary.backends", ("canary.rollout.observe", "canary.rollout.report", "canary.starts", "canary.devstack",
                          "canary.cli", "canary.stats")),
 ])

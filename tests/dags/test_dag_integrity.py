@@ -99,12 +99,13 @@ def test_a_mistyped_backend_option_is_an_import_error_naming_the_option(tmp_path
 
 
 def test_parsing_imports_nothing_heavy():
-    """DAG files must not pull in scipy, pandas, boto3, GX or the serving stack at parse time."""
+    """DAG files must not pull in scipy, pandas, boto3, GX, the chart libraries or the serving stack at parse time."""
     code = (
         "import sys, runpy, json; runpy.run_path(sys.argv[1]);"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'scipy','statsmodels','pandas','great_expectations','boto3','botocore','sklearn','mlflow',"
-        "'canary.serving','fastapi'} or m.startswith('canary.stats') or m.startswith('canary.serving'))))"
+        "'canary.serving','fastapi','altair','vl_convert'} or m.startswith('canary.stats') "
+        "or m.startswith('canary.serving'))))"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'dags'}"}
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / "canary_rollouts.py")],

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("canary.cli.stats", "expected requests and time to a decision for each stage and metric"),
     "replay": ("canary.cli.stats", "backtest a spec's decision policy on recorded metrics (CSV)"),
     "trigger": ("canary.cli.trigger", "start a rollout through the Airflow REST API; --wait follows it"),
+    "history": ("canary.cli.history", "list rollouts (newest first) or print one rollout's timeline"),
     "lock": ("canary.cli.lock", "list endpoint leases (one rollout per endpoint) or release a stale one"),
 }
 

@@ -110,8 +110,10 @@ def run_replay(args: argparse.Namespace) -> int:
     except ReplayInputError as err:
         print(f"{args.data}: {err}", file=sys.stderr)
         return 2
+    from canary.progress import track
+
     counts: Counter[str] = Counter()
-    for result in replay(spec, df, layout):
+    for result in track(replay(spec, df, layout), total=int(df["run"].nunique()), description="replaying runs"):
         counts[result["decision"]] += 1
         print(json.dumps(result, default=_json_default))
     summary = {"runs": sum(counts.values()),

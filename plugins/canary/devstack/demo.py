@@ -30,6 +30,7 @@ import requests
 import yaml
 
 from canary.devstack.processes import Processes, free_port, prometheus_server, wait_for_scrape, wait_http
+from canary.progress import Progress
 from canary.spec import defaults
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -217,12 +218,14 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
             airflow_home = state_dir / "airflow"
             migrate(airflow_home, stack)
             time.sleep(2)  # a little stable history before the first rollout
-            for version in (GOOD, FAULTY):
-                report = run_rollout(stack, airflow_home, version, extra_env=env)
-                weights = stack.weights()
-                log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
-                results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
-                                "reason": report["reason"], "weights_after": weights})
+            with Progress(2, "demo rollouts") as progress:
+                for version in (GOOD, FAULTY):
+                    report = run_rollout(stack, airflow_home, version, extra_env=env)
+                    weights = stack.weights()
+                    log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
+                    results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
+                                    "reason": report["reason"], "weights_after": weights})
+                    progress.advance(f"{version} {report['outcome']}")
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         return 130

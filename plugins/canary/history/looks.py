@@ -1,8 +1,8 @@
 """A look from a gate result, and the one line the observe task log prints for it.
 
 Pure: the observe sensor (first check, poke mode) and its trigger (every poll) build the same
-:class:`~canary.history.model.Look` and print the same line, so the log, the history and the report
-say the same thing.
+:class:`~canary.history.model.Look` (through :func:`canary.rollout.observe.look_of_poll`) and print the
+same line, so the log, the history and the report say the same thing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from canary.history.model import Look
 from canary.policy.decisions import GateResult
 from canary.spec.durations import format_duration
-from canary.spec.model import RolloutSpec, StageSpec
 
 
 def make_look(*, dag_id: str, run_id: str, stage_index: int, look_at_s: float, weight_pct: int,
@@ -24,16 +23,6 @@ def make_look(*, dag_id: str, run_id: str, stage_index: int, look_at_s: float, w
     return Look(dag_id=dag_id, run_id=run_id, stage_index=stage_index, look_at_s=look_at_s, weight_pct=weight_pct,
                 decision=result.decision.value, reason=result.reason, metric=result.metric,
                 elapsed_s=None if elapsed is None else float(elapsed), eta_s=eta_s, evidence=dict(result.evidence))
-
-
-def look_of_poll(*, dag_id: str, run_id: str, spec: RolloutSpec, stage: StageSpec, stage_index: int,
-                 look_at_s: float, result: GateResult) -> Look:
-    """Return the look of one poll of a stage, with its estimated time to a decision."""
-    from canary.stats.eta import eta_s  # numpy: at run time only
-
-    eta = eta_s(spec, stage, result.evidence, decision=result.decision.value)
-    return make_look(dag_id=dag_id, run_id=run_id, stage_index=stage_index, look_at_s=look_at_s,
-                     weight_pct=stage.weight, result=result, eta_s=eta)
 
 
 def stage_title(stage_index: int, weight_pct: int) -> str:
@@ -100,4 +89,4 @@ def look_line(look: Look) -> str:
     return " | ".join(parts)
 
 
-__all__ = ["look_line", "look_of_poll", "make_look", "stage_title"]
+__all__ = ["look_line", "make_look", "stage_title"]

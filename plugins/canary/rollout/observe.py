@@ -9,6 +9,8 @@ from typing import Any
 
 from canary.backends.base import MetricsSource
 from canary.errors import NoDataError
+from canary.history.looks import make_look
+from canary.history.model import Look
 from canary.policy.analysis import Analyzer
 from canary.policy.decisions import GateResult
 from canary.policy.evidence import Snapshot
@@ -55,6 +57,16 @@ def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float,
     except NoDataError as err:
         return None, str(err)
     return Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s), None
+
+
+def look_of_poll(*, dag_id: str, run_id: str, spec: RolloutSpec, stage: StageSpec, stage_index: int,
+                 look_at_s: float, result: GateResult) -> Look:
+    """Return the look of one poll of a stage for the history, with its estimated time to a decision."""
+    from canary.stats.eta import eta_s  # numpy: at run time, never at DAG parse time
+
+    eta = eta_s(spec, stage, result.evidence, decision=result.decision.value)
+    return make_look(dag_id=dag_id, run_id=run_id, stage_index=stage_index, look_at_s=look_at_s,
+                     weight_pct=stage.weight, result=result, eta_s=eta)
 
 
 def poll_stage(spec: RolloutSpec, stage: StageSpec, watch: StageWatch, metrics: MetricsSource, *,

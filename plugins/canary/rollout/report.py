@@ -1,4 +1,8 @@
-"""The evidence report of a rollout: a JSON document and a Markdown rendering of it."""
+"""The evidence report of a rollout: a JSON document and a Markdown rendering of it.
+
+The rendering for people (sentence, number formats, the HTML page) lives in :mod:`canary.report`; this
+module assembles the JSON from the run's XCom and writes the files.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ def build_report(plan: RolloutPlan, *, outcome: Outcome, reason: str, shadow: Ma
             "elapsed_s": ev.get("elapsed_s"), "canary_requests": ev.get("canary_requests"),
             "stable_requests": ev.get("stable_requests"), "canary_errors": ev.get("canary_errors"),
             "stable_errors": ev.get("stable_errors"), "metrics": ev.get("metrics", []),
+            # a guardrail breach's numbers (the one sentence quotes them)
+            **{k: ev[k] for k in ("error_rate", "latency_p99_ms", "limit") if k in ev},
         })
     return {
         "model": plan.model, "endpoint": plan.spec.endpoint, "candidate": plan.candidate, "stable": plan.stable,
@@ -52,53 +58,10 @@ def build_report(plan: RolloutPlan, *, outcome: Outcome, reason: str, shadow: Ma
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """Render the report for people."""
-    lines = [
-        f"# Rollout of {report['model']} {report['candidate']}: {report['outcome'].upper()}",
-        "",
-        f"- reason: {report['reason']}",
-        f"- stable: {report['stable']} · endpoint: {report['endpoint']} · run: `{report['run_id']}`",
-        f"- stages planned: {' -> '.join(f'{w}%' for w in report['stages_planned'])} · alpha {report['alpha']}",
-        f"- duration: {report['duration_s']:.0f} s" + (" · DRY RUN" if report["dry_run"] else ""),
-        "",
-    ]
-    shadow = report.get("shadow")
-    if shadow:
-        lines += ["## Shadow test", "", f"- passed: {shadow.get('passed')}"]
-        lines += [f"- {r}" for r in shadow.get("reasons", [])]
-        summary = shadow.get("summary") or {}
-        lines += [f"- {k}: {v}" for k, v in summary.items()] + [""]
-        lines += _expectation_lines(shadow)
-    if report["timeline"]:
-        lines += ["## Stages", "", "| stage | weight | decision | canary req (err) | stable req (err) | why |",
-                  "|---|---|---|---|---|---|"]
-        for s in report["timeline"]:
-            lines.append(f"| {s['stage']} | {s['weight_pct']}% | {s['decision']} | {s['canary_requests']} "
-                         f"({s['canary_errors']}) | {s['stable_requests']} ({s['stable_errors']}) | {s['reason']} |")
-        lines.append("")
-        for s in report["timeline"]:
-            if s["metrics"]:
-                lines += [f"### Stage {s['stage']} metrics", "", "| metric | verdict | why |", "|---|---|---|"]
-                lines += [f"| {m['metric']} | {m['decision']} | {m['reason']} |" for m in s["metrics"]]
-                lines.append("")
-    return "\n".join(lines)
+    """Render the report for people (:func:`canary.report.markdown.render_markdown`: sentence first, numbers rounded)."""
+    from canary.report.markdown import render_markdown as render
 
-
-def _expectation_lines(shadow: Mapping[str, Any]) -> list[str]:
-    """Render the shadow test's output validation (one row per expectation), if it ran."""
-    from canary.rollout.expectations import ExpectationResult
-
-    results = shadow.get("expectations") or []
-    if not results:
-        return []
-    lines = [f"### Output expectations ({shadow.get('outputs_validated')} mirrored answers of the candidate)", "",
-             "| expectation | rows | result | observed |", "|---|---|---|---|"]
-    for data in results:
-        result = ExpectationResult(**data)
-        args = ", ".join(f"{k}={v}" for k, v in result.kwargs.items())
-        lines.append(f"| `{result.type}({args})` | {result.rows} | {'pass' if result.success else '**FAIL**'} "
-                     f"| {result.observed().replace('|', '/')} |")
-    return [*lines, ""]
+    return render(report)
 
 
 def write_report(report: Mapping[str, Any], directory: Path | None = None) -> tuple[Path, Path]:

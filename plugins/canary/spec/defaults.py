@@ -107,3 +107,20 @@ CLOUDWATCH_SETTLE_S = 0.0
 
 #: The registry alias that names the serving version (the MLflow registry's ``champion_alias`` option).
 CHAMPION_ALIAS = "champion"
+
+#: Notifications (``notify``): the Airflow connection of each notifier when an entry names none (the
+#: providers' own default connection ids).
+NOTIFY_CONN_IDS = {
+    "http": "http_default",
+    "smtp": "smtp_default",
+    "sns": "aws_default",
+    "slack": "slack_api_default",
+}
+#: The events an entry is told about when it lists none: the ones a person acts on.
+NOTIFY_EVENTS = ("approval_needed", "halted", "rolled_back", "promoted", "failed", "stuck")
+#: An HTTP notification that gets no answer within this long is given up (logged; the rollout goes on).
+NOTIFY_HTTP_TIMEOUT_S = 10.0
+#: The stuck-rollout alert fires when a run is still going this long after its expected end (the sum of
+#: its deadlines): at least ``STUCK_MIN_MARGIN_S``, else ``STUCK_MARGIN_FRACTION`` of that sum.
+STUCK_MIN_MARGIN_S = 600.0
+STUCK_MARGIN_FRACTION = 0.25

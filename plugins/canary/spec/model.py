@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from canary.errors import SpecError
@@ -232,6 +240,60 @@ class ScheduleSpec(_Strict):
         return self.nightly or self.nightly_cron is not None
 
 
+class NotifyEvent(StrEnum):
+    """What a rollout tells people about (``notify[].events``); ``all`` stands for every one."""
+
+    STARTED = "started"  # validate_request froze the plan: traffic is about to move
+    STAGE_DECIDED = "stage_decided"  # a stage's gate decided (advance, roll back, hold)
+    APPROVAL_NEEDED = "approval_needed"  # the gate holds for a person
+    HALTED = "halted"  # missing data or a sample-ratio mismatch stopped a stage
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+    FAILED = "failed"  # refused before any traffic moved, or a task failed (traffic back on stable)
+    STUCK = "stuck"  # still running well past the sum of its deadlines
+    ALL = "all"
+
+
+class NotifierKind(StrEnum):
+    HTTP = "http"
+    SMTP = "smtp"
+    SNS = "sns"
+    SLACK = "slack"
+
+
+def _default_notify_events() -> list[NotifyEvent]:
+    return [NotifyEvent(e) for e in defaults.NOTIFY_EVENTS]
+
+
+class NotifySpec(_Strict):
+    """Tell people through one Airflow provider notifier when one of ``events`` happens.
+
+    ``options`` are checked against the notifier's options model (:mod:`canary.notify.options`) when the
+    spec is loaded; credentials live in the connection ``conn_id``, never in the spec.
+    """
+
+    events: list[NotifyEvent] = Field(default_factory=_default_notify_events, min_length=1)
+    notifier: NotifierKind
+    conn_id: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _some_events(cls, events: Any) -> Any:
+        if isinstance(events, list) and not events:
+            raise ValueError("must list at least one event, e.g. [rolled_back, promoted], or [all]; omit it for "
+                             f"the default {list(defaults.NOTIFY_EVENTS)}")
+        return events
+
+    @property
+    def effective_conn_id(self) -> str:
+        return self.conn_id or defaults.NOTIFY_CONN_IDS[self.notifier.value]
+
+    def wants(self, events: Iterable[NotifyEvent]) -> bool:
+        """Return whether this entry is told about a notice that stands for ``events``."""
+        return NotifyEvent.ALL in self.events or any(e in self.events for e in events)
+
+
 class RolloutSpec(_Strict):
     """One model's rollout, validated before any traffic moves."""
 
@@ -247,6 +309,7 @@ class RolloutSpec(_Strict):
     policy: PolicySpec = PolicySpec()
     schedule: ScheduleSpec = ScheduleSpec()
     concurrency: ConcurrencySpec = ConcurrencySpec()
+    notify: list[NotifySpec] = Field(default_factory=list)
 
     @property
     def dag_id(self) -> str:
@@ -445,11 +508,34 @@ def _poll_interval_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return []
 
 
+def _notify_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """Every notifier's ``options`` fit its options model, and its provider is installed."""
+    from canary.notify.options import PROVIDERS, option_problems, provider_installed
+
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(spec.notify):
+        notifier = getattr(entry, "notifier", None)
+        if notifier is None:
+            continue  # invalid or missing: reported by pydantic
+        if not provider_installed(notifier.value):
+            problems.append((f"notify[{i}].notifier", f"the {notifier.value} notifier needs the "
+                                                      f"{PROVIDERS[notifier.value]} package: install it "
+                                                      f"(pip install {PROVIDERS[notifier.value]}) or use "
+                                                      "http, smtp or sns"))
+            continue
+        options = getattr(entry, "options", None)
+        if options is None:
+            continue
+        _, found = option_problems(notifier.value, options)
+        problems += [(f"notify[{i}].options" + (f".{loc}" if loc else ""), msg) for loc, msg in found]
+    return problems
+
+
 #: The cross-field rules, each a pure function of the spec returning ``(location, message)`` problems.
 CROSS_FIELD_RULES: tuple[Callable[[RolloutSpec], list[tuple[str, str]]], ...] = (
     _backend_problems, _shadow_problems, _expectation_problems, _stage_problems, _concurrency_problems,
     _alpha_problems, _metric_problems, _schedule_problems, _registry_event_problems, _cloudwatch_window_problems,
-    _poll_interval_problems,
+    _poll_interval_problems, _notify_problems,
 )
 
 

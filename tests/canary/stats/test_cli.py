@@ -160,3 +160,11 @@ def test_replay_of_many_long_runs_rolls_back_the_regressions(tmp_path, spec_path
     healthy = [d for run, d in decisions.items() if run % 2 == 0]
     assert regressed.count("rollback") >= 0.95 * len(regressed), regressed
     assert healthy.count("rollback") <= 0.1 * len(healthy), healthy
+
+
+def test_replay_reports_progress_on_stderr_and_keeps_stdout_json(tmp_path, spec_path, capsys):
+    """Piped (no terminal), progress is a plain line on stderr; stdout stays one JSON object per line."""
+    data = make_csv(tmp_path / "d.csv")
+    code, lines, err = run_cli(capsys, "replay", str(spec_path), str(data))
+    assert code == 0 and len(lines) == 7 and all(isinstance(json.loads(line), dict) for line in lines)
+    assert "replaying runs: 6/6" in err
