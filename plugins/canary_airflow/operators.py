@@ -295,7 +295,7 @@ class SetTrafficOperator(CanaryBaseOperator):
         if self.stage_index > 0:
             record_approval(context, self.stage_index - 1, self.log)  # the answer that let this stage start
         record_event(context, "traffic", stage_group(self.stage_index),
-                     {"stage_index": self.stage_index, "weight_pct": weight, "weights": split,
+                     {"stage": self.stage_index, "weight_pct": weight, "weights": split,
                       "dry_run": plan.dry_run}, self.log, at_s=started_at_s)
         return {"stage_index": self.stage_index, "weight": weight, "started_at_s": started_at_s, "split": split}
 
@@ -329,7 +329,7 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
             action, why = Action.ROLLBACK, f"{why} (no approval task in this DAG: rolling back)"
         gate = {"action": action.value, "reason": why, "decision": result.decision.value, "metric": result.metric}
         context["ti"].xcom_push(key="action", value=gate)
-        record_event(context, "gate", group, {**gate, "stage_index": self.stage_index}, self.log)
+        record_event(context, "gate", group, {**gate, "stage": self.stage_index}, self.log)
         self.say(plan, f"stage {self.stage_index + 1} gate: {result.decision.value} -> {action.value}: {why}")
         notify.stage_decided(context, plan, self.stage_index, result, action, why, log=self.log)
         if action is Action.ROLLBACK:
@@ -385,7 +385,7 @@ class RollbackOperator(CanaryBaseOperator):
         else:
             roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
         record_event(context, "rollback", stage_group(self.stage_index),
-                     {"stage_index": self.stage_index, "reason": reason, "metric": gate.get("metric"),
+                     {"stage": self.stage_index, "reason": reason, "metric": gate.get("metric"),
                       "weights": {plan.stable: 100}, "dry_run": plan.dry_run}, self.log)
         return {"outcome": Outcome.ROLLED_BACK.value, "reason": reason, "stage_index": self.stage_index,
                 "metric": gate.get("metric")}
@@ -548,21 +548,24 @@ def record_approval(context: Any, stage_index: int, log: Any) -> None:
     """Record the answer of a stage's ``approve`` task, if it ran (who responded, when, the chosen option).
 
     Airflow's ``ApprovalOperator`` returns ``{"chosen_options", "params_input", "responded_at",
-    "responded_by_user"}`` as its XCom; it is read here rather than by subclassing the operator.
+    "responded_by_user"}`` as its XCom; it is read here rather than by subclassing the operator. The
+    event's ``stage`` is 0-based, like the other events' (its key is the stage's task group).
     """
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
     group = stage_group(stage_index)
     answer = context["ti"].xcom_pull(task_ids=f"{group}.approve")
     if not isinstance(answer, dict) or not answer.get("chosen_options"):
         return
     responded_at = answer.get("responded_at")
-    responded_s = responded_at.timestamp() if hasattr(responded_at, "timestamp") else None
     user = answer.get("responded_by_user") or {}
-    data = {"stage_index": stage_index, "chosen_option": answer["chosen_options"][0],
-            "chosen_options": list(answer["chosen_options"]),
+    chosen = str(answer["chosen_options"][0])
+    data = {"stage": stage_index, "decision": chosen, "approved": chosen == ApprovalOperator.APPROVE,
+            "user": (user.get("name") or user.get("id")) if isinstance(user, dict) else str(user),
             "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
-            "responded_by": (user.get("name") or user.get("id")) if isinstance(user, dict) else str(user),
             "params_input": dict(answer.get("params_input") or {})}
-    record_event(context, "approval", group, data, log, at_s=responded_s)
+    record_event(context, "approval", group, data, log,
+                 at_s=responded_at.timestamp() if hasattr(responded_at, "timestamp") else None)
 
 
 def failed_task_ids(context: Any, *, exclude: str | None = None) -> list[str]:

@@ -144,7 +144,7 @@ def test_a_rolled_back_rollout_leaves_its_events_outcome_and_reports(tmp_path):
     kinds = {(e.kind, e.key): e.data for e in history.events(DAG_ID, RUN_ID)}
     assert kinds[("traffic", "stage_1")]["weights"] == {"v1": 90, "v2": 10}
     assert kinds[("gate", "stage_1")] == {"action": "rollback", "decision": "rollback", "metric": "error_rate",
-                                               "reason": "error_rate: e-value 881 >= 200", "stage_index": 0}
+                                               "reason": "error_rate: e-value 881 >= 200", "stage": 0}
     assert kinds[("rollback", "stage_1")]["metric"] == "error_rate"
     assert json.loads(history.report(DAG_ID, RUN_ID, "json"))["outcome"] == "rolled_back"
     assert "rolled_back" in history.report(DAG_ID, RUN_ID, "md").lower().replace(" ", "_")
@@ -161,8 +161,8 @@ def test_the_answer_of_an_approval_is_recorded_when_the_next_stage_starts(tmp_pa
     run(SetTrafficOperator(task_id="stage_2.set_traffic", stage_index=1, deferrable=False), ti, context(ti))
     (approval,) = [e for e in rollout_history().events(DAG_ID, RUN_ID) if e.kind == "approval"]
     assert approval.key == "stage_1" and approval.at_s == answered.timestamp()
-    assert (approval.data["chosen_option"], approval.data["responded_by"]) == ("Approve", "bob")
-    assert approval.data["responded_at"] == answered.isoformat()
+    assert (approval.data["decision"], approval.data["approved"], approval.data["user"]) == ("Approve", True, "bob")
+    assert approval.data["stage"] == 0 and approval.data["responded_at"] == answered.isoformat()
 
 
 # -- the observe sensor's own looks: its first check before deferring, and poke mode ------------------
@@ -209,3 +209,20 @@ def test_each_poke_is_a_look_and_a_retried_poke_records_nothing_twice(tmp_path, 
         now[0] = at
         sensor.poke(ctx)
     assert [lk.look_at_s for lk in rollout_history().looks(DAG_ID, RUN_ID)] == [1010.0, 1015.0, 1020.0]
+
+
+def test_the_html_report_reads_the_recorded_approval(tmp_path):
+    """The events the tasks record are the ones the report renders (who, stage, answer)."""
+    from canary.report.html import render_html
+
+    ti = FakeTI()
+    run(ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=spec_path(tmp_path)), ti, context(ti))
+    ti.xcoms[("stage_1.approve", "return_value")] = {
+        "chosen_options": ["Approve"], "params_input": {}, "responded_at": datetime(2026, 12, 2, 10, 30, tzinfo=UTC),
+        "responded_by_user": {"id": "7", "name": "bob"}}
+    run(SetTrafficOperator(task_id="stage_2.set_traffic", stage_index=1, deferrable=False), ti, context(ti))
+    history = rollout_history()
+    page = render_html(history.rollout(DAG_ID, RUN_ID), history.looks(DAG_ID, RUN_ID), history.events(DAG_ID, RUN_ID))
+    approvals = page[page.index('<table id="approvals">'):]
+    approvals = approvals[:approvals.index("</table>")]
+    assert "<td>bob</td><td>1</td>" in approvals and 'class="pass">Approve<' in approvals
