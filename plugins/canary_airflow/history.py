@@ -52,7 +52,7 @@ def record(what: str, write: Callable[[RolloutHistory], T], log: Any) -> T | Non
     """
     try:
         return write(rollout_history())
-    except Exception as err:
+    except Exception as err:  # every one: a record never decides anything (see above)
         log.warning("rollout history: could not record %s (%s: %s); the rollout goes on", what,
                     type(err).__name__, err)
         return None

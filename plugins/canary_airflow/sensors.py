@@ -86,10 +86,15 @@ class CanaryObserveSensor(BaseSensorOperator):
     def _look(self, context: Any, plan: RolloutPlan, result: GateResult, look_at_s: float) -> None:
         """Log one look and record it in the rollout history (a failure to record only warns)."""
         dag_id, run_id = run_key(context)
-        look = look_of_poll(dag_id=dag_id, run_id=run_id, spec=plan.spec,
-                            stage=plan.stages[self.stage_index], stage_index=self.stage_index,
-                            look_at_s=look_at_s, result=result)
-        self.log.info("%s", look_line(look))
+        try:
+            look = look_of_poll(dag_id=dag_id, run_id=run_id, spec=plan.spec,
+                                stage=plan.stages[self.stage_index], stage_index=self.stage_index,
+                                look_at_s=look_at_s, result=result)
+            self.log.info("%s", look_line(look))
+        except Exception as err:  # the journal (ETA, log line) never changes what the gate decided
+            self.log.warning("could not describe look %.3f of stage %d (%s: %s); the rollout goes on", look_at_s,
+                             self.stage_index + 1, type(err).__name__, err)
+            return
         record(f"look {look_at_s:.3f} of stage {self.stage_index + 1}", lambda history: history.add_look(look),
                self.log)
 

@@ -63,10 +63,15 @@ class CanaryObserveTrigger(BaseTrigger):
     async def _look(self, spec: Any, stage: StageSpec, watch: StageWatch, result: GateResult,
                     look_at_s: float) -> None:
         """Log the poll's look and record it in the history (in a thread; a failure only warns)."""
-        look = await asyncio.to_thread(look_of_poll, dag_id=self.dag_id or "", run_id=self.run_id or "",
-                                       spec=spec, stage=stage, stage_index=watch.stage_index,
-                                       look_at_s=look_at_s, result=result)
-        self.log.info("%s", look_line(look))
+        try:
+            look = await asyncio.to_thread(look_of_poll, dag_id=self.dag_id or "", run_id=self.run_id or "",
+                                           spec=spec, stage=stage, stage_index=watch.stage_index,
+                                           look_at_s=look_at_s, result=result)
+            self.log.info("%s", look_line(look))
+        except Exception as err:  # the journal (ETA, log line) never changes what the gate decided
+            self.log.warning("could not describe look %.3f of stage %d (%s: %s); the rollout goes on", look_at_s,
+                             watch.stage_index + 1, type(err).__name__, err)
+            return
         if self.dag_id and self.run_id:
             # Keyed by (run, stage, look time): a retried poll or a second copy of this trigger records once.
             await arecord(f"look {look_at_s:.3f} of stage {watch.stage_index + 1}",

@@ -191,3 +191,18 @@ def test_the_log_has_one_line_per_look_in_one_group_per_stage(monkeypatch, capsy
     last = looks[-1]
     assert "canary 600 req" in last and "error_rate CONTINUE e " in last and "ETA" not in last
     assert "TIMEOUT: undecided" in last and " | ETA 5s | " in looks[-2]
+
+
+def test_a_look_that_cannot_be_described_never_changes_the_event(monkeypatch, capsys):
+    fakes.FakeMetrics.stats_fn = fakes.constant_rate_stats({"v1": (90.0, 0.01), "v2": (10.0, 0.20)})
+    Clock(monkeypatch, start_s=1000.0)
+    expected = first_event(make_trigger())
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("an estimate that went wrong")
+
+    monkeypatch.setattr(triggers, "look_of_poll", broken)
+    Clock(monkeypatch, start_s=1000.0)
+    assert first_event(journal_trigger()) == expected
+    assert "could not describe look" in capsys.readouterr().out
+    assert recorded_looks() == []
