@@ -57,8 +57,10 @@ def _metric_part(m: Mapping[str, Any]) -> str:
         if "e_value" in ev or "threshold" in ev:
             bits.append(f"e {_num(ev.get('e_value'))}/{_num(ev.get('threshold'))}")
         if "ratio_upper" in ev or "ratio_lower" in ev:
-            bits.append(f"ratio {_num(ev.get('ratio_estimate'))} CS [{_num(ev.get('ratio_lower'))}, "
-                        f"{_num(ev.get('ratio_upper'))}] tol {_num(ev.get('tolerance_ratio'))}")
+            # An unbounded upper end is stored as None (JSON has no infinity).
+            upper = "inf" if ev.get("ratio_upper") is None else _num(ev.get("ratio_upper"))
+            bits.append(f"ratio {_num(ev.get('ratio_estimate'))} CS [{_num(ev.get('ratio_lower'))}, {upper}] "
+                        f"tol {_num(ev.get('tolerance_ratio'))}")
     decision = str(m.get("decision", "")).upper()
     return f"{name} {decision}" + (f" {' '.join(bits)}" if bits else "")
 
