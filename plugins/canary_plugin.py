@@ -19,7 +19,7 @@ class CanaryRolloutsPlugin(AirflowPlugin):
     name = "canary_rollouts"
     # The rollout pages (canary_airflow.ui) in the Airflow UI, each an iframe of the plugin app. A relative
     # href resolves against the UI's <base href>, i.e. the API server's base URL.
-    external_views = [  # noqa: RUF012 - AirflowPlugin's own class attribute
+    external_views = [
         {"name": "Rollout", "href": "canary/rollouts/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
          "url_route": "rollout"},
         {"name": "Rollouts", "href": "canary/rollouts", "destination": "nav", "url_route": "rollouts"},

@@ -19,11 +19,11 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import APIRouter, Depends, HTTPException, Query  # imported only by the API server's plugin app
 from fastapi.responses import HTMLResponse
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from canary.errors import BackendError
 from canary.history import RolloutHistory, RolloutRecord, open_history
 from canary.history.store import models_of
