@@ -138,6 +138,8 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                 "CANARY_REPORTS_DIR": str(reports),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(port),
+                # Links built by tasks (HITL, the "Rollout report" extra link) point at this server.
+                "AIRFLOW__API__BASE_URL": url,
                 # Task processes report back through the execution API: it must be this server.
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -82,6 +82,14 @@ def test_every_page_and_json_route_needs_airflow_auth(airflow_server, rollout_ru
         assert "PROMOTED" in signed_in.text.upper() and "v2" in signed_in.text
 
 
+def test_a_rollout_step_links_to_the_rollout_tab(airflow_server, rollout_run):
+    """The worker stored the link when the (refused) first step ended; the UI shows it as a button."""
+    run = quote(rollout_run, safe="")
+    links = airflow_server.client().request(
+        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/validate_request/links")["extra_links"]
+    assert links["Rollout report"] == f"{airflow_server.url}/dags/{DAG_ID}/runs/{run}/plugin/rollout", links
+
+
 def test_the_tab_of_another_dag_says_it_is_not_a_rollout(airflow_server):
     reply = requests.get(f"{airflow_server.url}/canary/rollouts/nightly_rollouts/scheduled__1",
                          headers={"Authorization": f"Bearer {token(airflow_server)}"}, timeout=30)
