@@ -23,18 +23,17 @@ def require_prometheus() -> None:
                     "prometheus/promtool not installed: run `make services` (Debian: apt-get install prometheus)")
 
 
-#: Debian's chromium, driven by Playwright (PyPI) with its own driver; never ``playwright install``.
-CHROMIUM = "/usr/bin/chromium"
+#: The headless browser the page tests drive (Debian's ``chromium``; never ``playwright install``).
+CHROMIUM = os.environ.get("CANARY_CHROMIUM", "/usr/bin/chromium")
 
 
-def require_browser() -> None:
-    """Skip (locally) or fail (CI) without Debian's ``chromium`` or the ``playwright`` package.
-
-    Launch it with ``p.chromium.launch(executable_path=services.CHROMIUM, args=["--no-sandbox"])``.
-    """
+def require_browser() -> str:
+    """Skip (locally) or fail (CI) without Debian's chromium or Playwright; return the browser's path."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        require_service(False, "playwright is not installed: run `make setup`")
-    require_service(os.path.exists(CHROMIUM),
-                    f"{CHROMIUM} missing: apt-get install --no-install-recommends chromium fonts-liberation")
+        require_service(False, "playwright is not installed in .venv: run `make setup`")
+    require_service(os.access(CHROMIUM, os.X_OK),
+                    f"no headless browser at {CHROMIUM}: run `make services` (Debian: apt-get install "
+                    "--no-install-recommends chromium fonts-liberation)")
+    return CHROMIUM

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from services import CHROMIUM, require_browser
+from services import require_browser
 
 from canary.history import Look, RolloutEvent, RolloutRecord, StartedBy, open_history
 
@@ -103,7 +103,7 @@ def uncaught_in_our_frames(page) -> list[str]:
 
 
 def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
-    require_browser()
+    chromium = require_browser()
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
     ours: list[str] = []  # console errors and uncaught exceptions of our pages (the iframes' documents)
     assert airflow_server.username and airflow_server.password
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("console", lambda m: ours.append(f"{m.location.get('url')}: {m.text}")
