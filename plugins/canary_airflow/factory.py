@@ -23,6 +23,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from canary.errors import SpecError
+from canary.policy.evidence_md import EVIDENCE_MD_XCOM_KEY
 from canary.rollout.lease import lock_store_conflicts
 from canary.rollout.plan import allowed_approval_modes
 from canary.spec import defaults
@@ -52,6 +53,13 @@ INVALID_SPECS_DAG_ID = defaults.rollout_dag_id("invalid_specs")
 APPROVAL_TIMEOUT_HOURS = 24
 #: Retries of each stage's observe sensor (see build_rollout_dag).
 OBSERVE_RETRIES = 2
+
+
+def approval_body(gate_task_id: str) -> str:
+    """Return the approval's Markdown body: a template pulling the gate's evidence (rendered at execute)."""
+    return ("The gate could not decide on its own or the approval mode asks for a person.\n\n"
+            f"{{{{ ti.xcom_pull(task_ids='{gate_task_id}', key='{EVIDENCE_MD_XCOM_KEY}') "
+            "or 'No evidence from the gate: see its log.' }}")
 
 
 def specs_dir() -> Path:
@@ -137,8 +145,7 @@ def build_rollout_dag(spec_path: str | Path) -> DAG:
                 approve = ApprovalOperator(
                     task_id="approve",
                     subject=f"{spec.model}: continue the rollout after stage {i + 1} ({stage.weight}%)?",
-                    body="The gate could not decide on its own or the approval mode asks for a person. "
-                         "See the gate task's log and XCom for the evidence.",
+                    body=approval_body(f"stage_{i + 1}.gate"),
                     response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
                 )
                 set_traffic >> observe >> gate >> [proceed, rollback, approve]

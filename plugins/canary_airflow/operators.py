@@ -20,6 +20,7 @@ from canary.backends import TrafficRouter, without_waiting
 from canary.backends.base import LeaseLostError
 from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
+from canary.policy.evidence_md import EVIDENCE_MD_XCOM_KEY, gate_evidence_markdown
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec.model import RolloutSpec, load_spec
 from canary_airflow import notify
@@ -34,6 +35,7 @@ from canary_airflow.endpoint_lock import (
 )
 from canary_airflow.history import record_event
 from canary_airflow.hooks import CanaryMetricsHook, CanaryRegistryHook, CanaryServingHook
+from canary_airflow.links import RolloutReportLink
 from canary_airflow.serving_changes import (
     ServingChangeError,
     check_settled,
@@ -108,6 +110,8 @@ class CanaryBaseOperator(BaseOperator):
     """
 
     ui_color = "#fff7e6"
+    #: "Rollout report": the run's Rollout tab in the Airflow UI (computed by the worker at task end).
+    operator_extra_links = (RolloutReportLink(),)
     #: Reading the plan renews the run's endpoint lease (one rollout per endpoint): every step that may
     #: move traffic first makes sure this run still owns the endpoint. ``finalize`` checks on its own.
     renews_lease = True
@@ -330,6 +334,9 @@ class CanaryGateOperator(CanaryBaseOperator, BaseBranchOperator):
         gate = {"action": action.value, "reason": why, "decision": result.decision.value, "metric": result.metric}
         context["ti"].xcom_push(key="action", value=gate)
         record_event(context, "gate", group, {**gate, "stage": self.stage_index}, self.log)
+        # What a person approving a held stage reads (the approval task's body pulls it).
+        context["ti"].xcom_push(key=EVIDENCE_MD_XCOM_KEY, value=gate_evidence_markdown(
+            result.to_dict(), action=action.value, action_reason=why))
         self.say(plan, f"stage {self.stage_index + 1} gate: {result.decision.value} -> {action.value}: {why}")
         notify.stage_decided(context, plan, self.stage_index, result, action, why, log=self.log)
         if action is Action.ROLLBACK:

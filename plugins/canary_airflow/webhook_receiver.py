@@ -117,9 +117,17 @@ def _post_asset_event(extra: dict[str, Any]) -> dict[str, Any]:
 def create_app(*, secret: Callable[[], str | None] = _secret,
                models: Callable[[], Mapping[str, str]] = webhook_models,
                post_event: Callable[[dict[str, Any]], dict[str, Any]] = _post_asset_event,
-               clock: Callable[[], float] = time.time) -> FastAPI:
-    """Return the receiver's FastAPI app; the callables are its I/O (replaced in unit tests)."""
-    app = FastAPI(title="canary-rollouts MLflow webhook receiver")
+               clock: Callable[[], float] = time.time, ui: bool = True) -> FastAPI:
+    """Return the plugin's FastAPI app; the callables are the receiver's I/O (replaced in unit tests).
+
+    :param ui: also serve the rollout pages (:mod:`canary_airflow.ui`, each route authenticated by Airflow);
+        the webhook route itself is authenticated by its signature only.
+    """
+    app = FastAPI(title="canary-rollouts: MLflow webhook receiver and rollout pages")
+    if ui:
+        from canary_airflow.ui import create_router
+
+        app.include_router(create_router())
 
     @app.post(WEBHOOK_PATH)
     async def receive(request: Request) -> JSONResponse:

@@ -51,6 +51,8 @@ class AirflowServer:
     home: Path
     reports_dir: Path
     log_file: Path
+    #: The rollout history store the API server reads (the UI pages) and the tasks write.
+    history_url: str = ""
 
     def client(self) -> AirflowClient:
         return AirflowClient(self.url, username=self.username, password=self.password)
@@ -136,11 +138,15 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                 "CANARY_REPORTS_DIR": str(reports),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(port),
+                # Links built by tasks (HITL, the "Rollout report" extra link) point at this server.
+                "AIRFLOW__API__BASE_URL": url,
                 # Task processes report back through the execution API: it must be this server.
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                # Named explicitly, so tests read and seed the very store the server's pages show.
+                "CANARY_HISTORY_URL": f"sqlite:///{home / 'canary_history.db'}",
             }
             env.pop("CANARY_NIGHTLY_CRON", None)
             # A known admin password (the simple auth manager keeps it), so tasks can write run notes.
@@ -159,7 +165,7 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                       and requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200,
                       proc, log_file, STARTUP_TIMEOUT_S)
             server = AirflowServer(url, "admin", json.loads(passwords.read_text())["admin"], stack, home, reports,
-                                   log_file)
+                                   log_file, history_url=env["CANARY_HISTORY_URL"])
             client = server.client()
             dag_ids = [f"canary_rollout__{m}" for m in (MODEL, NO_CANDIDATE_MODEL, TRIED_MODEL, OPTED_OUT_MODEL)]
             for dag_id in [*dag_ids, "nightly_rollouts"]:

@@ -149,6 +149,11 @@ def test_approval_mode_from_the_form_holds_every_stage_for_a_person(airflow_serv
     _answer_when_asked(server, run_id, "stage_2.approve", "Reject")
     assert server.wait_run(DAG_ID, run_id, timeout_s=180) == "failed"
     client = server.client()
+    # The person approving saw the gate's evidence (the body renders the gate's Markdown table).
+    details = client.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+                                    "stage_1.approve/-1/hitlDetails")
+    assert "| metric | decision | e-value / threshold |" in details["body"], details["body"]
+    assert "| error_rate |" in details["body"] and "| canary |" in details["body"], details["body"]
     assert client.task_instance(DAG_ID, run_id, "stage_2.set_traffic")["state"] == "success"
     assert client.task_instance(DAG_ID, run_id, "promote")["state"] == "skipped"
     report = client.xcom(DAG_ID, run_id, "finalize")
