@@ -7,8 +7,10 @@ cannot change a rollout that is already running.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.configuration import conf
@@ -497,15 +499,26 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
         def write(history: Any) -> None:
             history.put_report(dag_id, run_id, "json", json.dumps(report, indent=2, default=str))
             history.put_report(dag_id, run_id, "md", render_markdown(report))
-            # HTML REPORT: the one call site for the HTML report (canary.report.html):
-            #   history.put_report(dag_id, run_id, "html", render_html(...)) and write the .html file beside
-            #   the JSON and Markdown ones.
+            html_path = Path(location).with_suffix(".html")
             try:
                 history.finish(dag_id, run_id, outcome=outcome, reason=reason, finished_at_s=time.time(),
-                               stages_reached=stages_reached, report_location=location)
+                               stages_reached=stages_reached, report_location=str(html_path))
             except KeyError:
                 self.log.warning("rollout history: no start of run %s/%s was recorded; its outcome is kept "
                                  "in its reports only", dag_id, run_id)
+                return
+            # The HTML page is drawn from the journal (every look, every event) as finished, kept in the
+            # history (the API server serves it from there: no shared disk needed) and written beside the JSON.
+            from canary.report.html import render_html
+
+            finished = history.rollout(dag_id, run_id)
+            page = render_html(finished, history.looks(dag_id, run_id), history.events(dag_id, run_id),
+                               report=report)
+            history.put_report(dag_id, run_id, "html", page)
+            tmp = html_path.with_suffix(".html.tmp")
+            tmp.write_text(page)
+            os.replace(tmp, html_path)
+            self.log.info("CANARY HTML report %s", html_path)
 
         record("the outcome of the rollout", write, self.log)
 

@@ -178,7 +178,8 @@ def run_rollout(stack: LocalStack, airflow_home: Path, version: str, *, extra_en
     found = sorted(reports.glob(f"{stack.model}/*.json"))
     if not found:
         raise RuntimeError(f"the rollout of {version} wrote no report; see {full_log.name}")
-    return json.loads(found[-1].read_text())
+    html = found[-1].with_suffix(".html")
+    return {**json.loads(found[-1].read_text()), "html_path": str(html) if html.exists() else None}
 
 
 def migrate(airflow_home: Path, stack: LocalStack) -> None:
@@ -224,7 +225,8 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
                     weights = stack.weights()
                     log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
                     results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
-                                    "reason": report["reason"], "weights_after": weights})
+                                    "reason": report["reason"], "weights_after": weights,
+                                    "run_id": report["run_id"], "html_report": report.get("html_path")})
                     progress.advance(f"{version} {report['outcome']}")
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
@@ -234,6 +236,9 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
     ok = all(r["outcome"] == expected[r["candidate"]] for r in results) and len(results) == 2
     log(f"{'as expected' if ok else 'UNEXPECTED outcome'} after {time.time() - started:.0f}s; "
         f"reports and logs under {state_dir}")
+    for r in results:
+        log(f"{r['candidate']}: HTML report {r['html_report']}; its tab under `make airflow`: "
+            f"http://localhost:8080/dags/{defaults.rollout_dag_id(DEMO_MODEL)}/runs/{r['run_id']}/plugin/rollout")
     print(json.dumps({"rollouts": [{k: r[k] for k in ("model", "candidate", "outcome", "reason")}
                                    for r in results]}))
     return 0 if ok else 1
