@@ -140,7 +140,7 @@ def test_a_rolled_back_rollout_leaves_its_events_outcome_and_reports(tmp_path):
     record = history.rollout(DAG_ID, RUN_ID)
     assert record.outcome == "rolled_back" and "e-value 881" in record.outcome_reason
     assert record.stages_reached == 1 and record.finished_at_s >= record.started_at_s
-    assert record.report_location.endswith(".json") and (tmp_path / "reports" / "m").is_dir()
+    assert record.report_location.endswith(".html") and (tmp_path / "reports" / "m").is_dir()
     kinds = {(e.kind, e.key): e.data for e in history.events(DAG_ID, RUN_ID)}
     assert kinds[("traffic", "stage_1")]["weights"] == {"v1": 90, "v2": 10}
     assert kinds[("gate", "stage_1")] == {"action": "rollback", "decision": "rollback", "metric": "error_rate",

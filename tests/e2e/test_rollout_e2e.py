@@ -84,7 +84,9 @@ def test_good_candidate_is_promoted(e2e):
     assert Path(stack.state_dir / "reports-v2" / MODEL).glob("*.md")
     history, record, looks, events = journal(report)
     assert (record.outcome, record.candidate, record.stages_reached) == ("promoted", "v2", 2)
-    assert record.started_by.value == "cli" and record.report_location.endswith(".json")
+    assert record.started_by.value == "cli" and record.report_location.endswith(".html")
+    page = Path(record.report_location).read_text()
+    assert page == history.report(record.dag_id, record.run_id, "html") and "<svg" in page
     assert [lk.stage_index for lk in looks] == sorted(lk.stage_index for lk in looks)
     for stage in (0, 1):  # every stage's looks, its last one the decision the report shows
         stage_looks = [lk for lk in looks if lk.stage_index == stage]
