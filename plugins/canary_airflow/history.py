@@ -24,8 +24,9 @@ from canary.history.model import RolloutEvent, RolloutRecord, StartedBy
 from canary.history.started_by import started_by
 
 if TYPE_CHECKING:
+    from canary.policy.decisions import GateResult
     from canary.rollout.plan import RolloutPlan
-    from canary.spec.model import RolloutSpec
+    from canary.spec.model import RolloutSpec, StageSpec
 
 T = TypeVar("T")
 
@@ -61,6 +62,29 @@ def record(what: str, write: Callable[[RolloutHistory], T], log: Any) -> T | Non
 async def arecord(what: str, write: Callable[[RolloutHistory], T], log: Any) -> T | None:
     """:func:`record` in a worker thread, for triggers: the event loop is never blocked by the store."""
     return await asyncio.to_thread(record, what, write, log)
+
+
+def record_look(*, dag_id: str | None, run_id: str | None, spec: RolloutSpec, stage: StageSpec, stage_index: int,
+                look_at_s: float, result: GateResult, log: Any) -> None:
+    """Log one look of a stage and record it (the sensor's checks and the trigger's polls, in a thread there).
+
+    Keyed by (run, stage, look time): a retried poll or a second copy of a trigger records it once. Neither
+    describing the look (its ETA, its log line) nor recording it may change what the gate decided: both
+    only warn. Without a run (a trigger stored before runs were named) the look is logged, not recorded.
+    """
+    from canary.history.looks import look_line
+    from canary.rollout.observe import look_of_poll
+
+    try:
+        look = look_of_poll(dag_id=dag_id or "", run_id=run_id or "", spec=spec, stage=stage,
+                            stage_index=stage_index, look_at_s=look_at_s, result=result)
+        log.info("%s", look_line(look))
+    except Exception as err:  # the journal (ETA, log line) never changes what the gate decided
+        log.warning("could not describe look %.3f of stage %d (%s: %s); the rollout goes on", look_at_s,
+                    stage_index + 1, type(err).__name__, err)
+        return
+    if dag_id and run_id:
+        record(f"look {look_at_s:.3f} of stage {stage_index + 1}", lambda history: history.add_look(look), log)
 
 
 def run_key(context: Any) -> tuple[str, str]:

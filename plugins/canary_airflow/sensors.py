@@ -10,12 +10,12 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.history.looks import look_line, stage_title
+from canary.history.looks import stage_title
 from canary.policy.decisions import GateResult
-from canary.rollout.observe import StageWatch, look_of_poll, poll_stage
+from canary.rollout.observe import StageWatch, poll_stage
 from canary.rollout.plan import RolloutPlan
 from canary_airflow.endpoint_lock import observe_lease_kwargs, renew_lease
-from canary_airflow.history import record, run_key
+from canary_airflow.history import record_look, run_key
 from canary_airflow.operators import PLAN_TASK_ID, metrics_hook, stage_group
 from canary_airflow.triggers import CanaryObserveTrigger
 
@@ -86,17 +86,8 @@ class CanaryObserveSensor(BaseSensorOperator):
     def _look(self, context: Any, plan: RolloutPlan, result: GateResult, look_at_s: float) -> None:
         """Log one look and record it in the rollout history (a failure to record only warns)."""
         dag_id, run_id = run_key(context)
-        try:
-            look = look_of_poll(dag_id=dag_id, run_id=run_id, spec=plan.spec,
-                                stage=plan.stages[self.stage_index], stage_index=self.stage_index,
-                                look_at_s=look_at_s, result=result)
-            self.log.info("%s", look_line(look))
-        except Exception as err:  # the journal (ETA, log line) never changes what the gate decided
-            self.log.warning("could not describe look %.3f of stage %d (%s: %s); the rollout goes on", look_at_s,
-                             self.stage_index + 1, type(err).__name__, err)
-            return
-        record(f"look {look_at_s:.3f} of stage {self.stage_index + 1}", lambda history: history.add_look(look),
-               self.log)
+        record_look(dag_id=dag_id, run_id=run_id, spec=plan.spec, stage=plan.stages[self.stage_index],
+                    stage_index=self.stage_index, look_at_s=look_at_s, result=result, log=self.log)
 
     def execute(self, context: Any) -> Any:
         plan, watch = self._setup(context)

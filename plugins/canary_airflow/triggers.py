@@ -16,13 +16,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from canary.backends.base import Lease, LeaseHolder, LeaseLostError
 from canary.errors import BackendError
-from canary.history.looks import look_line, stage_title
+from canary.history.looks import stage_title
 from canary.policy.decisions import Decision, GateResult
 from canary.rollout.lease import blocking_lease
-from canary.rollout.observe import StageWatch, default_analyzer, look_of_poll, poll_stage
+from canary.rollout.observe import StageWatch, default_analyzer, poll_stage
 from canary.spec import defaults
 from canary.spec.model import StageSpec, parse_spec
-from canary_airflow.history import arecord
+from canary_airflow.history import record_look
 from canary_airflow.polling import DeadlinePassed, Failed, GaveUp, Polled, PollPolicy, poll_loop
 
 #: Consecutive failed polls after which the trigger reports HALT instead of retrying further.
@@ -63,19 +63,8 @@ class CanaryObserveTrigger(BaseTrigger):
     async def _look(self, spec: Any, stage: StageSpec, watch: StageWatch, result: GateResult,
                     look_at_s: float) -> None:
         """Log the poll's look and record it in the history (in a thread; a failure only warns)."""
-        try:
-            look = await asyncio.to_thread(look_of_poll, dag_id=self.dag_id or "", run_id=self.run_id or "",
-                                           spec=spec, stage=stage, stage_index=watch.stage_index,
-                                           look_at_s=look_at_s, result=result)
-            self.log.info("%s", look_line(look))
-        except Exception as err:  # the journal (ETA, log line) never changes what the gate decided
-            self.log.warning("could not describe look %.3f of stage %d (%s: %s); the rollout goes on", look_at_s,
-                             watch.stage_index + 1, type(err).__name__, err)
-            return
-        if self.dag_id and self.run_id:
-            # Keyed by (run, stage, look time): a retried poll or a second copy of this trigger records once.
-            await arecord(f"look {look_at_s:.3f} of stage {watch.stage_index + 1}",
-                          lambda history: history.add_look(look), self.log)
+        await asyncio.to_thread(record_look, dag_id=self.dag_id, run_id=self.run_id, spec=spec, stage=stage,
+                                stage_index=watch.stage_index, look_at_s=look_at_s, result=result, log=self.log)
 
     async def _lease_store(self) -> Any:
         if not self.lease:

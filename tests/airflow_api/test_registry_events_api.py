@@ -309,5 +309,8 @@ def test_a_signed_mlflow_webhook_delivery_starts_the_rollout_and_a_forged_one_is
     [started] = report["started"]
     assert (started["model"], started["version"]) == (WEBHOOK_MODEL, version)
     [run] = runs(client, dag_id)
-    assert run["conf"] == {"version": version, "reason": "registry event (REST API, new_version): MLflow webhook: "
+    conf = dict(run["conf"])
+    assert conf.pop("started_by") == "registry_event"
+    assert conf.pop("started_by_detail").startswith("canary_registry_events run ")
+    assert conf == {"version": version, "reason": "registry event (REST API, new_version): MLflow webhook: "
                                                          f"version {version} created in '{WEBHOOK_MODEL}'"}

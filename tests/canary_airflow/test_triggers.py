@@ -201,7 +201,9 @@ def test_a_look_that_cannot_be_described_never_changes_the_event(monkeypatch, ca
     def broken(*args, **kwargs):
         raise ZeroDivisionError("an estimate that went wrong")
 
-    monkeypatch.setattr(triggers, "look_of_poll", broken)
+    import canary.rollout.observe
+
+    monkeypatch.setattr(canary.rollout.observe, "look_of_poll", broken)
     Clock(monkeypatch, start_s=1000.0)
     assert first_event(journal_trigger()) == expected
     assert "could not describe look" in capsys.readouterr().out
