@@ -9,6 +9,9 @@ rendering of our text). The stuck-rollout alert is an Airflow Deadline Alert on 
 (:func:`stuck_deadline`): the scheduler fires it when a run outlives its spec's deadlines, and its
 :class:`~airflow.sdk.AsyncCallback` (:func:`send_stuck_alert`) sends the same way from the triggerer.
 
+A retried task tells no receiver twice: what each call site sent is recorded in the run's history
+(a ``notification`` event) and skipped on the next try.
+
 A notification never changes a rollout: any failure (receiver down, bad connection, a bug here) is
 logged as a warning naming the event, the notifier and the connection, and the task goes on.
 Provider modules are imported only when a notice is sent: DAG files stay cheap to parse.
@@ -37,6 +40,7 @@ from canary.notify.options import (
 from canary.notify.stuck import StuckBudget, stuck_budget
 from canary.spec import defaults
 from canary.spec.model import NotifierKind, NotifyEvent, NotifySpec, RolloutSpec
+from canary_airflow.history import record, record_event, run_key
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseNotifier, DeadlineAlert
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: The longest error text a warning quotes (a receiver's whole HTML error page helps nobody).
 MAX_ERROR_CHARS = 300
+#: The history event kind that records which receivers were told (so a retried task tells nobody twice).
+NOTIFICATION_EVENT = "notification"
 #: The Deadline Alert's name on the rollout DAG.
 STUCK_ALERT_NAME = "canary_rollout_stuck"
 
@@ -146,7 +152,7 @@ def send(notice: Notice, entries: Sequence[NotifySpec], context: Any, *, log: An
                         describe_error(err, entry.effective_conn_id))
             continue
         log.info("notified %r via the %s: %s", notice.event.value, what, notice.subject)
-        sent.append(f"{entry.notifier.value}:{entry.effective_conn_id}")
+        sent.append(receiver_of(entry))
     return sent
 
 
@@ -155,9 +161,31 @@ def _run_ref(context: Any, plan: RolloutPlan) -> RunRef:
                   candidate=plan.candidate, stable=plan.stable, dry_run=plan.dry_run)
 
 
+def receiver_of(entry: NotifySpec) -> str:
+    """Return ``notifier:conn_id``: who an entry tells (the unit of what was sent)."""
+    return f"{entry.notifier.value}:{entry.effective_conn_id}"
+
+
+def _already_sent(context: Any, key: str, logger: Any) -> set[str]:
+    """Return the receivers an earlier try of this task told about ``key`` (per the run's history)."""
+    dag_id, run_id = run_key(context)
+    found = record(f"the notifications sent for {key}",
+                   lambda h: [e for e in h.events(dag_id, run_id) if e.kind == NOTIFICATION_EVENT and e.key == key],
+                   logger)
+    return {str(r) for event in found or () for r in event.data.get("sent", ())}
+
+
 def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Sequence[NotifySpec],
-             context: Any) -> list[str]:
-    """Build a notice and send it; a failure to build one is a warning too (the task goes on)."""
+             context: Any, *, key: str) -> list[str]:
+    """Build a notice and send it once per receiver and run; a failure to build one is a warning too.
+
+    A retried task (or a task cleared and run again) does not tell a receiver twice: what was sent is
+    recorded in the run's history as a ``notification`` event under ``key`` (e.g. ``stage_2/halted``),
+    and receivers found there are skipped. A receiver that failed is tried again by the next try. If the
+    history cannot be read, the notice is sent (at least once beats at most once for an alert).
+
+    :param key: what the notice is about within the run; with its event, one notice per run.
+    """
     if not entries:
         return []
     try:
@@ -165,7 +193,20 @@ def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Seque
     except Exception as err:
         logger.warning("no %s notification: could not word it (%s: %s)", what, type(err).__name__, err)
         return []
-    return send(notice, entries, context, log=logger)
+    key = f"{key}/{notice.event.value}"
+    wanted = [e for e in entries if e.wants(notice.events)]
+    if not wanted:
+        return []
+    already = _already_sent(context, key, logger)
+    todo = [e for e in wanted if receiver_of(e) not in already]
+    if len(todo) < len(wanted):
+        logger.info("notification %r already sent by an earlier try to %s: not sent again", notice.event.value,
+                    ", ".join(sorted(receiver_of(e) for e in wanted if receiver_of(e) in already)))
+    sent = send(notice, todo, context, log=logger)
+    if sent:
+        record_event(context, NOTIFICATION_EVENT, key, {"event": notice.event.value, "subject": notice.subject,
+                                                        "sent": sorted(already | set(sent))}, logger)
+    return sent
 
 
 # -- the call sites (one line each in the operators) ----------------------------------------------------
@@ -174,7 +215,7 @@ def rollout_started(context: Any, plan: RolloutPlan, *, log: Any = log) -> list[
     """``validate_request`` froze the plan."""
     return _guarded("started", log, lambda: messages.started(_run_ref(context, plan),
                                                              [s.weight for s in plan.stages], reason=plan.reason),
-                    plan.spec.notify, context)
+                    plan.spec.notify, context, key="started")
 
 
 def rollout_refused(context: Any, spec_path: str, reason: Any, *, log: Any = log) -> list[str]:
@@ -189,7 +230,8 @@ def rollout_refused(context: Any, spec_path: str, reason: Any, *, log: Any = log
     run_conf = getattr(context.get("dag_run"), "conf", None) or {}
     ref = RunRef(model=spec.model, dag_id=context["dag"].dag_id, run_id=context["run_id"], base_url=base_url(),
                  candidate=run_conf.get("version") or None)
-    return _guarded("refused", log, lambda: messages.refused(ref, str(reason)), spec.notify, context)
+    return _guarded("refused", log, lambda: messages.refused(ref, str(reason)), spec.notify, context,
+                    key="refused")
 
 
 def stage_decided(context: Any, plan: RolloutPlan, stage_index: int, result: GateResult, action: Action, why: str,
@@ -198,13 +240,13 @@ def stage_decided(context: Any, plan: RolloutPlan, stage_index: int, result: Gat
     return _guarded("gate", log, lambda: messages.gate_decided(
         _run_ref(context, plan), stage_index=stage_index, stage_count=len(plan.stages),
         weight_pct=plan.stages[stage_index].weight, result=result, action=action, why=why),
-        plan.spec.notify, context)
+        plan.spec.notify, context, key=f"stage_{stage_index + 1}")
 
 
 def rollout_finished(context: Any, plan: RolloutPlan, outcome: Outcome, reason: str, *, log: Any = log) -> list[str]:
     """``finalize`` settled the run."""
     return _guarded("outcome", log, lambda: messages.finished(_run_ref(context, plan), outcome, reason),
-                    plan.spec.notify, context)
+                    plan.spec.notify, context, key="outcome")
 
 
 # -- the stuck-rollout alert ----------------------------------------------------------------------------
@@ -258,5 +300,5 @@ async def send_stuck_alert(*, model: str, notify: list[dict[str, Any]], budget: 
     return await asyncio.to_thread(send, notice, entries, dict(context or {}))
 
 
-__all__ = ["base_url", "build_notifier", "describe_error", "email_html", "rollout_finished", "rollout_refused",
+__all__ = ["NOTIFICATION_EVENT", "base_url", "build_notifier", "describe_error", "email_html", "receiver_of", "rollout_finished", "rollout_refused",
            "rollout_started", "send", "send_stuck_alert", "stage_decided", "stuck_deadline", "stuck_notice"]

@@ -240,3 +240,50 @@ def test_a_spec_without_notify_sends_nothing(tmp_path, http):
     path.write_text(yaml.safe_dump(data))
     ValidateRolloutRequestOperator(task_id=PLAN_TASK_ID, spec_path=str(path)).execute(context())
     assert http.received == []
+
+
+# -- a retried task tells nobody twice ----------------------------------------------------------------
+
+def test_a_retried_gate_does_not_tell_twice(tmp_path, http, capsys):
+    plan = validate(tmp_path)
+    http.received.clear()
+    assert run_gate(plan, HALT)[0] == run_gate(plan, HALT)[0] == "stage_1.rollback"
+    assert events(http) == ["halted"]
+    assert "notification 'halted' already sent by an earlier try to http:notify_http: not sent again" in \
+        task_log(capsys)
+    run_gate(plan, HALT, stage_index=1)  # another stage's gate is another notice
+    assert events(http) == ["halted", "halted"]
+    assert [r.body["stage"] for r in http.received] == [1, 2]
+
+
+def test_a_retried_finalize_does_not_tell_twice_but_a_new_outcome_is_told(tmp_path, http):
+    plan = validate(tmp_path)
+    http.received.clear()
+    promoted = {PROMOTE_TASK_ID: {"outcome": "promoted", "reason": "every stage passed"}}
+    run_finalize(plan, **promoted)
+    run_finalize(plan, **promoted)
+    assert events(http) == ["promoted"]
+    run_finalize(plan, **{"stage_1.rollback": {"outcome": "rolled_back", "reason": "x", "stage_index": 0}})
+    assert events(http) == ["promoted", "rolled_back"]
+
+
+def test_a_receiver_that_failed_is_told_by_the_next_try(tmp_path, http):
+    plan = validate(tmp_path)
+    http.received.clear()
+    http.status = 503
+    run_gate(plan, HALT)  # the receiver answers an error: nothing is recorded as sent
+    http.status = 200
+    run_gate(plan, HALT)
+    run_gate(plan, HALT)
+    assert events(http) == ["halted", "halted"]  # the failed attempt, then the one that got through, once
+
+
+def test_without_a_readable_history_a_retry_tells_again(tmp_path, http, monkeypatch, capsys):
+    """At least once: an alert that might be a repeat beats one that is never sent."""
+    monkeypatch.setenv("CANARY_HISTORY_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/nothing")  # refused
+    plan = validate(tmp_path)
+    http.received.clear()
+    run_gate(plan, HALT)
+    run_gate(plan, HALT)
+    assert events(http) == ["halted", "halted"]
+    assert "rollout history: could not record the notifications sent for stage_1/halted" in task_log(capsys)
