@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 
+from canary.history.model import RolloutEvent
 from canary.notify import messages
 from canary.notify.messages import Notice, RunRef
 from canary.notify.options import (
@@ -40,11 +42,13 @@ from canary.notify.options import (
 from canary.notify.stuck import StuckBudget, stuck_budget
 from canary.spec import defaults
 from canary.spec.model import NotifierKind, NotifyEvent, NotifySpec, RolloutSpec
-from canary_airflow.history import record, record_event, run_key
+from canary_airflow.history import record, run_key
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseNotifier, DeadlineAlert
 
+    from canary.history.model import RolloutRecord
+    from canary.notify.stuck import Stall
     from canary.policy.decisions import Action, GateResult, Outcome
     from canary.rollout.plan import RolloutPlan
 
@@ -166,9 +170,9 @@ def receiver_of(entry: NotifySpec) -> str:
     return f"{entry.notifier.value}:{entry.effective_conn_id}"
 
 
-def _already_sent(context: Any, key: str, logger: Any) -> set[str]:
-    """Return the receivers an earlier try of this task told about ``key`` (per the run's history)."""
-    dag_id, run_id = run_key(context)
+def _already_sent(run: tuple[str, str], key: str, logger: Any) -> set[str]:
+    """Return the receivers an earlier try told about ``key`` in ``run`` (per the run's history)."""
+    dag_id, run_id = run
     found = record(f"the notifications sent for {key}",
                    lambda h: [e for e in h.events(dag_id, run_id) if e.kind == NOTIFICATION_EVENT and e.key == key],
                    logger)
@@ -176,7 +180,7 @@ def _already_sent(context: Any, key: str, logger: Any) -> set[str]:
 
 
 def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Sequence[NotifySpec],
-             context: Any, *, key: str) -> list[str]:
+             context: Any, *, key: str, run: tuple[str, str] | None = None) -> list[str]:
     """Build a notice and send it once per receiver and run; a failure to build one is a warning too.
 
     A retried task (or a task cleared and run again) does not tell a receiver twice: what was sent is
@@ -185,6 +189,7 @@ def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Seque
     history cannot be read, the notice is sent (at least once beats at most once for an alert).
 
     :param key: what the notice is about within the run; with its event, one notice per run.
+    :param run: ``(dag_id, run_id)`` the notice is about; default: the task's own run.
     """
     if not entries:
         return []
@@ -197,15 +202,18 @@ def _guarded(what: str, logger: Any, build: Callable[[], Notice], entries: Seque
     wanted = [e for e in entries if e.wants(notice.events)]
     if not wanted:
         return []
-    already = _already_sent(context, key, logger)
+    run = run or run_key(context)
+    already = _already_sent(run, key, logger)
     todo = [e for e in wanted if receiver_of(e) not in already]
     if len(todo) < len(wanted):
         logger.info("notification %r already sent by an earlier try to %s: not sent again", notice.event.value,
                     ", ".join(sorted(receiver_of(e) for e in wanted if receiver_of(e) in already)))
     sent = send(notice, todo, context, log=logger)
     if sent:
-        record_event(context, NOTIFICATION_EVENT, key, {"event": notice.event.value, "subject": notice.subject,
-                                                        "sent": sorted(already | set(sent))}, logger)
+        event = RolloutEvent(dag_id=run[0], run_id=run[1], at_s=time.time(), kind=NOTIFICATION_EVENT, key=key,
+                             data={"event": notice.event.value, "subject": notice.subject,
+                                   "sent": sorted(already | set(sent))})
+        record(f"the notification event {key}", lambda h: h.add_event(event), logger)
     return sent
 
 
@@ -247,6 +255,18 @@ def rollout_finished(context: Any, plan: RolloutPlan, outcome: Outcome, reason: 
     """``finalize`` settled the run."""
     return _guarded("outcome", log, lambda: messages.finished(_run_ref(context, plan), outcome, reason),
                     plan.spec.notify, context, key="outcome")
+
+
+def rollout_stalled(context: Any, record: RolloutRecord, spec: RolloutSpec, stall: Stall, *,
+                    log: Any = log) -> list[str]:
+    """The watchdog found a stage of ``record``'s run without progress (once per run, stage and kind).
+
+    :param context: the watchdog task's context (handed to the notifiers).
+    """
+    ref = RunRef(model=record.model, dag_id=record.dag_id, run_id=record.run_id, base_url=base_url(),
+                 candidate=record.candidate, stable=record.stable, dry_run=record.dry_run)
+    return _guarded("stalled", log, lambda: messages.stalled(ref, stall), spec.notify, context, key=stall.key,
+                    run=(record.dag_id, record.run_id))
 
 
 # -- the stuck-rollout alert ----------------------------------------------------------------------------
@@ -300,5 +320,6 @@ async def send_stuck_alert(*, model: str, notify: list[dict[str, Any]], budget: 
     return await asyncio.to_thread(send, notice, entries, dict(context or {}))
 
 
-__all__ = ["NOTIFICATION_EVENT", "base_url", "build_notifier", "describe_error", "email_html", "receiver_of", "rollout_finished", "rollout_refused",
-           "rollout_started", "send", "send_stuck_alert", "stage_decided", "stuck_deadline", "stuck_notice"]
+__all__ = ["NOTIFICATION_EVENT", "base_url", "build_notifier", "describe_error", "email_html", "receiver_of",
+           "rollout_finished", "rollout_refused", "rollout_stalled", "rollout_started", "send", "send_stuck_alert",
+           "stage_decided", "stuck_deadline", "stuck_notice"]

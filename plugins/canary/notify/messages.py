@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from canary.notify.stuck import StuckBudget
+from canary.notify.stuck import Stall, StallKind, StuckBudget
 from canary.policy.decisions import Action, Decision, GateResult, Outcome
 from canary.spec.durations import format_duration
 from canary.spec.model import NotifyEvent
@@ -225,5 +225,22 @@ def stuck(ref: RunRef, budget: StuckBudget) -> Notice:
                   link=ref.link, facts={**ref.facts(), "stuck_after_s": budget.total_s})
 
 
+def stalled(ref: RunRef, stall: Stall) -> Notice:
+    """A stage under observation shows no progress (the watchdog found it)."""
+    where = f"stage {stall.stage_index + 1} ({stall.weight_pct}%)"
+    if stall.kind is StallKind.NO_LOOKS:
+        what = f"rollout of {ref.version} stalled at {where}: no look for {format_duration(stall.silent_s)}"
+        check = ("Check that a triggerer is running (airflow jobs check --job-type TriggererJob) and the "
+                 "observe task's log; traffic stays as it is until the stage decides.")
+    else:
+        what = f"rollout of {ref.version} undecided at {where} past its deadline"
+        check = "Check the observe and gate tasks of that stage; traffic stays as it is until the stage decides."
+    return Notice(events=(NotifyEvent.STUCK,), subject=_subject(ref, what),
+                  lines=(_cap(_sentence(stall.explain())), check), link=ref.link,
+                  facts={**ref.facts(), "stage": stall.stage_index + 1, "weight_pct": stall.weight_pct,
+                         "stall": stall.kind.value, "silent_s": round(stall.silent_s, 3),
+                         "last_look_at_s": stall.last_look_at_s})
+
+
 __all__ = ["ROLLOUT_TAB", "Notice", "RunRef", "evidence_line", "finished", "format_count", "format_pct",
-           "gate_decided", "gate_events", "refused", "rollout_url", "started", "stuck"]
+           "gate_decided", "gate_events", "refused", "rollout_url", "stalled", "started", "stuck"]

@@ -124,3 +124,7 @@ NOTIFY_HTTP_TIMEOUT_S = 10.0
 #: its deadlines): at least ``STUCK_MIN_MARGIN_S``, else ``STUCK_MARGIN_FRACTION`` of that sum.
 STUCK_MIN_MARGIN_S = 600.0
 STUCK_MARGIN_FRACTION = 0.25
+#: The watchdog DAG's schedule when ``$CANARY_WATCHDOG_CRON`` is not set (every 5 minutes).
+WATCHDOG_CRON = "*/5 * * * *"
+#: Poll intervals without a look after which the watchdog calls a stage stalled.
+WATCHDOG_MISSED_POLLS = 5

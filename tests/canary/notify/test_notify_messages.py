@@ -136,3 +136,22 @@ def test_the_payload_is_one_json_object_with_the_facts():
     assert payload["text"].startswith("fraud-detector: v7 promoted\nv7 is the champion now")
     assert (payload["model"], payload["candidate"], payload["stable"], payload["outcome"], payload["link"]) == \
         ("fraud-detector", "v7", "v6", "promoted", LINK)
+
+
+def test_a_stalled_stage_says_what_stopped_and_what_to_check():
+    from canary.notify.stuck import Stall, StallKind
+
+    stall = Stall(kind=StallKind.NO_LOOKS, stage_index=1, weight_pct=25, stage_started_at_s=100.0,
+                  last_look_at_s=160.0, silent_s=420.0, stage_running_s=480.0, poll_interval_s=30.0, missed_polls=5,
+                  max_duration_s=1800.0)
+    notice = messages.stalled(REF, stall)
+    assert (notice.event, notice.events) == (NotifyEvent.STUCK, (NotifyEvent.STUCK,))
+    assert notice.subject == "fraud-detector: rollout of v7 stalled at stage 2 (25%): no look for 7m"
+    assert notice.lines == (
+        "Stage 2 (25%) has had no look for 7m since its last look: it should be polled every 30s (alert after 5 "
+        "missed polls).",
+        "Check that a triggerer is running (airflow jobs check --job-type TriggererJob) and the observe task's "
+        "log; traffic stays as it is until the stage decides.")
+    assert notice.facts["stall"] == "no_looks" and notice.facts["stage"] == 2
+    late = messages.stalled(REF, Stall(**{**stall.__dict__, "kind": StallKind.PAST_DEADLINE}))
+    assert late.subject == "fraud-detector: rollout of v7 undecided at stage 2 (25%) past its deadline"
