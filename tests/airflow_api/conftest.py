@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,8 @@ class AirflowServer:
     log_file: Path
     #: The rollout history store the API server reads (the UI pages) and the tasks write.
     history_url: str = ""
+    #: The environment the Airflow processes run with (another Airflow process of this deployment reuses it).
+    env: dict[str, str] = field(default_factory=dict)
 
     def client(self) -> AirflowClient:
         return AirflowClient(self.url, username=self.username, password=self.password)
@@ -165,7 +167,7 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
                       and requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200,
                       proc, log_file, STARTUP_TIMEOUT_S)
             server = AirflowServer(url, "admin", json.loads(passwords.read_text())["admin"], stack, home, reports,
-                                   log_file, history_url=env["CANARY_HISTORY_URL"])
+                                   log_file, history_url=env["CANARY_HISTORY_URL"], env=env)
             client = server.client()
             dag_ids = [f"canary_rollout__{m}" for m in (MODEL, NO_CANDIDATE_MODEL, TRIED_MODEL, OPTED_OUT_MODEL)]
             for dag_id in [*dag_ids, "nightly_rollouts"]:

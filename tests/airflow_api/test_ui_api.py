@@ -7,6 +7,7 @@ rollout tasks' journal would write it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -102,6 +103,25 @@ def uncaught_in_our_frames(page) -> list[str]:
             for message in frame.evaluate("window.__errors || []")]
 
 
+def sign_in(page, server, path: str) -> None:
+    """Open ``path`` of the Airflow UI: Airflow's own login page comes first and sends the browser back."""
+    assert server.username and server.password
+    page.goto(server.url + path)
+    page.locator("input[name=username]").fill(server.username)
+    page.locator("input[name=password]").fill(server.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(server.url + path)
+
+
+def record_errors(page, ours: list[str]) -> None:
+    """Collect the console errors and uncaught exceptions of our pages (the iframes' documents) in ``ours``."""
+    page.on("console", lambda m: ours.append(f"{m.location.get('url')}: {m.text}")
+            if m.type == "error" and "/canary/" in (m.location.get("url") or "") else None)
+    # Uncaught exceptions of a frame are no console messages: every document records its own.
+    page.add_init_script("window.__errors = []; window.addEventListener('error', "
+                         "e => window.__errors.push(String(e.message)));")
+
+
 def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
     chromium = require_browser()
     from playwright.sync_api import sync_playwright
@@ -109,26 +129,17 @@ def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     tab_path = f"/dags/{DAG_ID}/runs/{quote(rollout_run, safe='')}/plugin/rollout"
     ours: list[str] = []  # console errors and uncaught exceptions of our pages (the iframes' documents)
-    assert airflow_server.username and airflow_server.password
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: ours.append(f"{m.location.get('url')}: {m.text}")
-                    if m.type == "error" and "/canary/" in (m.location.get("url") or "") else None)
-            # Uncaught exceptions of a frame are no console messages: every document records its own.
-            page.add_init_script("window.__errors = []; window.addEventListener('error', "
-                                 "e => window.__errors.push(String(e.message)));")
-            # Airflow's own login page: the UI sends the browser there and back to the tab.
-            page.goto(airflow_server.url + tab_path)
-            page.locator("input[name=username]").fill(airflow_server.username)
-            page.locator("input[name=password]").fill(airflow_server.password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(airflow_server.url + tab_path)
+            record_errors(page, ours)
+            sign_in(page, airflow_server, tab_path)
             tab = page.frame_locator("iframe[title=Rollout]")
             tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
             assert "v2" in tab.locator("body").inner_text()
-            assert tab.locator("table, svg").count() >= 1  # the stand-in renderer draws the looks table
+            # The weights chart and one chart per metric look (Vega-Lite SVGs), and the looks table.
+            assert tab.locator("svg").count() >= 1 and tab.locator("table").count() >= 1
             page.screenshot(path=str(SCREENSHOTS / "rollout_tab.png"), full_page=True)
             ours += uncaught_in_our_frames(page)
 
@@ -145,6 +156,60 @@ def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
             page.wait_for_url(airflow_server.url + tab_path)
             page.frame_locator("iframe[title=Rollout]").locator("body").get_by_text(
                 "PROMOTED", exact=False).first.wait_for(timeout=30_000)
+            ours += uncaught_in_our_frames(page)
+        finally:
+            browser.close()
+    assert ours == []
+
+
+def test_a_running_rollouts_tab_refreshes_itself_and_ends_final(airflow_server):
+    """The tab of a rollout still running shows where it stands, reloads itself as looks arrive, then the end."""
+    chromium = require_browser()
+    from playwright.sync_api import sync_playwright
+
+    client = airflow_server.client()
+    run_id = client.trigger(DAG_ID, {"version": "v405", "reason": "live tab test"})["dag_run_id"]
+    assert airflow_server.wait_run(DAG_ID, run_id, timeout_s=180) == "failed"  # refused: never recorded itself
+    history, started_s = open_history(airflow_server.history_url), time.time() - 30
+    history.start(RolloutRecord(dag_id=DAG_ID, run_id=run_id, model=MODEL, endpoint="api", candidate="v7",
+                                stable="v1", started_by=StartedBy.UI, started_by_detail="admin", reason="live tab test",
+                                started_at_s=started_s, stages_planned=(50, 100),
+                                spec={"analysis": {"poll_interval": "3s"}}))
+
+    def look(stage: int, weight: int, decision: str, at_s: float, eta_s: float | None) -> Look:
+        return Look(dag_id=DAG_ID, run_id=run_id, stage_index=stage, look_at_s=at_s, weight_pct=weight,
+                    decision=decision, reason="not yet shown within tolerance" if decision == "continue"
+                    else "error rate within 1.5x", elapsed_s=at_s - started_s - 5, eta_s=eta_s,
+                    evidence={"canary_requests": 120, "stable_requests": 118})
+
+    history.add_look(look(0, 50, "continue", started_s + 20, 95.0))
+    tab_path = f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/rollout"
+    ours: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            record_errors(page, ours)
+            sign_in(page, airflow_server, tab_path)
+            tab = page.frame_locator("iframe[title=Rollout]")
+            live = tab.locator("#live")
+            live.wait_for(timeout=30_000)
+            assert "1 of 2 (50%)" in live.inner_text() and "about 1m35s" in live.inner_text(), live.inner_text()
+            page.screenshot(path=str(SCREENSHOTS / "rollout_tab_live.png"), full_page=True)
+
+            # New looks reach the open tab by itself (its page reloads every poll interval): no reload here.
+            history.add_look(look(0, 50, "advance", time.time() - 2, 0.0))
+            history.add_look(look(1, 100, "continue", time.time() - 1, 12.0))
+            tab.locator("#live").get_by_text("2 of 2 (100%)").wait_for(timeout=30_000)
+            assert tab.locator("#live div", has_text="looks so far").locator("b").inner_text() == "3"
+            ours += uncaught_in_our_frames(page)
+
+            history.add_look(look(1, 100, "advance", time.time(), 0.0))
+            history.finish(DAG_ID, run_id, outcome="promoted", reason="every stage passed", finished_at_s=time.time(),
+                           stages_reached=2)
+            tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
+            assert tab.locator("#live").count() == 0  # final: no live box, no more reloads
+            assert 'http-equiv="refresh"' not in tab.locator("html").inner_html()
             ours += uncaught_in_our_frames(page)
         finally:
             browser.close()
