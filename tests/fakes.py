@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -157,6 +158,27 @@ def install(monkeypatch: Any) -> None:
     for role, name, factory, options in FAKE_BACKENDS:
         monkeypatch.setitem(KNOWN_BACKENDS[role], name, factory)
         monkeypatch.setitem(BACKEND_OPTIONS[role], name, options)
+
+
+#: The connections the task tests' specs name (a fake backend needs its connection to exist, nothing more).
+FAKE_CONNECTIONS = {"fake_serving": "canary_serving", "fake_metrics": "canary_metrics",
+                    "fake_registry": "canary_registry"}
+
+
+def install_stack(monkeypatch: Any, *, connections: Mapping[str, str] = FAKE_CONNECTIONS,
+                  versions: Sequence[str] = ("v1", "v2"), route: bool = True) -> None:
+    """Register the fakes with a connection per ``connections`` (conn_id: conn_type) and model ``m``.
+
+    ``m`` has ``versions`` in the registry, the first one its champion; with ``route`` all the fake
+    router's traffic is on that champion.
+    """
+    install(monkeypatch)
+    for conn_id, conn_type in connections.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))
+    FakeRegistry.versions = {"m": list(versions)}
+    FakeRegistry.aliases = {"m": {"champion": versions[0]}}
+    if route:
+        FakeRouter.reset({versions[0]: 100})
 
 
 @contextmanager

@@ -7,8 +7,11 @@ rollout tasks' journal would write it.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -122,51 +125,56 @@ def record_errors(page, ours: list[str]) -> None:
                          "e => window.__errors.push(String(e.message)));")
 
 
-def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
+@contextlib.contextmanager
+def signed_in_page(server, path: str) -> Iterator[tuple[Any, list[str]]]:
+    """Yield a browser page signed in to the Airflow UI at ``path``, and the list of our pages' errors."""
     chromium = require_browser()
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    tab_path = f"/dags/{DAG_ID}/runs/{quote(rollout_run, safe='')}/plugin/rollout"
     ours: list[str] = []  # console errors and uncaught exceptions of our pages (the iframes' documents)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             record_errors(page, ours)
-            sign_in(page, airflow_server, tab_path)
-            tab = page.frame_locator("iframe[title=Rollout]")
-            tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
-            assert "v2" in tab.locator("body").inner_text()
-            # The weights chart and one chart per metric look (Vega-Lite SVGs), and the looks table.
-            assert tab.locator("svg").count() >= 1 and tab.locator("table").count() >= 1
-            page.screenshot(path=str(SCREENSHOTS / "rollout_tab.png"), full_page=True)
-            ours += uncaught_in_our_frames(page)
-
-            page.get_by_role("link", name="Rollouts").click()
-            listing = page.frame_locator("iframe[title=Rollouts]")
-            row_link = listing.locator(f'#rollouts a[href*="{quote(rollout_run, safe="")}"]')
-            row_link.wait_for(timeout=30_000)
-            assert "promoted" in listing.locator("#rollouts").inner_text()
-            page.screenshot(path=str(SCREENSHOTS / "rollouts_page.png"), full_page=True)
-            ours += uncaught_in_our_frames(page)
-
-            # The row's link leaves the sandboxed iframe: the Airflow UI itself moves to the run's tab.
-            row_link.click()
-            page.wait_for_url(airflow_server.url + tab_path)
-            page.frame_locator("iframe[title=Rollout]").locator("body").get_by_text(
-                "PROMOTED", exact=False).first.wait_for(timeout=30_000)
-            ours += uncaught_in_our_frames(page)
+            sign_in(page, server, path)
+            yield page, ours
         finally:
             browser.close()
+
+
+def test_the_rollout_tab_and_page_in_a_browser(airflow_server, rollout_run):
+    tab_path = f"/dags/{DAG_ID}/runs/{quote(rollout_run, safe='')}/plugin/rollout"
+    with signed_in_page(airflow_server, tab_path) as (page, ours):
+        tab = page.frame_locator("iframe[title=Rollout]")
+        tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
+        assert "v2" in tab.locator("body").inner_text()
+        # The traffic chart (an SVG drawn by Vega-Lite) and the stages table.
+        assert tab.locator("svg").count() >= 1 and tab.locator("table#stages").count() == 1
+        page.screenshot(path=str(SCREENSHOTS / "rollout_tab.png"), full_page=True)
+        ours += uncaught_in_our_frames(page)
+
+        page.get_by_role("link", name="Rollouts").click()
+        listing = page.frame_locator("iframe[title=Rollouts]")
+        row_link = listing.locator(f'#rollouts a[href*="{quote(rollout_run, safe="")}"]')
+        row_link.wait_for(timeout=30_000)
+        assert "promoted" in listing.locator("#rollouts").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "rollouts_page.png"), full_page=True)
+        ours += uncaught_in_our_frames(page)
+
+        # The row's link leaves the sandboxed iframe: the Airflow UI itself moves to the run's tab.
+        row_link.click()
+        page.wait_for_url(airflow_server.url + tab_path)
+        page.frame_locator("iframe[title=Rollout]").locator("body").get_by_text(
+            "PROMOTED", exact=False).first.wait_for(timeout=30_000)
+        ours += uncaught_in_our_frames(page)
     assert ours == []
 
 
 def test_a_running_rollouts_tab_refreshes_itself_and_ends_final(airflow_server):
     """The tab of a rollout still running shows where it stands, reloads itself as looks arrive, then the end."""
-    chromium = require_browser()
-    from playwright.sync_api import sync_playwright
-
+    require_browser()
     client = airflow_server.client()
     run_id = client.trigger(DAG_ID, {"version": "v405", "reason": "live tab test"})["dag_run_id"]
     assert airflow_server.wait_run(DAG_ID, run_id, timeout_s=180) == "failed"  # refused: never recorded itself
@@ -184,33 +192,25 @@ def test_a_running_rollouts_tab_refreshes_itself_and_ends_final(airflow_server):
 
     history.add_look(look(0, 50, "continue", started_s + 20, 95.0))
     tab_path = f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/rollout"
-    ours: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            record_errors(page, ours)
-            sign_in(page, airflow_server, tab_path)
-            tab = page.frame_locator("iframe[title=Rollout]")
-            live = tab.locator("#live")
-            live.wait_for(timeout=30_000)
-            assert "1 of 2 (50%)" in live.inner_text() and "about 1m35s" in live.inner_text(), live.inner_text()
-            page.screenshot(path=str(SCREENSHOTS / "rollout_tab_live.png"), full_page=True)
+    with signed_in_page(airflow_server, tab_path) as (page, ours):
+        tab = page.frame_locator("iframe[title=Rollout]")
+        live = tab.locator("#live")
+        live.wait_for(timeout=30_000)
+        assert "1 of 2 (50%)" in live.inner_text() and "about 1m35s" in live.inner_text(), live.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "rollout_tab_live.png"), full_page=True)
 
-            # New looks reach the open tab by itself (its page reloads every poll interval): no reload here.
-            history.add_look(look(0, 50, "advance", time.time() - 2, 0.0))
-            history.add_look(look(1, 100, "continue", time.time() - 1, 12.0))
-            tab.locator("#live").get_by_text("2 of 2 (100%)").wait_for(timeout=30_000)
-            assert tab.locator("#live div", has_text="looks so far").locator("b").inner_text() == "3"
-            ours += uncaught_in_our_frames(page)
+        # New looks reach the open tab by itself (its page reloads every poll interval): no reload here.
+        history.add_look(look(0, 50, "advance", time.time() - 2, 0.0))
+        history.add_look(look(1, 100, "continue", time.time() - 1, 12.0))
+        tab.locator("#live").get_by_text("2 of 2 (100%)").wait_for(timeout=30_000)
+        assert tab.locator("#live div", has_text="looks so far").locator("b").inner_text() == "3"
+        ours += uncaught_in_our_frames(page)
 
-            history.add_look(look(1, 100, "advance", time.time(), 0.0))
-            history.finish(DAG_ID, run_id, outcome="promoted", reason="every stage passed", finished_at_s=time.time(),
-                           stages_reached=2)
-            tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
-            assert tab.locator("#live").count() == 0  # final: no live box, no more reloads
-            assert 'http-equiv="refresh"' not in tab.locator("html").inner_html()
-            ours += uncaught_in_our_frames(page)
-        finally:
-            browser.close()
+        history.add_look(look(1, 100, "advance", time.time(), 0.0))
+        history.finish(DAG_ID, run_id, outcome="promoted", reason="every stage passed", finished_at_s=time.time(),
+                       stages_reached=2)
+        tab.locator("body").get_by_text("PROMOTED", exact=False).first.wait_for(timeout=30_000)
+        assert tab.locator("#live").count() == 0  # final: no live box, no more reloads
+        assert 'http-equiv="refresh"' not in tab.locator("html").inner_html()
+        ours += uncaught_in_our_frames(page)
     assert ours == []

@@ -65,13 +65,10 @@ def store(tmp_path, monkeypatch, clock):
 
 @pytest.fixture(autouse=True)
 def fake_backends(monkeypatch, tmp_path):
-    fakes.install(monkeypatch)
     # validate_request builds every backend: the spec's local serving backend needs its (default) connection.
-    for conn_id, conn_type in (("fake_metrics", "canary_metrics"), ("fake_registry", "canary_registry"),
-                               ("canary_serving_default", "canary_serving")):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))
-    fakes.FakeRegistry.versions = {"m": ["v1", "v2", "v3"]}
-    fakes.FakeRegistry.aliases = {"m": {"champion": "v1"}}
+    fakes.install_stack(monkeypatch, connections={"fake_metrics": "canary_metrics", "fake_registry": "canary_registry",
+                                                  "canary_serving_default": "canary_serving"},
+                        versions=("v1", "v2", "v3"), route=False)
     fakes.FakeMetrics.stats_fn = None
 
 

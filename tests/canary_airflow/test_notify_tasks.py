@@ -49,17 +49,11 @@ def spec_data(**policy: Any) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def backends(monkeypatch, tmp_path):
-    fakes.install(monkeypatch)
-    for conn_id, conn_type in (("fake_metrics", "canary_metrics"), ("fake_registry", "canary_registry"),
-                               ("fake_serving", "canary_serving")):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))
+    fakes.install_stack(monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_TEST_LOCK", json.dumps({"conn_type": "canary_lock",
                                                              "extra": {"path": str(tmp_path / "locks.db")}}))
     monkeypatch.setenv("CANARY_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.test")
-    fakes.FakeRegistry.versions = {"m": ["v1", "v2"]}
-    fakes.FakeRegistry.aliases = {"m": {"champion": "v1"}}
-    fakes.FakeRouter.reset({"v1": 100})
 
 
 @pytest.fixture

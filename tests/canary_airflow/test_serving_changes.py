@@ -73,14 +73,8 @@ def context(serving: str = "fake-settling", xcoms: dict | None = None, failed: t
 
 @pytest.fixture(autouse=True)
 def fake_backends(monkeypatch, tmp_path):
-    fakes.install(monkeypatch)
-    for conn_id, conn_type in (("fake_serving", "canary_serving"), ("fake_metrics", "canary_metrics"),
-                               ("fake_registry", "canary_registry")):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))
+    fakes.install_stack(monkeypatch)
     monkeypatch.setenv("CANARY_REPORTS_DIR", str(tmp_path / "reports"))
-    fakes.FakeRegistry.versions = {"m": ["v1", "v2"]}
-    fakes.FakeRegistry.aliases = {"m": {"champion": "v1"}}
-    fakes.FakeRouter.reset({"v1": 100})
 
 
 def changes() -> list[tuple[Any, ...]]:

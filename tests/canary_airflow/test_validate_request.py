@@ -24,14 +24,9 @@ CONNECTIONS = {"fake_serving": "canary_serving", "fake_metrics": "canary_metrics
 
 @pytest.fixture(autouse=True)
 def fake_backends(monkeypatch, tmp_path):
-    fakes.install(monkeypatch)
-    for conn_id, conn_type in CONNECTIONS.items():
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "host": "x"}))
+    fakes.install_stack(monkeypatch, connections=CONNECTIONS)
     monkeypatch.setenv("AIRFLOW_CONN_NO_HOST", json.dumps({"conn_type": "canary_registry"}))
     monkeypatch.setenv("CANARY_LOCK_PATH", str(tmp_path / "locks.db"))
-    fakes.FakeRouter.reset({"v1": 100})
-    fakes.FakeRegistry.versions = {"m": ["v1", "v2"]}
-    fakes.FakeRegistry.aliases = {"m": {"champion": "v1"}}
 
 
 def run_validate(tmp_path, **backends: Any) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_good_candidate_is_promoted(e2e):
             assert lk.eta_s == 0.0, lk
         elif (lk.evidence.get("canary_requests") or 0) > 0 and (lk.elapsed_s or 0.0) > warmup_s:
             max_duration_s = 180.0 if lk.stage_index == 0 else 30.0  # fast_spec's stages
-            assert lk.eta_s is not None and 0.0 <= lk.eta_s <= max_duration_s - lk.elapsed_s, lk
+            assert lk.eta_s is not None and 0.0 <= lk.eta_s <= round(max_duration_s - lk.elapsed_s, 3), lk
         else:
             assert lk.eta_s is None, lk
     assert events[("traffic", "stage_1")]["weight_pct"] == FIRST_STAGE_PCT
