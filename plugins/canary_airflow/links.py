@@ -10,6 +10,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
+from canary.spec.defaults import rollout_tab_path
+
 #: Airflow's own fallback for ``[api] base_url`` when building links from a worker (as ``ti.log_url``).
 DEFAULT_BASE_URL = "http://localhost:8080/"
 
@@ -19,13 +21,11 @@ def rollout_tab_url(dag_id: str, run_id: str, *, base_url: str | None = None) ->
 
     :param base_url: the Airflow UI's URL; default ``[api] base_url``, else Airflow's own fallback.
     """
-    from urllib.parse import quote
-
     if base_url is None:
         from airflow.configuration import conf
 
         base_url = conf.get("api", "base_url", fallback=None) or DEFAULT_BASE_URL
-    return f"{base_url.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/plugin/rollout"
+    return f"{base_url.rstrip('/')}/{rollout_tab_path(dag_id, run_id)}"
 
 
 class RolloutReportLink(BaseOperatorLink):

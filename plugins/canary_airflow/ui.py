@@ -17,7 +17,6 @@ import json
 import math
 import time
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
@@ -28,10 +27,8 @@ from canary.errors import BackendError
 from canary.history import RolloutHistory, RolloutRecord, open_history
 from canary.history.store import models_of
 from canary.report.pages import OUTCOME_FILTERS, notice_page, rollouts_page
-from canary.spec.defaults import ROLLOUT_DAG_PREFIX
+from canary.spec.defaults import ROLLOUT_DAG_PREFIX, RUN_TAB_ROUTE, rollout_tab_path
 
-#: The run tab's ``url_route`` (``/dags/<dag>/runs/<run>/plugin/rollout`` in the Airflow UI).
-RUN_TAB_ROUTE = "rollout"  # same as canary_airflow.links
 #: The Rollouts page's ``url_route`` (``/plugin/rollouts``).
 NAV_ROUTE = "rollouts"
 #: Most runs a list shows.
@@ -58,11 +55,6 @@ def history_store() -> RolloutHistory:
 HistoryDep = Annotated[RolloutHistory, Depends(history_store)]
 ReadableDep = Annotated[set[str], Depends(readable_dag_ids)]
 _NO_STORE = {"Cache-Control": "no-store"}
-
-
-def run_tab_path(dag_id: str, run_id: str) -> str:
-    """Return the Airflow UI path (no base) of a run's Rollout tab."""
-    return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/plugin/{RUN_TAB_ROUTE}"
 
 
 def _store_error(err: BackendError) -> HTTPException:
@@ -120,7 +112,7 @@ def create_router() -> APIRouter:
         except BackendError as err:
             raise _store_error(err) from err
         page = rollouts_page(records, models=models_of(every), model=model or None, outcome=chosen,
-                             run_href=lambda r: f"../{run_tab_path(r.dag_id, r.run_id)}", now_s=time.time())
+                             run_href=lambda r: f"../{rollout_tab_path(r.dag_id, r.run_id)}", now_s=time.time())
         return HTMLResponse(page, headers=_NO_STORE)
 
     @router.get("/rollouts/{dag_id}/{run_id:path}", response_class=HTMLResponse,
@@ -173,4 +165,4 @@ def create_router() -> APIRouter:
 
 
 __all__ = ["NAV_ROUTE", "RUN_TAB_ROUTE", "can_read_runs", "create_router", "history_store", "readable_dag_ids",
-           "run_tab_path"]
+           "rollout_tab_path"]

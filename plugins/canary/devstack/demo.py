@@ -238,7 +238,7 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
         f"reports and logs under {state_dir}")
     for r in results:
         log(f"{r['candidate']}: HTML report {r['html_report']}; its tab under `make airflow`: "
-            f"http://localhost:8080/dags/{defaults.rollout_dag_id(DEMO_MODEL)}/runs/{r['run_id']}/plugin/rollout")
+            f"http://localhost:8080/{defaults.rollout_tab_path(defaults.rollout_dag_id(DEMO_MODEL), r['run_id'])}")
     print(json.dumps({"rollouts": [{k: r[k] for k in ("model", "candidate", "outcome", "reason")}
                                    for r in results]}))
     return 0 if ok else 1

@@ -89,6 +89,18 @@ def rollout_dag_id(model: str) -> str:
     """Return the id of the rollout DAG of ``model``."""
     return f"{ROLLOUT_DAG_PREFIX}{model}"
 
+
+#: The ``url_route`` of a run's Rollout tab in the Airflow UI (the plugin's ``external_views``).
+RUN_TAB_ROUTE = "rollout"
+
+
+def rollout_tab_path(dag_id: str, run_id: str) -> str:
+    """Return the Airflow UI path of a run's Rollout tab, without the UI's base URL (no leading ``/``)."""
+    from urllib.parse import quote
+
+    return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/plugin/{RUN_TAB_ROUTE}"
+
+
 #: Event-driven starts (``schedule.on_registry_event``): what the registry watcher polls for and how often.
 REGISTRY_EVENT_WATCH = "new_version"
 REGISTRY_EVENT_ALIAS = "challenger"
