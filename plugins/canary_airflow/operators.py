@@ -235,7 +235,8 @@ class ShadowTestOperator(CanaryBaseOperator):
         from canary.rollout.shadow import run_shadow
 
         verdict = run_shadow(serving_hook(plan.spec).router, metrics_hook(plan.spec).source, shadow,
-                             stable=plan.stable, candidate=plan.candidate, log=lambda m: self.say(plan, m))
+                             stable=plan.stable, candidate=plan.candidate, alpha=plan.spec.analysis.alpha,
+                             log=lambda m: self.say(plan, m))
         result = verdict.to_dict()
         record_event(context, "shadow", "", result, self.log)
         if not verdict.passed:
@@ -243,7 +244,8 @@ class ShadowTestOperator(CanaryBaseOperator):
             raise AirflowFailException(f"shadow test failed: {'; '.join(verdict.reasons)}")
         checked = (f", {len(verdict.expectations)} expectations met by {verdict.outputs_validated} of its outputs"
                    if verdict.expectations else "")
-        self.say(plan, f"shadow test passed on {verdict.summary['pairs']} mirrored requests{checked}")
+        self.say(plan, f"shadow test passed on {verdict.summary['pairs']} mirrored requests{checked}"
+                 + "".join(f"; {note}" for note in verdict.notes))
         return result
 
 

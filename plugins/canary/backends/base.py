@@ -64,6 +64,16 @@ class ShadowSummary:
     mean_abs_score_diff: float | None
     stable_latency_p95_ms: float | None
     candidate_latency_p95_ms: float | None
+    #: The paired tests' counts (:mod:`canary.stats.paired`): pairs where only one version failed,
+    candidate_only_errors: int = 0
+    stable_only_errors: int = 0
+    #: pairs both answered and, of those, pairs whose predicted class differs,
+    answered_pairs: int = 0
+    disagreements: int = 0
+    #: and pairs where only one version was slower than ``slow_threshold_ms`` (None: not asked for).
+    slow_threshold_ms: float | None = None
+    candidate_only_slow: int = 0
+    stable_only_slow: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -155,8 +165,12 @@ class MetricsSource(Protocol):
         Raises :class:`canary.errors.NoDataError` when the store has no series for the version.
         """
 
-    def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float) -> ShadowSummary:
-        """Compare mirrored requests answered by both versions in the window."""
+    def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
+                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+        """Compare mirrored requests answered by both versions in the window.
+
+        With ``slow_threshold_ms``, also count the pairs where only one version took longer than it.
+        """
 
 
 @runtime_checkable

@@ -3,14 +3,26 @@ validate the candidate's outputs with its spec's Great Expectations suite."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from canary.backends.base import MetricsSource, ShadowSummary, TrafficRouter, shadow_outputs
+from canary.errors import NoDataError
 from canary.rollout.expectations import ExpectationResult, validate_outputs
-from canary.spec.model import ShadowSpec
+from canary.spec import defaults
+from canary.spec.durations import format_duration
+from canary.spec.model import ShadowInconclusive, ShadowSpec
+from canary.stats.paired import (
+    PairedAssessment,
+    PairedCounts,
+    PairedDecision,
+    assess_disagreement,
+    assess_discordant,
+    combine,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +51,15 @@ class ShadowVerdict:
     expectations: list[dict[str, Any]] = field(default_factory=list)
     #: Mirrored answers of the candidate that were validated (None when output validation is off).
     outputs_validated: int | None = None
+    #: The paired tests at the last look (:class:`canary.stats.paired.PairedAssessment` as dicts).
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    #: What a person should know of a passed test (e.g. inconclusive, the canary stages decide).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "reasons": list(self.reasons), "summary": dict(self.summary),
-                "expectations": [dict(e) for e in self.expectations], "outputs_validated": self.outputs_validated}
+                "expectations": [dict(e) for e in self.expectations], "outputs_validated": self.outputs_validated,
+                "tests": [dict(t) for t in self.tests], "notes": list(self.notes)}
 
 
 def validate_candidate_outputs(metrics: MetricsSource, spec: ShadowSpec, *, candidate: str, start_s: float,
@@ -64,32 +81,77 @@ def validate_candidate_outputs(metrics: MetricsSource, spec: ShadowSpec, *, cand
     return OutputValidation(rows=len(outputs), results=validate_outputs(outputs, spec.expectations))
 
 
-def judge_shadow(summary: ShadowSummary, spec: ShadowSpec,
-                 outputs: OutputValidation | None = None) -> ShadowVerdict:
-    """Compare the candidate's mirrored answers with stable's against the spec's thresholds and expectations.
+#: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement.
+PAIRED_TESTS = 3
+
+
+def slow_threshold_ms(metrics: MetricsSource, spec: ShadowSpec, *, stable: str,
+                      before_s: float) -> tuple[float | None, str | None]:
+    """Return the paired latency test's threshold, fixed before the test sees a pair, or why there is none.
+
+    Stable's p95 latency over ``spec.latency_baseline_s`` of served traffic before ``before_s``, plus
+    ``spec.latency_p95_slack_ms``.
+    """
+    window = f"the {format_duration(spec.latency_baseline_s)} before the shadow test"
+    try:
+        stats = metrics.version_stats(stable, start_s=before_s - spec.latency_baseline_s, end_s=before_s)
+    except NoDataError:
+        stats = None
+    p95 = stats.latency_quantile_ms(0.95) if stats is not None and stats.requests else None
+    if p95 is None or not math.isfinite(p95):
+        return None, (f"no latency of stable {stable} in {window} to set the slow threshold from "
+                      "(shadow.latency_baseline)")
+    return p95 + spec.latency_p95_slack_ms, None
+
+
+def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> list[PairedAssessment]:
+    """Run the paired tests (:mod:`canary.stats.paired`) on one look at the mirrored pairs.
+
+    Each test fails at level ``alpha / PAIRED_TESTS`` and passes on bounds at level ``alpha``. Without a
+    slow threshold (``summary.slow_threshold_ms`` None) there is no latency test.
+    """
+    fail_alpha = alpha / PAIRED_TESTS
+    common = {"fail_alpha": fail_alpha, "pass_alpha": alpha, "design_ratio": defaults.SHADOW_DESIGN_RATIO,
+              "min_pairs": spec.requests}
+    tests = [assess_discordant("errors", PairedCounts(pairs=summary.pairs, candidate_only=summary.candidate_only_errors,
+                                                      stable_only=summary.stable_only_errors),
+                               max_increase=spec.max_error_rate_increase, what="failed", **common)]
+    if summary.slow_threshold_ms is not None:
+        tests.append(assess_discordant(
+            f"latency above {summary.slow_threshold_ms:.1f} ms",
+            PairedCounts(pairs=summary.pairs, candidate_only=summary.candidate_only_slow,
+                         stable_only=summary.stable_only_slow),
+            max_increase=spec.max_slow_share_increase, what="was slow", **common))
+    tests.append(assess_disagreement(summary.answered_pairs, summary.disagreements, fail_alpha=fail_alpha,
+                                     pass_alpha=alpha, max_disagreement=1.0 - spec.min_prediction_agreement,
+                                     min_pairs=spec.requests))
+    return tests
+
+
+def judge_shadow(summary: ShadowSummary, spec: ShadowSpec, outputs: OutputValidation | None = None, *,
+                 alpha: float = defaults.ALPHA, problems: Sequence[str] = ()) -> ShadowVerdict:
+    """Judge the shadow test at its last look: the paired tests, the pair count and the expectations.
 
     :param outputs: the candidate's outputs validated by :func:`validate_candidate_outputs`; None is a
         failure when the spec has expectations (outputs that were not checked never pass).
+    :param alpha: the level of the paired tests (the spec's ``analysis.alpha``).
+    :param problems: what kept a test from running (e.g. no slow threshold): each fails the shadow test.
     """
-    reasons: list[str] = []
+    reasons: list[str] = list(problems)
+    notes: list[str] = []
+    tests = assess_pairs(summary, spec, alpha=alpha)
+    decision = combine(tests)
     if summary.pairs < spec.requests:
         reasons.append(f"only {summary.pairs} mirrored requests answered by both versions, "
                        f"{spec.requests} required")
-    if summary.pairs:
-        increase = (summary.candidate_errors - summary.stable_errors) / summary.pairs
-        if increase > spec.max_error_rate_increase:
-            reasons.append(f"candidate error rate {increase:+.2%} vs stable on the same requests "
-                           f"(limit {spec.max_error_rate_increase:+.2%})")
-        agreement = summary.prediction_agreement
-        if agreement is None or agreement < spec.min_prediction_agreement:
-            shown = "none" if agreement is None else f"{agreement:.1%}"
-            reasons.append(f"prediction agreement {shown} below {spec.min_prediction_agreement:.0%}")
-        s95, c95 = summary.stable_latency_p95_ms, summary.candidate_latency_p95_ms
-        if s95 is None or c95 is None:
-            reasons.append("no latency recorded for mirrored requests")
-        elif s95 > 0 and c95 / s95 > spec.max_latency_p95_ratio and c95 - s95 > spec.latency_p95_slack_ms:
-            reasons.append(f"candidate p95 latency {c95:.1f} ms is {c95 / s95:.2f}x stable's {s95:.1f} ms "
-                           f"(limit {spec.max_latency_p95_ratio:g}x and {spec.latency_p95_slack_ms:g} ms more)")
+    reasons += [t.reason for t in tests if t.decision == PairedDecision.FAIL]
+    if decision == PairedDecision.CONTINUE and summary.pairs >= spec.requests:
+        open_tests = "; ".join(t.reason for t in tests if t.decision == PairedDecision.CONTINUE)
+        if spec.on_inconclusive == ShadowInconclusive.FAIL:
+            reasons.append(f"inconclusive by shadow.max_duration (shadow.on_inconclusive: fail): {open_tests}")
+        else:
+            notes.append(f"inconclusive by shadow.max_duration, no regression shown; the canary stages decide: "
+                         f"{open_tests}")
     if spec.expectations:
         if outputs is None:
             reasons.append("the candidate's outputs were not validated against shadow.expectations")
@@ -99,32 +161,47 @@ def judge_shadow(summary: ShadowSummary, spec: ShadowSpec,
             reasons += [f"expectation {r.describe()} failed: {r.observed()}" for r in outputs.failed]
     return ShadowVerdict(passed=not reasons, reasons=reasons, summary=summary.to_dict(),
                          expectations=[r.to_dict() for r in outputs.results] if outputs else [],
-                         outputs_validated=outputs.rows if outputs else None)
+                         outputs_validated=outputs.rows if outputs else None,
+                         tests=[t.to_dict() for t in tests], notes=notes)
 
 
 def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, *, stable: str, candidate: str,
-               poll_interval_s: float = 2.0, clock: Callable[[], float] = time.time,
+               alpha: float = defaults.ALPHA, poll_interval_s: float = 2.0, clock: Callable[[], float] = time.time,
                sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print) -> ShadowVerdict:
-    """Mirror traffic to ``candidate`` until ``spec.requests`` pairs or ``spec.max_duration_s``, then judge.
+    """Mirror traffic to ``candidate`` until the paired tests are conclusive or ``spec.max_duration_s``, then judge.
 
+    Every poll looks at the cumulative pairs: it stops as soon as a test fails, or every test passes on at
+    least ``spec.requests`` pairs (the tests are anytime-valid, so looking at every poll costs nothing).
     The candidate is deployed at 0% (it must be loaded to answer mirrored requests); mirroring is
     always switched off again, whatever happens. The candidate's mirrored answers of the same window
     are then validated against ``spec.expectations``.
     """
     router.deploy(candidate)
     start_s = clock()
+    threshold_ms, problem = slow_threshold_ms(metrics, spec, stable=stable, before_s=start_s)
+    log(f"shadow: {problem}" if problem else
+        f"shadow: slow means above {threshold_ms:.1f} ms (stable's p95 before the test + "
+        f"{spec.latency_p95_slack_ms:g} ms)")
     router.set_mirror(candidate, spec.mirror_percent)
     try:
         while True:
             end_s = clock()
-            summary = metrics.shadow_summary(stable=stable, candidate=candidate, start_s=start_s, end_s=end_s)
+            summary = metrics.shadow_summary(stable=stable, candidate=candidate, start_s=start_s, end_s=end_s,
+                                             slow_threshold_ms=threshold_ms)
             elapsed = clock() - start_s
-            log(f"shadow: {summary.pairs}/{spec.requests} mirrored pairs after {elapsed:.0f}s")
-            if summary.pairs >= spec.requests or elapsed >= spec.max_duration_s:
+            tests = assess_pairs(summary, spec, alpha=alpha)
+            decision = combine(tests)
+            log(f"shadow: {summary.pairs} mirrored pairs after {elapsed:.0f}s: {decision}; "
+                + "; ".join(f"{t.test} {t.decision}" for t in tests))
+            if problem or decision == PairedDecision.FAIL or elapsed >= spec.max_duration_s:
+                break
+            if decision == PairedDecision.PASS and summary.pairs >= spec.requests:
                 break
             sleep(min(poll_interval_s, max(0.0, spec.max_duration_s - elapsed)))
     finally:
         router.set_mirror(None)
+    for t in tests:
+        log(f"shadow: {t.reason}")
     outputs = validate_candidate_outputs(metrics, spec, candidate=candidate, start_s=start_s, end_s=end_s)
     if outputs is None:
         log("shadow: output validation off (shadow.expectations: [])")
@@ -135,4 +212,4 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
             f"{len(outputs.results)} expectations")
         for r in outputs.results:
             log(f"shadow: expectation {r.describe()}: {'passed' if r.success else 'FAILED'} ({r.observed()})")
-    return judge_shadow(summary, spec, outputs)
+    return judge_shadow(summary, spec, outputs, alpha=alpha, problems=[problem] if problem else [])

@@ -51,12 +51,23 @@ GUARDRAIL_MIN_REQUESTS = 200
 SHADOW_REQUESTS = 200
 SHADOW_MIRROR_PERCENT = 100
 SHADOW_MAX_DURATION_S = 300.0
+#: Margin of the paired error test: the candidate may fail at most this much more often on the same requests.
 SHADOW_MAX_ERROR_RATE_INCREASE = 0.01
-SHADOW_MAX_LATENCY_P95_RATIO = 1.5
-#: A p95 latency regression must also exceed stable's p95 by this much: a few milliseconds either way at
-#: the 95th percentile of a few hundred requests is scheduling noise, not the model.
+#: Margin of the paired latency test: the candidate may be slow (above the slow threshold) on at most this
+#: much more of the same requests than stable.
+SHADOW_MAX_SLOW_SHARE_INCREASE = 0.05
+#: The slow threshold is stable's p95 latency over this window of served traffic before the shadow test
+#: starts (fixed before the test sees a pair) ...
+SHADOW_LATENCY_BASELINE_S = 600.0
+#: ... plus this much: a few milliseconds either way is scheduling noise, not the model.
 SHADOW_LATENCY_P95_SLACK_MS = 5.0
 SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
+#: Design effect of the sequential McNemar tests' mixture: the candidate alone has the bad outcome twice as
+#: often as stable alone.
+SHADOW_DESIGN_RATIO = 2.0
+#: What a shadow test that reached ``max_duration`` without a conclusion does: ``proceed`` to the canary
+#: stages (whose tests decide with live traffic) or ``fail``.
+SHADOW_ON_INCONCLUSIVE = "proceed"
 #: Great Expectations suite run on the candidate's mirrored answers unless ``shadow.expectations`` says
 #: otherwise (``[]`` turns output validation off): every successful answer has a score and a label, scores
 #: are probabilities, labels are classes of the binary classifier.

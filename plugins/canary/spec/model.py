@@ -21,6 +21,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -85,6 +86,13 @@ def _default_expectations() -> list[ExpectationSpec]:
     return [ExpectationSpec.model_validate(e) for e in defaults.SHADOW_EXPECTATIONS]
 
 
+class ShadowInconclusive(StrEnum):
+    """What a shadow test without a conclusion at ``max_duration`` does."""
+
+    PROCEED = "proceed"  # go on to the canary stages, whose tests decide on live traffic
+    FAIL = "fail"
+
+
 class ShadowSpec(_Strict):
     """Mirror real requests to the candidate before it serves anything, compare, and validate its outputs.
 
@@ -97,10 +105,22 @@ class ShadowSpec(_Strict):
     mirror_percent: int = Field(defaults.SHADOW_MIRROR_PERCENT, ge=1, le=100)
     max_duration_s: Duration = Field(defaults.SHADOW_MAX_DURATION_S, alias="max_duration", gt=0)
     max_error_rate_increase: float = Field(defaults.SHADOW_MAX_ERROR_RATE_INCREASE, ge=0.0, le=1.0)
-    max_latency_p95_ratio: float = Field(defaults.SHADOW_MAX_LATENCY_P95_RATIO, gt=1.0)
+    max_slow_share_increase: float = Field(defaults.SHADOW_MAX_SLOW_SHARE_INCREASE, ge=0.0, le=1.0)
+    latency_baseline_s: Duration = Field(defaults.SHADOW_LATENCY_BASELINE_S, alias="latency_baseline", gt=0)
     latency_p95_slack_ms: float = Field(defaults.SHADOW_LATENCY_P95_SLACK_MS, ge=0.0)
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
+    on_inconclusive: ShadowInconclusive = ShadowInconclusive(defaults.SHADOW_ON_INCONCLUSIVE)
     expectations: list[ExpectationSpec] = Field(default_factory=_default_expectations)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_latency_p95_ratio" in data:
+            raise ValueError("max_latency_p95_ratio was replaced by the paired latency test: set "
+                             "shadow.max_slow_share_increase (how much more often than stable the candidate may "
+                             f"be slower than stable's p95 on the same requests; default "
+                             f"{defaults.SHADOW_MAX_SLOW_SHARE_INCREASE}) and remove max_latency_p95_ratio")
+        return data
 
 
 class StageSpec(_Strict):

@@ -139,6 +139,15 @@ def test_shadow_summary_joins_mirrored_and_served_answers(write: Callable[..., N
     # histogram_quantile over the latency buckets: 4 x 3 ms -> 5 * 0.95; 4 x 40 ms -> 25 + 25 * 0.95.
     assert summary.stable_latency_p95_ms == pytest.approx(4.75)
     assert summary.candidate_latency_p95_ms == pytest.approx(48.75)
+    # The paired tests' counts: one pair failed by stable alone, one by the candidate alone; of the two
+    # pairs both answered, one disagrees; no slow threshold asked for, so no slow pairs.
+    assert (summary.candidate_only_errors, summary.stable_only_errors) == (1, 1)
+    assert (summary.answered_pairs, summary.disagreements) == (2, 1)
+    assert (summary.slow_threshold_ms, summary.candidate_only_slow, summary.stable_only_slow) == (None, 0, 0)
+    slow = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10, slow_threshold_ms=10.0)
+    assert (slow.slow_threshold_ms, slow.candidate_only_slow, slow.stable_only_slow) == (10.0, 4, 0)
+    assert source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10,
+                                 slow_threshold_ms=50.0).candidate_only_slow == 0
 
 
 def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalMetricsSource) -> None:
@@ -146,7 +155,9 @@ def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalM
     summary = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10)
     assert summary.to_dict() == {"pairs": 0, "stable_errors": 0, "candidate_errors": 0, "prediction_agreement": None,
                                  "mean_abs_score_diff": None, "stable_latency_p95_ms": None,
-                                 "candidate_latency_p95_ms": None}
+                                 "candidate_latency_p95_ms": None, "candidate_only_errors": 0, "stable_only_errors": 0,
+                                 "answered_pairs": 0, "disagreements": 0, "slow_threshold_ms": None,
+                                 "candidate_only_slow": 0, "stable_only_slow": 0}
 
 
 def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalTrafficRouter, store_path: Path,

@@ -1,0 +1,190 @@
+"""Sequential paired tests for the shadow test: both versions answer the same mirrored requests.
+
+A paired comparison removes what the two versions share (hard requests, a slow database, the time of
+day), so it needs far fewer requests than comparing two independent streams. Three tests run on the
+cumulative counts of one shadow window; each is anytime-valid, so the shadow test may look at every
+poll and stop as soon as it is conclusive.
+
+**A bad outcome on one side only** (an error, or an answer slower than a threshold fixed before the
+test): for a pair where exactly one version had it (a *discordant* pair), under "no regression" the
+candidate is that version with probability at most 1/2, whatever the base rate. The label e-process of
+:mod:`canary.stats.label` with exposure share 1/2 is then an exact sequential McNemar test (McNemar
+1947; its e-process form is the binomial case of Lindon & Malek, NeurIPS 2022): it tests
+``theta = P(candidate only) / P(stable only) <= 1`` on the discordant counts alone, and its e-value
+crossing ``1 / a`` fails the candidate with probability at most ``a`` under the null, at any looks.
+
+Passing needs more than "no evidence of harm": the increase of the bad-outcome rate on the same
+requests, ``P(candidate bad) - P(stable bad) = P(candidate only) - P(stable only)``, must be shown
+within a margin. Each of the two discordant shares gets Robbins' beta-binomial confidence sequence
+(:func:`canary.stats.distribution.proportion_cs`) at level ``a / 2``, so
+
+.. math:: \\Delta \\le u_{co} - l_{so}
+
+holds at all times with probability ``1 - a``.
+
+**Disagreement** of the predicted class on pairs both answered: a confidence sequence on the
+disagreement rate against ``1 - min_prediction_agreement`` (an absolute guardrail: a new model is
+expected to change some answers, not too many). It fails when the lower bound exceeds the limit and
+passes when the upper bound is within it.
+
+The shadow test fails when any test fails (a Bonferroni split of its level over the tests) and passes
+when every test passes (an intersection-union test: each bound at the full level).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from canary.stats.distribution import proportion_cs
+from canary.stats.label import GridPrior, log_mixture
+
+#: Exposure share of each version within a pair: both answer every mirrored request.
+PAIR_SHARE = 0.5
+
+
+class PairedDecision:
+    """What one paired test says at a look."""
+
+    FAIL = "fail"
+    PASS = "pass"
+    CONTINUE = "continue"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedCounts:
+    """Pairs of answers to the same requests, and those where one version only had a bad outcome."""
+
+    pairs: int
+    candidate_only: int
+    stable_only: int
+
+    def __post_init__(self) -> None:
+        if min(self.pairs, self.candidate_only, self.stable_only) < 0 or \
+                self.candidate_only + self.stable_only > self.pairs:
+            raise ValueError(f"paired counts need 0 <= candidate_only + stable_only <= pairs, got {self}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedAssessment:
+    """One paired test's verdict and the evidence behind it (JSON-able through :meth:`to_dict`).
+
+    ``increase_*`` are on the scale of the rate of the bad outcome (0.02 = 2 points more often than
+    stable on the same requests); for the disagreement test they are the disagreement rate itself.
+    """
+
+    test: str
+    decision: str
+    pairs: int
+    candidate_only: int | None
+    stable_only: int | None
+    e_value: float | None
+    e_threshold: float | None
+    estimate: float | None
+    lower: float
+    upper: float
+    limit: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _e_value(log_e: float) -> float:
+    return math.exp(min(log_e, 700.0))
+
+
+def discordant_log_e(candidate_only: int, stable_only: int, design_ratio: float) -> float:
+    """Return log E of the sequential McNemar test of ``P(candidate only) <= P(stable only)``.
+
+    The label mixture with exposure share 1/2 and a grid prior around ``log(design_ratio)``: a test
+    supermartingale under the null in the order pairs arrive, so any look at the counts is valid.
+    """
+    if candidate_only + stable_only == 0:
+        return 0.0
+    prior = GridPrior.around(math.log(design_ratio))
+    return log_mixture([(float(candidate_only), float(stable_only), PAIR_SHARE)], 1.0, prior, 1)
+
+
+def increase_bounds(counts: PairedCounts, a: float) -> tuple[float, float]:
+    """Return time-uniform (lower, upper) bounds at joint level ``a`` on ``P(candidate bad) - P(stable bad)``."""
+    n = np.array([counts.pairs, counts.pairs], dtype=float)
+    lo, hi = proportion_cs(np.array([counts.candidate_only, counts.stable_only], dtype=float), n, a / 2.0)
+    return float(lo[0] - hi[1]), float(hi[0] - lo[1])
+
+
+def _points(x: float) -> str:
+    return f"{x * 100:+.2f} points"
+
+
+def assess_discordant(test: str, counts: PairedCounts, *, fail_alpha: float, pass_alpha: float,
+                      max_increase: float, design_ratio: float, min_pairs: int, what: str) -> PairedAssessment:
+    """Judge one bad outcome (``what``: "failed", "was slow") on paired counts.
+
+    Fails on the McNemar e-value reaching ``1 / fail_alpha``; passes once ``min_pairs`` pairs are in
+    and the upper bound on the increase (level ``pass_alpha``) is at most ``max_increase``.
+    """
+    log_e = discordant_log_e(counts.candidate_only, counts.stable_only, design_ratio)
+    threshold = 1.0 / fail_alpha
+    lower, upper = increase_bounds(counts, pass_alpha)
+    estimate = (counts.candidate_only - counts.stable_only) / counts.pairs if counts.pairs else None
+    shown = (f"candidate only {what} on {counts.candidate_only} and stable only on {counts.stable_only} "
+             f"of {counts.pairs} mirrored requests")
+    if log_e >= math.log(threshold):
+        decision = PairedDecision.FAIL
+        reason = (f"{test}: {shown} ({_points(estimate or 0.0)}); evidence {_e_value(log_e):.3g} >= "
+                  f"{threshold:.3g} that the candidate {what} more often")
+    elif counts.pairs >= min_pairs and upper <= max_increase:
+        decision = PairedDecision.PASS
+        reason = f"{test}: {shown}; increase at most {_points(upper)}, within {_points(max_increase)}"
+    else:
+        decision = PairedDecision.CONTINUE
+        reason = (f"{test}: {shown}; increase at most {_points(upper)}, not yet within {_points(max_increase)}"
+                  if counts.pairs >= min_pairs else f"{test}: {shown}; {min_pairs} pairs needed")
+    return PairedAssessment(test=test, decision=decision, pairs=counts.pairs, candidate_only=counts.candidate_only,
+                            stable_only=counts.stable_only, e_value=_e_value(log_e), e_threshold=threshold,
+                            estimate=estimate, lower=lower, upper=upper, limit=max_increase, reason=reason)
+
+
+def assess_disagreement(both_answered: int, disagreements: int, *, fail_alpha: float, pass_alpha: float,
+                        max_disagreement: float, min_pairs: int) -> PairedAssessment:
+    """Judge the share of pairs whose predicted class differs against ``max_disagreement``."""
+    if not 0 <= disagreements <= both_answered:
+        raise ValueError(f"need 0 <= disagreements <= pairs, got {disagreements} of {both_answered}")
+    n = np.array([both_answered], dtype=float)
+    x = np.array([disagreements], dtype=float)
+    fail_lo, _ = proportion_cs(x, n, fail_alpha)
+    _, pass_hi = proportion_cs(x, n, pass_alpha)
+    lower, upper = float(fail_lo[0]), float(pass_hi[0])
+    estimate = disagreements / both_answered if both_answered else None
+    shown = f"{disagreements} of {both_answered} answered pairs predict a different class"
+    if lower > max_disagreement:
+        decision = PairedDecision.FAIL
+        reason = f"prediction agreement: {shown}; disagreement at least {lower:.1%}, above {max_disagreement:.1%}"
+    elif both_answered >= min_pairs and upper <= max_disagreement:
+        decision = PairedDecision.PASS
+        reason = f"prediction agreement: {shown}; disagreement at most {upper:.1%}, within {max_disagreement:.1%}"
+    else:
+        decision = PairedDecision.CONTINUE
+        reason = (f"prediction agreement: {shown}; disagreement at most {upper:.1%}, not yet within "
+                  f"{max_disagreement:.1%}")
+    return PairedAssessment(test="prediction agreement", decision=decision, pairs=both_answered,
+                            candidate_only=None, stable_only=None, e_value=None, e_threshold=None,
+                            estimate=estimate, lower=lower, upper=upper, limit=max_disagreement, reason=reason)
+
+
+def combine(assessments: list[PairedAssessment]) -> str:
+    """Return the shadow test's decision: fail if any test fails, pass if all pass, else continue."""
+    decisions = {a.decision for a in assessments}
+    if PairedDecision.FAIL in decisions:
+        return PairedDecision.FAIL
+    if assessments and decisions == {PairedDecision.PASS}:
+        return PairedDecision.PASS
+    return PairedDecision.CONTINUE
+
+
+__all__ = ["PAIR_SHARE", "PairedAssessment", "PairedCounts", "PairedDecision", "assess_disagreement",
+           "assess_discordant", "combine", "discordant_log_e", "increase_bounds"]
