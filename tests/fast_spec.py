@@ -13,8 +13,9 @@ def fast_spec(model: str, endpoint: str, **overrides: Any) -> dict[str, Any]:
     """Return a spec: 50% then 100%, error rate only, polls every 2 s; ``overrides`` replace top-level keys."""
     spec = {
         "model": model, "endpoint": endpoint, "owner": "e2e",
+        # Wide margins: a healthy candidate's shadow test is conclusive after a few hundred pairs.
         "shadow": {"requests": 60, "mirror_percent": 100, "max_duration": "40s", "max_error_rate_increase": 0.3,
-                   "min_prediction_agreement": 0.7},
+                   "max_slow_share_increase": 0.3, "min_prediction_agreement": 0.7},
         "stages": [{"weight": FIRST_STAGE_PCT, "min_duration": "8s", "max_duration": "3m", "min_requests": 150},
                    {"weight": 100, "min_duration": "4s", "max_duration": "30s", "min_requests": 50}],
         # alpha 0.001: a test asserting that a healthy candidate is promoted must not flake on the 5%

@@ -20,8 +20,10 @@ from canary.devstack.processes import Processes
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL, ENDPOINT = "e2e-model", "e2e"
+STAGED_MODEL = "e2e-staged"  # same endpoint and versions, no shadow test
 BASE = 0.01
-# v3 fails 16% of requests: it passes the lenient shadow smoke test and must be caught at the first stage.
+# v3 fails 16% of requests. The shadow test would stop it (see v5), so it is rolled out as STAGED_MODEL, whose
+# spec has no shadow test: a regression only live traffic shows must be caught at the first stage.
 # v5 fails 60%: the shadow test must stop it before it serves anything.
 # v6 is as healthy as stable by every comparison, but 30% of its scores are outside [0, 1]: the shadow
 # test's default output expectations must stop it.
@@ -41,6 +43,8 @@ def e2e(tmp_path_factory):
                   backends={"metrics": {"name": "local", "conn_id": "missing_store"}})
     missing_store = json.dumps({"conn_type": "canary_metrics", "extra": {"path": str(root / "no-such-store.db")}})
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
+    (specs / f"{STAGED_MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(STAGED_MODEL, ENDPOINT,
+                                                                         shadow={"enabled": False})))
     procs = Processes()
     try:
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6"),
@@ -111,17 +115,21 @@ def test_good_candidate_is_promoted(e2e):
 
 def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     stack, home, env = e2e
-    before = registry(stack).champion(MODEL)
-    report = run_rollout(stack, home, "v3", extra_env=env)
+    (before,) = [v for v, w in stack.weights().items() if w == 100]
+    reg = registry(stack)
+    for version in (before, "v3"):
+        reg.register_version(STAGED_MODEL, version)
+    reg.set_alias(STAGED_MODEL, "champion", before)
+    report = run_rollout(stack, home, "v3", extra_env=env, model=STAGED_MODEL)
     assert report["outcome"] == "rolled_back", report
     assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
     assert report["timeline"][0]["weight_pct"] == FIRST_STAGE_PCT
     assert stack.weights() == {before: 100}
-    assert registry(stack).champion(MODEL) == before
-    tags = registry(stack).get_tags(MODEL, "v3")
+    assert registry(stack).champion(STAGED_MODEL) == before
+    tags = registry(stack).get_tags(STAGED_MODEL, "v3")
     assert tags["rollout.result"] == "rolled_back", tags
     assert tags["rollout.reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): ") and "error_rate" in tags["rollout.reason"], tags
-    _, record, looks, events = journal(report)
+    _, record, looks, events = journal(report, STAGED_MODEL)
     assert (record.outcome, record.stages_reached) == ("rolled_back", 1)
     assert looks and looks[-1].decision == "rollback" and looks[-1].metric is not None
     assert all(lk.stage_index == 0 and lk.weight_pct == FIRST_STAGE_PCT for lk in looks)
@@ -134,8 +142,12 @@ def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
     before = stack.weights()
     report = run_rollout(stack, home, "v5", extra_env=env)
     assert report["outcome"] == "rolled_back", report
-    assert report["reason"].startswith("shadow test failed: candidate error rate")
-    assert report["timeline"] == [] and report["shadow"]["summary"]["pairs"] >= 60
+    # The sequential McNemar test stops it at the first conclusive poll, long before max_duration.
+    assert report["reason"].startswith("shadow test failed: errors: candidate only failed on "), report["reason"]
+    (errors,) = [t for t in report["shadow"]["tests"] if t["test"] == "errors"]
+    assert errors["decision"] == "fail" and errors["e_value"] >= errors["e_threshold"]
+    assert errors["candidate_only"] > 5 * errors["stable_only"]
+    assert report["timeline"] == [] and report["shadow"]["summary"]["pairs"] > 0
     assert stack.weights() == before
 
 

@@ -153,11 +153,12 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
 
 
 def run_rollout(stack: LocalStack, airflow_home: Path, version: str, *, extra_env: Mapping[str, str] | None = None,
-                conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run one rollout with ``airflow dags test``; return its report."""
+                conf: Mapping[str, Any] | None = None, model: str | None = None) -> dict[str, Any]:
+    """Run one rollout of ``model`` (default: the stack's) with ``airflow dags test``; return its report."""
+    model = model or stack.model
     reports = stack.state_dir / f"reports-{version}"
     env = {**stack.airflow_env(airflow_home), "CANARY_REPORTS_DIR": str(reports), **(extra_env or {})}
-    dag_id = defaults.rollout_dag_id(stack.model)
+    dag_id = defaults.rollout_dag_id(model)
     conf_json = json.dumps({"version": version, "reason": "make demo", **(conf or {})})
     log(f"rollout of {version}: airflow dags test {dag_id} -c '{conf_json}'")
     with open(stack.state_dir / f"airflow-{version}.log", "w") as full_log:
@@ -175,7 +176,7 @@ def run_rollout(stack: LocalStack, airflow_home: Path, version: str, *, extra_en
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait()
-    found = sorted(reports.glob(f"{stack.model}/*.json"))
+    found = sorted(reports.glob(f"{model}/*.json"))
     if not found:
         raise RuntimeError(f"the rollout of {version} wrote no report; see {full_log.name}")
     html = found[-1].with_suffix(".html")

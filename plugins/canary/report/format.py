@@ -8,7 +8,9 @@ says so in plain words instead of raising: a report must render whatever the jou
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from canary.spec.durations import format_duration
 
@@ -147,3 +149,29 @@ def confidence(threshold: float | None) -> str:
 
 __all__ = ["MISSING", "confidence", "count", "duration", "evalue", "pct", "pct_points", "ratio", "sig",
            "timestamp"]
+
+
+def paired_test_cells(test: Mapping[str, Any]) -> dict[str, str]:
+    """Return the shadow test's table cells of one paired test (:class:`canary.stats.paired.PairedAssessment`).
+
+    ``pairs``: the counts the test used; ``evidence``: its e-value against the threshold (the
+    disagreement test has none); ``bound``: the confidence bounds against the limit, in points of the
+    rate (or the disagreement rate itself); ``verdict``: fail, pass or open.
+    """
+    def points(x: Any) -> str:
+        return MISSING if x is None else f"{x * 100:+.2f}"
+
+    disagreement = test.get("candidate_only") is None
+    if disagreement:
+        pairs = f"{count(test.get('pairs'))} answered, {pct(test.get('estimate'))} disagree"
+        bound = f"{pct(test.get('lower'))} to {pct(test.get('upper'))} (limit {pct(test.get('limit'))})"
+        evidence = ""
+    else:
+        pairs = (f"{count(test.get('candidate_only'))} candidate only, {count(test.get('stable_only'))} stable only, "
+                 f"of {count(test.get('pairs'))}")
+        bound = (f"{points(test.get('lower'))} to {points(test.get('upper'))} points "
+                 f"(limit {points(test.get('limit'))})")
+        evidence = f"{evalue(test.get('e_value'))} of {evalue(test.get('e_threshold'))}"
+    verdict = {"fail": "FAIL", "pass": "pass", "continue": "open"}.get(str(test.get("decision")), MISSING)
+    return {"test": str(test.get("test", "")), "pairs": pairs, "evidence": evidence, "bound": bound,
+            "verdict": verdict}

@@ -135,6 +135,15 @@ _TEMPLATE = """<!DOCTYPE html>
 {% for label, stable, candidate in shadow.rows %}<tr><td>{{ label }}</td><td class="num">{{ stable }}</td>
 <td class="num">{{ candidate }}</td></tr>{% endfor %}
 </tbody></table>
+{% if shadow.tests %}
+<h3>Paired tests (sequential: valid at every look)</h3>
+<table id="shadow-tests"><thead><tr><th>test</th><th>pairs</th><th class="num">evidence of harm</th>
+<th>increase (confidence sequence)</th><th>verdict</th></tr></thead><tbody>
+{% for t in shadow.tests %}<tr><td>{{ t.test }}</td><td>{{ t.pairs }}</td><td class="num">{{ t.evidence }}</td>
+<td>{{ t.bound }}</td><td class="{{ 'fail' if t.verdict == 'FAIL' else ('pass' if t.verdict == 'pass' else '') }}">{{ t.verdict }}</td></tr>
+{% endfor %}</tbody></table>
+{% if shadow.notes %}<ul>{% for n in shadow.notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+{% endif %}
 {% if shadow.expectations %}
 <h3>Output expectations ({{ shadow.validated }} mirrored answers of the candidate)</h3>
 <table id="expectations"><thead><tr><th>expectation</th><th>rows</th><th>result</th><th>observed</th></tr></thead><tbody>
@@ -270,7 +279,9 @@ def _shadow_section(shadow: Mapping[str, Any] | None) -> dict[str, Any] | None:
             expectations.append({"describe": str(data.get("type")), "rows": str(data.get("rows", "")),
                                  "success": bool(data.get("success")), "observed": f"unreadable result ({err})"})
     return {"passed": bool(shadow.get("passed")), "reasons": list(shadow.get("reasons") or ()), "rows": rows,
-            "expectations": expectations, "validated": fmt.count(shadow.get("outputs_validated"))}
+            "expectations": expectations, "validated": fmt.count(shadow.get("outputs_validated")),
+            "tests": [fmt.paired_test_cells(t) for t in shadow.get("tests") or ()],
+            "notes": list(shadow.get("notes") or ())}
 
 
 def _approvals(events: Sequence[RolloutEvent]) -> list[dict[str, Any]]:

@@ -128,7 +128,13 @@ def _shadow_lines(shadow: Mapping[str, Any]) -> list[str]:
                      f"{fmt.sig(summary.get('mean_abs_score_diff'))}; p95 latency stable "
                      f"{fmt.sig(summary.get('stable_latency_p95_ms'))} ms, candidate "
                      f"{fmt.sig(summary.get('candidate_latency_p95_ms'))} ms")
+    lines += [f"- note: {n}" for n in shadow.get("notes") or ()]
     lines.append("")
+    tests = [fmt.paired_test_cells(t) for t in shadow.get("tests") or ()]
+    if tests:
+        lines += ["### Paired tests", "", "| test | pairs | evidence of harm | increase | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {t['test']} | {t['pairs']} | {t['evidence']} | {t['bound']} | {t['verdict']} |" for t in tests]
+        lines.append("")
     results = shadow.get("expectations") or []
     if results:
         lines += [f"### Output expectations ({shadow.get('outputs_validated')} mirrored answers of the candidate)", "",
