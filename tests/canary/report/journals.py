@@ -26,6 +26,7 @@ from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, Version
 from canary.policy.gate import StageClock, evaluate_stage, next_action
 from canary.spec.model import parse_spec
 from canary.stats import SequentialAnalyzer
+from canary.stats.paired import PairedCounts, assess_disagreement, assess_discordant
 
 ROOT = Path(__file__).resolve().parents[3]
 #: 2026-12-02 10:00:00Z: every journal starts here.
@@ -194,15 +195,28 @@ def _record(spec_data: Mapping[str, Any], dag: str, run_id: str, spec: Any, reac
 
 # -- the scenarios -------------------------------------------------------------------------------------
 
+#: The shadow verdict's paired tests at its last look (as ``run_shadow`` computes them on these counts).
+_PAIRED = dict(fail_alpha=0.01 / 3, pass_alpha=0.01, design_ratio=2.0, min_pairs=150)
+SHADOW_TESTS = [
+    assess_discordant("errors", PairedCounts(pairs=150, candidate_only=2, stable_only=1), max_increase=0.05,
+                      what="failed", **_PAIRED).to_dict(),
+    assess_discordant("latency above 46.3 ms", PairedCounts(pairs=150, candidate_only=8, stable_only=7),
+                      max_increase=0.1, what="was slow", **_PAIRED).to_dict(),
+    assess_disagreement(148, 56, fail_alpha=0.01 / 3, pass_alpha=0.01, max_disagreement=0.2, min_pairs=150).to_dict(),
+]
 #: A shadow verdict that failed: agreement too low and one Great Expectations result failed.
 FAILED_SHADOW: dict[str, Any] = {
     "passed": False,
-    "reasons": ["prediction agreement 62.0% below 80%",
+    "reasons": [SHADOW_TESTS[2]["reason"],
                 "expectation expect_column_values_to_be_between(column=score, min_value=0, max_value=1) failed: "
                 "12 of 150 values unexpected (8.0%), e.g. 1.2, 1.7"],
     "summary": {"pairs": 150, "stable_errors": 1, "candidate_errors": 2, "prediction_agreement": 0.62,
                 "mean_abs_score_diff": 0.21733333333333335, "stable_latency_p95_ms": 41.28,
-                "candidate_latency_p95_ms": 44.916666666666664},
+                "candidate_latency_p95_ms": 44.916666666666664, "candidate_only_errors": 2, "stable_only_errors": 1,
+                "answered_pairs": 148, "disagreements": 56, "slow_threshold_ms": 46.3, "candidate_only_slow": 8,
+                "stable_only_slow": 7},
+    "tests": SHADOW_TESTS,
+    "notes": [],
     "expectations": [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "score"}, "rows": "answered",
          "success": True, "rows_checked": 148, "observed_value": None, "unexpected_count": 0,

@@ -134,6 +134,14 @@ def test_the_shadow_test_shows_the_paired_comparison_and_each_expectation():
     rows = re.findall(r"<tr><td><code>(.*?)</code></td><td>(\w+)</td>\s*<td class=\"(pass|fail)\">", html)
     assert [(r[1], r[2]) for r in rows] == [("answered", "pass"), ("all", "fail"), ("answered", "pass")]
     assert "12 of 150 values unexpected (8.0%), 2 null not checked, e.g. 1.2, 1.7" in text
+    # The paired tests: counts, evidence against its threshold, bounds against the margin, verdict.
+    assert parsed.ids.get("shadow-tests") == 1
+    tests = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td class=\"num\">([^<]*)</td>\s*<td>([^<]*)</td>"
+                       r"<td class=\"[a-z]*\">(\w+)</td></tr>", html)
+    assert [(t[0], t[4]) for t in tests] == [("errors", "open"), ("latency above 46.3 ms", "open"),
+                                             ("prediction agreement", "FAIL")], tests
+    assert tests[0][1] == "2 candidate only, 1 stable only, of 150" and re.fullmatch(r"[\d.]+ of 300", tests[0][2])
+    assert tests[2][1] == "148 answered, 37.8% disagree" and tests[2][3].endswith("(limit 20%)")
 
 
 def test_stage_srm_and_approval_tables():

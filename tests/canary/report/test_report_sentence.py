@@ -198,7 +198,7 @@ def test_the_deciding_look_is_the_last_that_stopped_a_stage():
     ("no_data_halt", "Halted at 50%: no metrics data after", "prometheus returned no series for v2"),
     ("timeout", "Timed out at 50% after 20s", "the stage deadline passed with error_rate undecided"),
     ("shadow_failure", "Rolled back before any user was served: the shadow test failed on 150 mirrored requests",
-     "prediction agreement 62.0% below 80%"),
+     "prediction agreement: 56 of 148 answered pairs predict a different class; disagreement at least 22.8%"),
     ("running", "Observing stage 2 of 3 (50%) for", "decision expected in about"),
 ])
 def test_the_journals_sentences(scenario, start, contains):
