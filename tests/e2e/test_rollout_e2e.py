@@ -27,8 +27,11 @@ BASE = 0.01
 # v5 fails 60%: the shadow test must stop it before it serves anything.
 # v6 is as healthy as stable by every comparison, but 30% of its scores are outside [0, 1]: the shadow
 # test's default output expectations must stop it.
+# v7 answers as fast and fails as rarely as stable, but adds 0.12 to every score (a miscalibrated model whose
+# predicted classes mostly stay): only the shadow test's score-shift test can see it.
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
-          "v4": f"error_rate={BASE}", "v5": "error_rate=0.6", "v6": f"error_rate={BASE},score_out_of_range=0.3"}
+          "v4": f"error_rate={BASE}", "v5": "error_rate=0.6", "v6": f"error_rate={BASE},score_out_of_range=0.3",
+          "v7": f"error_rate={BASE},prediction_shift=0.12"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def e2e(tmp_path_factory):
                                                                          shadow={"enabled": False})))
     procs = Processes()
     try:
-        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6"),
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6", "v7"),
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
             yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs), "AIRFLOW_CONN_MISSING_STORE": missing_store}
@@ -151,14 +154,29 @@ def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
     assert stack.weights() == before
 
 
+def test_shadow_test_stops_a_candidate_whose_scores_are_shifted(e2e):
+    stack, home, env = e2e
+    before = stack.weights()
+    report = run_rollout(stack, home, "v7", extra_env=env)
+    assert report["outcome"] == "rolled_back", report
+    tests = {t["test"]: t for t in report["shadow"]["tests"]}
+    shift = tests["score shift beyond ±0.1"]
+    assert shift["decision"] == "fail" and shift["lower"] > shift["limit"], shift
+    assert "its scores are shifted up" in report["reason"], report["reason"]
+    # Errors and latency are stable's: neither paired test found harm.
+    assert tests["errors"]["decision"] != "fail" and [t for n, t in tests.items() if n.startswith("latency")
+                                                       and t["decision"] == "fail"] == []
+    assert report["timeline"] == [] and stack.weights() == before
+
+
 def test_shadow_test_stops_a_candidate_whose_outputs_break_an_expectation(e2e):
     stack, home, env = e2e
     before = stack.weights()
     report = run_rollout(stack, home, "v6", extra_env=env)
     assert report["outcome"] == "rolled_back", report
-    expected = "shadow test failed: expectation expect_column_values_to_be_between(column=score, min_value=0.0, " \
-               "max_value=1.0) failed: "
-    assert expected in report["reason"], report["reason"]
+    # Scores reported as 1 + the score are also far above stable's: the score-shift test may name them first.
+    expected = "expectation expect_column_values_to_be_between(column=score, min_value=0.0, max_value=1.0) failed: "
+    assert report["reason"].startswith("shadow test failed: ") and expected in report["reason"], report["reason"]
     failed = [e for e in report["shadow"]["expectations"] if not e["success"]]
     assert [(e["type"], e["kwargs"]["column"]) for e in failed] == [("expect_column_values_to_be_between", "score")]
     assert failed[0]["unexpected_count"] > 0 and all(v > 1.0 for v in failed[0]["unexpected_values"]), failed

@@ -74,6 +74,11 @@ class ShadowSummary:
     slow_threshold_ms: float | None = None
     candidate_only_slow: int = 0
     stable_only_slow: int = 0
+    #: and pairs both answered where the candidate's score is above (below) stable's by more than
+    #: ``score_shift`` (None: not asked for).
+    score_shift: float | None = None
+    scores_higher: int = 0
+    scores_lower: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -166,10 +171,11 @@ class MetricsSource(Protocol):
         """
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
-                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+                       slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
         """Compare mirrored requests answered by both versions in the window.
 
-        With ``slow_threshold_ms``, also count the pairs where only one version took longer than it.
+        With ``slow_threshold_ms``, also count the pairs where only one version took longer than it; with
+        ``score_shift``, the answered pairs whose scores differ by more than it, each way.
         """
 
 

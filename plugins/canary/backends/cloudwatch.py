@@ -137,7 +137,7 @@ class CloudWatchMetricsSource:
                             latency_sum_ms=sums[_LATENCY_SUM] * self.latency_unit_ms)
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
-                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+                       slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
         """Not available: CloudWatch cannot pair a mirrored request with its served answer."""
         raise ConfigError(f"metrics backend {BACKEND!r} (endpoint {self.endpoint!r}) cannot compare shadow "
                           f"answers of {candidate!r} with {stable!r}: CloudWatch holds per-variant aggregates, "

@@ -54,6 +54,8 @@ SELECT COUNT(*), SUM(s.error), SUM(c.error),
        AVG(CASE WHEN s.error = 0 AND c.error = 0 THEN ABS(s.score - c.score) END),
        SUM(c.error = 1 AND s.error = 0), SUM(s.error = 1 AND c.error = 0),
        SUM(c.latency_ms > :slow_ms AND s.latency_ms <= :slow_ms), SUM(s.latency_ms > :slow_ms AND c.latency_ms <= :slow_ms),
+       SUM(s.error = 0 AND c.error = 0 AND c.score - s.score > :shift),
+       SUM(s.error = 0 AND c.error = 0 AND s.score - c.score > :shift),
        {_bucket_sums("s")}, {_bucket_sums("c")}
 FROM {TABLE} AS c CROSS JOIN {TABLE} AS s INDEXED BY {TABLE}_request_id ON s.request_id = c.request_id
 WHERE c.endpoint = :endpoint AND c.version = :candidate AND c.mirrored = 1 AND c.ts >= :start AND c.ts < :end
@@ -113,19 +115,21 @@ class LocalMetricsSource:
                             prediction_bins=tuple(prediction_bins), kpi_events=kpi_events)
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
-                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+                       slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
         """Compare ``candidate``'s mirrored answers with ``stable``'s served answers to the same requests.
 
         Requests are in the window by arrival time. Agreement and score difference are over pairs both
         versions answered successfully; p95 latencies are estimated from the latency histogram, as
         ``histogram_quantile`` would (an empty window gives ``pairs=0`` and None). Slow pairs count
-        every pair, answered or failed (a failure that took long is slow too).
+        every pair, answered or failed (a failure that took long is slow too); shifted pairs only those
+        both answered.
         """
         params = {"endpoint": self.endpoint, "stable": stable, "candidate": candidate, "start": start_s,
                   "end": end_s, "slow_ms": math.inf if slow_threshold_ms is None else slow_threshold_ms,
+                  "shift": math.inf if score_shift is None else score_shift,
                   **_BUCKET_PARAMS}
         (pairs, s_errors, c_errors, both_ok, agree, mean_abs_diff, c_only_err, s_only_err, c_only_slow, s_only_slow,
-         *buckets) = self._query(_SHADOW_SQL, params)[0]
+         higher, lower, *buckets) = self._query(_SHADOW_SQL, params)[0]
         if not pairs:
             return ShadowSummary(pairs=0, stable_errors=0, candidate_errors=0, prediction_agreement=None,
                                  mean_abs_score_diff=None, stable_latency_p95_ms=None, candidate_latency_p95_ms=None)
@@ -143,7 +147,9 @@ class LocalMetricsSource:
             candidate_only_errors=c_only_err, stable_only_errors=s_only_err, answered_pairs=both_ok,
             disagreements=both_ok - (agree or 0), slow_threshold_ms=slow_threshold_ms,
             candidate_only_slow=c_only_slow if slow_threshold_ms is not None else 0,
-            stable_only_slow=s_only_slow if slow_threshold_ms is not None else 0)
+            stable_only_slow=s_only_slow if slow_threshold_ms is not None else 0, score_shift=score_shift,
+            scores_higher=(higher or 0) if score_shift is not None else 0,
+            scores_lower=(lower or 0) if score_shift is not None else 0)
 
     def shadow_outputs(self, candidate: str, *, start_s: float, end_s: float) -> list[dict[str, Any]]:
         """Return ``candidate``'s mirrored answers to requests that arrived in ``[start_s, end_s)``, oldest first.

@@ -427,7 +427,7 @@ class PrometheusMetricsSource:
                                         f"version {version!r}: {err}") from err
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
-                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+                       slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
         """Refuse: shadow tests pair each mirrored answer with stable's answer, which counters cannot do."""
         raise BackendError(BACKEND, f"shadow tests need a per-request store: Prometheus at {self._base_url} only "
                                     "holds aggregate counters, so it cannot pair the candidate's mirrored answers "

@@ -167,7 +167,8 @@ def paired_test_cells(test: Mapping[str, Any]) -> dict[str, str]:
         bound = f"{pct(test.get('lower'))} to {pct(test.get('upper'))} (limit {pct(test.get('limit'))})"
         evidence = ""
     else:
-        pairs = (f"{count(test.get('candidate_only'))} candidate only, {count(test.get('stable_only'))} stable only, "
+        one, other = test.get("sides") or ("candidate only", "stable only")
+        pairs = (f"{count(test.get('candidate_only'))} {one}, {count(test.get('stable_only'))} {other}, "
                  f"of {count(test.get('pairs'))}")
         bound = (f"{points(test.get('lower'))} to {points(test.get('upper'))} points "
                  f"(limit {points(test.get('limit'))})")

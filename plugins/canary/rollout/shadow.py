@@ -21,6 +21,7 @@ from canary.stats.paired import (
     PairedDecision,
     assess_disagreement,
     assess_discordant,
+    assess_shift,
     combine,
 )
 
@@ -81,8 +82,8 @@ def validate_candidate_outputs(metrics: MetricsSource, spec: ShadowSpec, *, cand
     return OutputValidation(rows=len(outputs), results=validate_outputs(outputs, spec.expectations))
 
 
-#: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement.
-PAIRED_TESTS = 3
+#: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement, score shift.
+PAIRED_TESTS = 4
 
 
 def slow_threshold_ms(metrics: MetricsSource, spec: ShadowSpec, *, stable: str,
@@ -108,7 +109,8 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
     """Run the paired tests (:mod:`canary.stats.paired`) on one look at the mirrored pairs.
 
     Each test fails at level ``alpha / PAIRED_TESTS`` and passes on bounds at level ``alpha``. Without a
-    slow threshold (``summary.slow_threshold_ms`` None) there is no latency test.
+    slow threshold (``summary.slow_threshold_ms`` None) there is no latency test, without
+    ``summary.score_shift`` no score-shift test.
     """
     fail_alpha = alpha / PAIRED_TESTS
     common = {"fail_alpha": fail_alpha, "pass_alpha": alpha, "design_ratio": defaults.SHADOW_DESIGN_RATIO,
@@ -125,6 +127,10 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
     tests.append(assess_disagreement(summary.answered_pairs, summary.disagreements, fail_alpha=fail_alpha,
                                      pass_alpha=alpha, max_disagreement=1.0 - spec.min_prediction_agreement,
                                      min_pairs=spec.requests))
+    if summary.score_shift is not None:
+        tests.append(assess_shift(summary.answered_pairs, summary.scores_higher, summary.scores_lower,
+                                  shift=summary.score_shift, fail_alpha=fail_alpha, pass_alpha=alpha,
+                                  max_imbalance=spec.max_score_shift_imbalance, min_pairs=spec.requests))
     return tests
 
 
@@ -187,7 +193,7 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
         while True:
             end_s = clock()
             summary = metrics.shadow_summary(stable=stable, candidate=candidate, start_s=start_s, end_s=end_s,
-                                             slow_threshold_ms=threshold_ms)
+                                             slow_threshold_ms=threshold_ms, score_shift=spec.score_shift)
             elapsed = clock() - start_s
             tests = assess_pairs(summary, spec, alpha=alpha)
             decision = combine(tests)

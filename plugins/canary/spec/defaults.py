@@ -62,6 +62,12 @@ SHADOW_LATENCY_BASELINE_S = 600.0
 #: ... plus this much: a few milliseconds either way is scheduling noise, not the model.
 SHADOW_LATENCY_P95_SLACK_MS = 5.0
 SHADOW_MIN_PREDICTION_AGREEMENT = 0.9
+#: The score-shift test: a pair is shifted when the candidate's score differs from stable's by more than
+#: this (scores are probabilities) ...
+SHADOW_SCORE_SHIFT = 0.1
+#: ... and the candidate passes once shifted-up pairs outnumber shifted-down ones (or the reverse) by at most
+#: this share of answered pairs.
+SHADOW_MAX_SCORE_SHIFT_IMBALANCE = 0.05
 #: Design effect of the sequential McNemar tests' mixture: the candidate alone has the bad outcome twice as
 #: often as stable alone.
 SHADOW_DESIGN_RATIO = 2.0

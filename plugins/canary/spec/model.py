@@ -109,6 +109,8 @@ class ShadowSpec(_Strict):
     latency_baseline_s: Duration = Field(defaults.SHADOW_LATENCY_BASELINE_S, alias="latency_baseline", gt=0)
     latency_p95_slack_ms: float = Field(defaults.SHADOW_LATENCY_P95_SLACK_MS, ge=0.0)
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
+    score_shift: float = Field(defaults.SHADOW_SCORE_SHIFT, gt=0.0, lt=1.0)
+    max_score_shift_imbalance: float = Field(defaults.SHADOW_MAX_SCORE_SHIFT_IMBALANCE, ge=0.0, le=1.0)
     on_inconclusive: ShadowInconclusive = ShadowInconclusive(defaults.SHADOW_ON_INCONCLUSIVE)
     expectations: list[ExpectationSpec] = Field(default_factory=_default_expectations)
 

@@ -1,7 +1,7 @@
 """Sequential paired tests for the shadow test: both versions answer the same mirrored requests.
 
 A paired comparison removes what the two versions share (hard requests, a slow database, the time of
-day), so it needs far fewer requests than comparing two independent streams. Three tests run on the
+day), so it needs far fewer requests than comparing two independent streams. Four tests run on the
 cumulative counts of one shadow window; each is anytime-valid, so the shadow test may look at every
 poll and stop as soon as it is conclusive.
 
@@ -26,6 +26,13 @@ holds at all times with probability ``1 - a``.
 disagreement rate against ``1 - min_prediction_agreement`` (an absolute guardrail: a new model is
 expected to change some answers, not too many). It fails when the lower bound exceeds the limit and
 passes when the upper bound is within it.
+
+**Score shift**: pairs both answered where the candidate's score is above stable's by more than a
+fixed ``shift``, against pairs where it is below by as much (a paired sign comparison, Dixon & Mood
+1946). Two models trained apart never move scores exactly as often each way, so this is a guardrail with
+a tolerance, like the disagreement test: the imbalance of the two shares gets the confidence sequence
+above and fails beyond ``±margin``, passes within. It sees a shifted or miscalibrated model whose
+predicted classes mostly stay the same.
 
 The shadow test fails when any test fails (a Bonferroni split of its level over the tests) and passes
 when every test passes (an intersection-union test: each bound at the full level).
@@ -88,9 +95,11 @@ class PairedAssessment:
     upper: float
     limit: float
     reason: str
+    #: What ``candidate_only`` and ``stable_only`` count, for people (the shift test counts higher / lower).
+    sides: tuple[str, str] = ("candidate only", "stable only")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "sides": list(self.sides)}
 
 
 def _e_value(log_e: float) -> float:
@@ -176,6 +185,41 @@ def assess_disagreement(both_answered: int, disagreements: int, *, fail_alpha: f
                             estimate=estimate, lower=lower, upper=upper, limit=max_disagreement, reason=reason)
 
 
+def assess_shift(answered: int, higher: int, lower: int, *, shift: float, fail_alpha: float, pass_alpha: float,
+                 max_imbalance: float, min_pairs: int) -> PairedAssessment:
+    """Judge a systematic score shift: pairs where the candidate's score is above stable's by more than
+    ``shift`` (``higher``) against pairs where it is below by more than ``shift`` (``lower``).
+
+    A guardrail with a tolerance (a new model is expected to move its scores somewhat, and two models
+    trained apart rarely move them exactly as often each way): fails when the imbalance
+    ``P(higher) - P(lower)`` is shown beyond ``±max_imbalance`` (bounds at level ``fail_alpha``), passes
+    once it is shown within (level ``pass_alpha``).
+    """
+    counts = PairedCounts(pairs=answered, candidate_only=higher, stable_only=lower)
+    fail_lo, fail_hi = increase_bounds(counts, fail_alpha)
+    lo, hi = increase_bounds(counts, pass_alpha)
+    estimate = (higher - lower) / answered if answered else None
+    test = f"score shift beyond ±{shift:g}"
+    shown = (f"the candidate's score is above stable's by more than {shift:g} on {higher} and below on {lower} "
+             f"of {answered} answered pairs")
+    margin = f"±{max_imbalance * 100:.2f} points"
+    if fail_lo > max_imbalance or fail_hi < -max_imbalance:
+        decision = PairedDecision.FAIL
+        direction = "up" if fail_lo > max_imbalance else "down"
+        beyond = fail_lo if direction == "up" else fail_hi
+        reason = (f"{test}: {shown}; its scores are shifted {direction}: imbalance at least {_points(beyond)}, "
+                  f"beyond {margin}")
+    elif answered >= min_pairs and -max_imbalance <= lo and hi <= max_imbalance:
+        decision = PairedDecision.PASS
+        reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, within {margin}"
+    else:
+        decision = PairedDecision.CONTINUE
+        reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, not yet within {margin}"
+    return PairedAssessment(test=test, decision=decision, pairs=answered, candidate_only=higher, stable_only=lower,
+                            e_value=None, e_threshold=None, estimate=estimate, lower=lo, upper=hi,
+                            limit=max_imbalance, reason=reason, sides=("higher", "lower"))
+
+
 def combine(assessments: list[PairedAssessment]) -> str:
     """Return the shadow test's decision: fail if any test fails, pass if all pass, else continue."""
     decisions = {a.decision for a in assessments}
@@ -187,4 +231,4 @@ def combine(assessments: list[PairedAssessment]) -> str:
 
 
 __all__ = ["PAIR_SHARE", "PairedAssessment", "PairedCounts", "PairedDecision", "assess_disagreement",
-           "assess_discordant", "combine", "discordant_log_e", "increase_bounds"]
+           "assess_discordant", "assess_shift", "combine", "discordant_log_e", "increase_bounds"]

@@ -148,6 +148,12 @@ def test_shadow_summary_joins_mirrored_and_served_answers(write: Callable[..., N
     assert (slow.slow_threshold_ms, slow.candidate_only_slow, slow.stable_only_slow) == (10.0, 4, 0)
     assert source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10,
                                  slow_threshold_ms=50.0).candidate_only_slow == 0
+    # Of the two answered pairs, the candidate scores 0.1 higher on one and 0.2 lower on the other.
+    shifted = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10, score_shift=0.05)
+    assert (shifted.score_shift, shifted.scores_higher, shifted.scores_lower) == (0.05, 1, 1)
+    wide = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10, score_shift=0.15)
+    assert (wide.scores_higher, wide.scores_lower) == (0, 1)
+    assert (summary.score_shift, summary.scores_higher, summary.scores_lower) == (None, 0, 0)
 
 
 def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalMetricsSource) -> None:
@@ -157,7 +163,8 @@ def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalM
                                  "mean_abs_score_diff": None, "stable_latency_p95_ms": None,
                                  "candidate_latency_p95_ms": None, "candidate_only_errors": 0, "stable_only_errors": 0,
                                  "answered_pairs": 0, "disagreements": 0, "slow_threshold_ms": None,
-                                 "candidate_only_slow": 0, "stable_only_slow": 0}
+                                 "candidate_only_slow": 0, "stable_only_slow": 0, "score_shift": None,
+                                 "scores_higher": 0, "scores_lower": 0}
 
 
 def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalTrafficRouter, store_path: Path,

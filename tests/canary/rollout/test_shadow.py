@@ -19,7 +19,8 @@ from canary.spec.model import ShadowSpec
 HEALTHY = ShadowSummary(pairs=2000, stable_errors=20, candidate_errors=20, prediction_agreement=0.98,
                         mean_abs_score_diff=0.02, stable_latency_p95_ms=4.0, candidate_latency_p95_ms=4.1,
                         candidate_only_errors=8, stable_only_errors=8, answered_pairs=1980, disagreements=40,
-                        slow_threshold_ms=9.0, candidate_only_slow=40, stable_only_slow=40)
+                        slow_threshold_ms=9.0, candidate_only_slow=40, stable_only_slow=40,
+                        score_shift=0.1, scores_higher=30, scores_lower=28)
 #: Margins at which HEALTHY is conclusive (passes).
 CONCLUSIVE = {"max_error_rate_increase": 0.02}
 IN_RANGE = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "score", "min_value": 0.0,
@@ -71,15 +72,20 @@ def test_every_failed_expectation_is_named_next_to_the_failed_paired_tests():
      "errors: candidate only failed on 27 and stable only on 3 of 384 mirrored requests (+6.25 points); evidence "),
     ({"candidate_only_slow": 160, "stable_only_slow": 40},
      "latency above 9.0 ms: candidate only was slow on 160 and stable only on 40 of 2000 mirrored requests"),
+    # Shifted scores whose classes mostly stay: only the score-shift test sees it.
+    ({"scores_higher": 400, "scores_lower": 30},
+     "score shift beyond ±0.1: the candidate's score is above stable's by more than 0.1 on 400 and below on 30 of "
+     "1980 answered pairs; its scores are shifted up: imbalance at least +13.55 points, beyond ±5.00 points"),
     ({"pairs": 150, "answered_pairs": 148, "candidate_only_errors": 0, "stable_only_errors": 0, "disagreements": 2,
-      "candidate_only_slow": 3, "stable_only_slow": 3},
+      "candidate_only_slow": 3, "stable_only_slow": 3, "scores_higher": 2, "scores_lower": 2},
      "only 150 mirrored requests answered by both versions, 200 required"),
 ])
 def test_each_paired_test_fails_the_shadow_test_and_says_why(changes, reason_start):
     verdict = judge_shadow(ShadowSummary(**{**HEALTHY.to_dict(), **changes}), ShadowSpec(**CONCLUSIVE, expectations=[]))
     assert not verdict.passed
     assert verdict.reasons[0].startswith(reason_start), verdict.reasons
-    assert {t["test"] for t in verdict.to_dict()["tests"]} == {"errors", "latency above 9.0 ms", "prediction agreement"}
+    assert {t["test"] for t in verdict.to_dict()["tests"]} == {"errors", "latency above 9.0 ms", "prediction agreement",
+                                                              "score shift beyond ±0.1"}
 
 
 @pytest.mark.parametrize(("on_inconclusive", "passed"), [("proceed", True), ("fail", False)])
@@ -95,7 +101,7 @@ def test_a_problem_that_kept_a_test_from_running_fails_the_shadow_test():
     verdict = judge_shadow(ShadowSummary(**{**HEALTHY.to_dict(), "slow_threshold_ms": None}),
                            ShadowSpec(**CONCLUSIVE, expectations=[]), problems=["no latency of stable v1"])
     assert verdict.reasons == ["no latency of stable v1"]
-    assert [t["test"] for t in verdict.tests] == ["errors", "prediction agreement"]
+    assert [t["test"] for t in verdict.tests] == ["errors", "prediction agreement", "score shift beyond ±0.1"]
 
 
 def test_the_old_latency_ratio_is_refused_naming_its_replacement():
@@ -134,6 +140,7 @@ class AggregatesOnly:
         self.polls = 0
         self.stable_latency = stable_latency
         self.thresholds: list[float | None] = []
+        self.shifts: list[float | None] = []
         self.baseline: list[tuple[str, float, float]] = []
 
     def version_stats(self, version: str, *, start_s: float, end_s: float) -> Any:
@@ -144,11 +151,13 @@ class AggregatesOnly:
                             latency_cumulative=(100, 900, 1000, 1000))
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
-                       slow_threshold_ms: float | None = None) -> ShadowSummary:
+                       slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
         self.thresholds.append(slow_threshold_ms)
+        self.shifts.append(score_shift)
         self.polls += 1
         summary = self.summaries[min(self.polls, len(self.summaries)) - 1]
-        return ShadowSummary(**{**summary.to_dict(), "slow_threshold_ms": slow_threshold_ms})
+        return ShadowSummary(**{**summary.to_dict(), "slow_threshold_ms": slow_threshold_ms,
+                                "score_shift": score_shift})
 
 
 class PerRequest(AggregatesOnly):
@@ -216,7 +225,8 @@ def test_run_shadow_validates_the_outputs_of_the_shadow_window():
 
 BROKEN = ShadowSummary(**{**HEALTHY.to_dict(), "pairs": 384, "candidate_only_errors": 27, "stable_only_errors": 3})
 EARLY = ShadowSummary(**{**HEALTHY.to_dict(), "pairs": 20, "answered_pairs": 20, "candidate_only_errors": 0,
-                         "stable_only_errors": 0, "disagreements": 0, "candidate_only_slow": 1, "stable_only_slow": 1})
+                         "stable_only_errors": 0, "disagreements": 0, "candidate_only_slow": 1, "stable_only_slow": 1,
+                         "scores_higher": 1, "scores_lower": 1})
 
 
 def test_run_shadow_stops_at_the_first_look_that_fails_and_fixes_the_slow_threshold_first():
@@ -226,7 +236,7 @@ def test_run_shadow_stops_at_the_first_look_that_fails_and_fixes_the_slow_thresh
     assert verdict.reasons[0].startswith("errors: candidate only failed on 27")
     # Stable's p95 over the 10 minutes before the test (6 ms by the histogram) + the 5 ms slack, every poll.
     assert metrics.baseline == [("v1", 1000.0 - 600.0, 1000.0)]
-    assert metrics.thresholds == [pytest.approx(6.0 + 5.0)] * 2
+    assert metrics.thresholds == [pytest.approx(6.0 + 5.0)] * 2 and metrics.shifts == [0.1, 0.1]
     assert lines[0].startswith("shadow: slow means above 11.0 ms")
     assert lines[2].startswith("shadow: 384 mirrored pairs after 4s: fail; errors fail; ")
 

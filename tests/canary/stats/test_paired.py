@@ -17,6 +17,7 @@ from canary.stats.paired import (
     PairedDecision,
     assess_disagreement,
     assess_discordant,
+    assess_shift,
     combine,
     discordant_log_e,
     increase_bounds,
@@ -145,3 +146,33 @@ def test_combine_fails_on_any_and_passes_on_all(decisions, combined):
 def test_impossible_counts_are_refused(counts):
     with pytest.raises(ValueError, match="candidate_only"):
         PairedCounts(**counts)
+
+
+@pytest.mark.parametrize(("higher", "lower", "decision", "direction"), [
+    (400, 30, PairedDecision.FAIL, "up"),
+    (30, 400, PairedDecision.FAIL, "down"),     # a shift either way fails
+    (27, 55, PairedDecision.PASS, None),        # two models trained apart: shown within 5 points
+    (105, 75, PairedDecision.CONTINUE, None),   # an imbalance neither shown within 5 points nor beyond
+    (200, 60, PairedDecision.CONTINUE, None),   # 7 points, not yet shown beyond 5 at the fail level
+])
+def test_score_shift_decisions(higher, lower, decision, direction):
+    got = assess_shift(2000, higher, lower, shift=0.1, fail_alpha=0.05 / 4, pass_alpha=0.05, max_imbalance=0.05,
+                       min_pairs=200)
+    assert got.decision == decision, got.reason
+    assert got.sides == ("higher", "lower")
+    if direction:
+        assert f"its scores are shifted {direction}: imbalance at least" in got.reason
+
+
+def test_the_shift_guardrail_rarely_fails_a_candidate_within_its_margin():
+    """Scores moved both ways, up 2 points more often than down (within the 5-point margin): rarely failed."""
+    rng, alpha, reps = np.random.default_rng(5), 0.05, 200
+    up, down = simulate_pairs(rng, reps, p_both=0.0, p_cand_only=0.06, p_stable_only=0.04, n=2000)
+    fails = 0
+    for r in range(reps):
+        for n in range(LOOK_EVERY * 4, 2001, LOOK_EVERY * 4):
+            if assess_shift(n, int(up[r, n - 1]), int(down[r, n - 1]), shift=0.1, fail_alpha=alpha, pass_alpha=alpha,
+                            max_imbalance=0.05, min_pairs=1).decision == PairedDecision.FAIL:
+                fails += 1
+                break
+    assert fails / reps <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / reps), fails
