@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from canary.backends.base import ShadowSummary
-from canary.errors import NoDataError
+from canary.errors import NoDataError, SpecError
 from canary.policy.evidence import VersionStats
 from canary.rollout.expectations import ExpectationResult
 from canary.rollout.shadow import OutputValidation, judge_shadow, run_shadow
-from canary.spec.model import ShadowSpec
+from canary.spec.model import ShadowSpec, parse_spec
 
 # As healthy as stable on 2,000 mirrored requests: conclusive at every default margin but the 1-point error one.
 HEALTHY = ShadowSummary(pairs=2000, stable_errors=20, candidate_errors=20, prediction_agreement=0.98,
@@ -265,3 +265,16 @@ def test_run_shadow_without_stable_latency_before_it_fails_naming_the_field():
 def test_the_latency_slack_cannot_be_negative():
     with pytest.raises(ValueError, match="latency_p95_slack_ms"):
         ShadowSpec(latency_p95_slack_ms=-1)
+
+
+@pytest.mark.parametrize(("shadow", "message"), [
+    ({"max_latency_p95_ratio": 1.5}, "<spec>: shadow: max_latency_p95_ratio was replaced by the paired latency test: "
+                                     "set shadow.max_slow_share_increase"),
+    ({"on_inconclusive": "maybe"}, "<spec>: shadow.on_inconclusive: must be one of 'proceed' or 'fail', got 'maybe'"),
+    ({"score_shift": 0}, "<spec>: shadow.score_shift: "),
+    ({"latency_baseline": "soon"}, "<spec>: shadow.latency_baseline"),
+])
+def test_bad_shadow_settings_are_refused_naming_the_field(shadow, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"model": "m", "endpoint": "e", "shadow": shadow, "stages": [{"weight": 100}]})
+    assert message in str(err.value), str(err.value)
