@@ -8,6 +8,11 @@ Prediction (no auth)::
     GET  /metrics                           Prometheus text (see canary.serving.exposition)
     GET  /healthz
 
+Feedback (``Authorization: Bearer <feedback token>``; see canary.serving.feedback)::
+
+    POST /v1/endpoints/{endpoint}/feedback  {"request_id", "label"} and/or {"request_id", "outcome", "value"}
+         200 the stored rows; 401; 404 unknown request; 409 given already; 410 too old; 413; 422; 429
+
 Admin (``Authorization: Bearer <token>``; every call is idempotent; errors are ``{"detail": "field: why"}``)::
 
     GET    /admin/state                                    endpoints, weights, mirrors, faults
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import signal
@@ -42,9 +48,19 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from canary.serving.exposition import CONTENT_TYPE, PrometheusCounters
+from canary.serving.feedback import (
+    DEFAULT_BURST,
+    DEFAULT_RATE_PER_S,
+    DEFAULT_RETENTION_S,
+    MAX_BODY_BYTES,
+    FeedbackBody,
+    FeedbackLedger,
+    RateLimiter,
+    Served,
+)
 from canary.serving.model import N_FEATURES
 from canary.serving.state import AdminError, Faults, Mirror, ServingState, user_bucket, user_segment
 from canary.serving.store import MetricsStore, RequestRecord
@@ -89,8 +105,10 @@ class _Service:
     """Answers predictions against the state and records every answer."""
 
     def __init__(self, state: ServingState, store_path: Path, *, seed: int | None, jitter_ms: tuple[float, float],
-                 flush_interval_s: float) -> None:
+                 flush_interval_s: float, feedback_retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.state = state
+        self.feedback_retention_s = feedback_retention_s
+        self._ledger: FeedbackLedger | None = None
         self.store_path = store_path
         self.flush_interval_s = flush_interval_s
         self.rng = random.Random(seed)
@@ -107,6 +125,7 @@ class _Service:
             raise AdminError(503, f"endpoint {endpoint!r} has no version with traffic (weights: {ep.weights})")
         request = _Request(endpoint=endpoint, features=features, request_id=uuid.uuid4().hex, ts=time.time(),
                            segment=user_segment(user_id) if user_id else "anonymous")
+        self.ledger.served(endpoint, request.request_id, Served(version=version, segment=request.segment, ts=request.ts))
         mirror = ep.mirror
         if mirror is not None and mirror.version != version and self.rng.random() * 100 < mirror.percent:
             task = asyncio.create_task(self.answer(request, mirror.version, mirrored=True))
@@ -141,6 +160,12 @@ class _Service:
         return _Answer(version=version, request_id=request.request_id, score=score, label=label, error=error)
 
     @property
+    def ledger(self) -> FeedbackLedger:
+        if self._ledger is None:
+            raise RuntimeError(f"feedback ledger {self.store_path} is not open: run the app with its lifespan")
+        return self._ledger
+
+    @property
     def store(self) -> MetricsStore:
         if self._store is None:
             raise RuntimeError(f"metrics store {self.store_path} is not open: run the app with its lifespan")
@@ -154,25 +179,29 @@ class _Service:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         self._store = MetricsStore(self.store_path, flush_interval_s=self.flush_interval_s)
+        self._ledger = FeedbackLedger(self.store_path, retention_s=self.feedback_retention_s)
         try:
             yield
         finally:
             await self.drain_mirrors()
             self._store.close()
+            self._ledger.close()
 
 
-def _validation_detail(err: RequestValidationError) -> str:
-    """Render pydantic errors as ``field.path: message`` (the request part, e.g. ``body``, dropped)."""
+def _validation_detail(err: RequestValidationError | ValidationError, *, skip: int = 1) -> str:
+    """Render pydantic errors as ``field.path: message`` (the first ``skip`` parts, e.g. ``body``, dropped)."""
     parts = []
     for e in err.errors():
-        loc = [str(p) for p in e.get("loc", ())][1:]
+        loc = [str(p) for p in e.get("loc", ())][skip:]
         parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts)
 
 
 def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Sequence[str]] | None = None,
                faults: Mapping[str, Faults] | None = None, seed: int | None = None,
-               jitter_ms: tuple[float, float] = (0.5, 3.0), flush_interval_s: float = 0.25) -> FastAPI:
+               jitter_ms: tuple[float, float] = (0.5, 3.0), flush_interval_s: float = 0.25,
+               feedback_token: str | None = None, feedback_retention_s: float = DEFAULT_RETENTION_S,
+               feedback_rate_per_s: float = DEFAULT_RATE_PER_S, feedback_burst: int = DEFAULT_BURST) -> FastAPI:
     """Build the serving app; the metrics store at ``db_path`` is opened by the app's lifespan.
 
     :param token: bearer token of the admin API (required: the admin API is never open).
@@ -180,6 +209,8 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
     :param faults: version -> faults injected from start-up.
     :param seed: seed of jitter, injected errors, mirroring and KPI draws (None: nondeterministic).
     :param jitter_ms: range of the uniform random base latency added to every answer.
+    :param feedback_token: bearer token of the feedback route (default: the admin token).
+    :param feedback_retention_s, feedback_rate_per_s, feedback_burst: see :mod:`canary.serving.feedback`.
     """
     if not token:
         raise ValueError("an admin token is required (--token or CANARY_ADMIN_TOKEN)")
@@ -191,7 +222,10 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
             state.set_weights(endpoint, {versions[0]: 100})
     for version, version_faults in (faults or {}).items():
         state.set_faults(version, version_faults)
-    service = _Service(state, Path(db_path), seed=seed, jitter_ms=jitter_ms, flush_interval_s=flush_interval_s)
+    service = _Service(state, Path(db_path), seed=seed, jitter_ms=jitter_ms, flush_interval_s=flush_interval_s,
+                       feedback_retention_s=feedback_retention_s)
+    feedback_limit = RateLimiter(feedback_rate_per_s, feedback_burst)
+    feedback_secret = feedback_token or token
     app = FastAPI(title="canary serving", lifespan=service.lifespan)
 
     @app.exception_handler(AdminError)
@@ -212,6 +246,33 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
                                  "request_id": answer.request_id}, status_code=500)
         return JSONResponse({"version": answer.version, "score": answer.score, "label": answer.label,
                              "request_id": answer.request_id})
+
+    @app.post("/v1/endpoints/{endpoint}/feedback")
+    async def feedback(endpoint: str, request: Request,
+                       authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        if not secrets.compare_digest((authorization or "").encode(), f"Bearer {feedback_secret}".encode()):
+            raise AdminError(401, "feedback API: missing or wrong bearer token")
+        wait_s = feedback_limit.take()
+        if wait_s:
+            return JSONResponse({"detail": f"feedback API: more than {feedback_rate_per_s:g} requests/s; retry in "
+                                           f"{wait_s:.2f}s"}, status_code=429,
+                                headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise AdminError(413, f"body: {declared} bytes, at most {MAX_BODY_BYTES}")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise AdminError(413, f"body: {len(raw)} bytes, at most {MAX_BODY_BYTES}")
+        try:
+            body = FeedbackBody.model_validate_json(raw)
+        except ValidationError as err:
+            return JSONResponse({"detail": _validation_detail(err, skip=0)}, status_code=422)
+        stored = await asyncio.to_thread(service.ledger.add, endpoint, body)
+        for row in stored:
+            service.counters.observe_feedback(endpoint=endpoint, version=str(row["version"]),
+                                              segment=str(row["segment"]), kind=str(row["kind"]),
+                                              name=str(row["name"]), value=float(str(row["value"])))
+        return JSONResponse({"stored": stored})
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

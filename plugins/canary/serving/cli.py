@@ -63,6 +63,9 @@ def register(subparsers: Any) -> None:
                        help="SQLite metrics store (default: $CANARY_METRICS_DB)")
     serve.add_argument("--token", default=os.environ.get("CANARY_ADMIN_TOKEN"),
                        help="admin API bearer token (default: $CANARY_ADMIN_TOKEN)")
+    serve.add_argument("--feedback-token", default=os.environ.get("CANARY_FEEDBACK_TOKEN"),
+                       help="bearer token of POST /v1/endpoints/{endpoint}/feedback (default: "
+                            "$CANARY_FEEDBACK_TOKEN, else the admin token)")
     serve.add_argument("--endpoint", help="endpoint to create at start-up (with --version)")
     serve.add_argument("--version", action="append", default=[], dest="versions", metavar="VERSION",
                        help="version to deploy on --endpoint; the first gets 100%%, later ones 0%% (repeatable)")
@@ -98,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.parser.error("--endpoint and --version go together")
     deployments = {args.endpoint: args.versions} if args.endpoint else None
     run_server(args.host, args.port, args.db, args.token, deployments=deployments, faults=dict(args.faults),
-               seed=args.seed, log_level=args.log_level)
+               seed=args.seed, log_level=args.log_level, feedback_token=args.feedback_token)
     return 0
 
 

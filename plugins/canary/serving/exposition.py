@@ -11,6 +11,10 @@ never returned to a client; served traffic is ``mirrored="false"``):
 - ``canary_prediction_score_bin_total``: successful predictions per score bin; label ``bin="i"`` counts
   scores in ``[i/10, (i+1)/10)`` (1.0 in the last bin), exactly :func:`canary.policy.evidence.bin_index`, so the
   counts are ``VersionStats.prediction_bins`` without differencing a cumulative histogram.
+- ``canary_feedback_total`` and ``canary_feedback_value_sum``: late feedback (:mod:`canary.serving.feedback`)
+  per serving ``version`` and user ``segment``, with ``kind`` (``label``/``outcome``) and ``name`` (``label``
+  or the outcome's name); the sum of labels is the count of positive labels. No ``mirrored`` label:
+  feedback is always about a served answer.
 
 Counters live in memory and restart from zero with the process, as Prometheus counters do.
 """
@@ -49,6 +53,15 @@ class PrometheusCounters:
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str, bool], _Series] = {}
+        #: (endpoint, version, segment, kind, name) -> [count, sum of values]
+        self._feedback: dict[tuple[str, str, str, str, str], list[float]] = {}
+
+    def observe_feedback(self, *, endpoint: str, version: str, segment: str, kind: str, name: str,
+                         value: float) -> None:
+        """Count one stored piece of feedback."""
+        counts = self._feedback.setdefault((endpoint, version, segment, kind, name), [0, 0.0])
+        counts[0] += 1
+        counts[1] += value
 
     def observe(self, *, endpoint: str, version: str, mirrored: bool, latency_ms: float, error: bool,
                 score: float | None, kpi_event: bool) -> None:
@@ -97,4 +110,14 @@ class PrometheusCounters:
             for i, count in enumerate(s.score_bins):
                 bin_label = f',bin="{i}"'
                 lines.append(f"canary_prediction_score_bin_total{labels(k, bin_label)} {count}")
+        feedback = sorted(self._feedback.items())
+
+        def feedback_labels(key: tuple[str, str, str, str, str]) -> str:
+            names = ("endpoint", "version", "segment", "kind", "name")
+            return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True)) + "}"
+
+        family("canary_feedback_total", "counter", "Late feedback (labels, outcomes) on served requests.")
+        lines.extend(f"canary_feedback_total{feedback_labels(k)} {int(c[0])}" for k, c in feedback)
+        family("canary_feedback_value_sum", "counter", "Sum of the values of late feedback (positive labels).")
+        lines.extend(f"canary_feedback_value_sum{feedback_labels(k)} {c[1]!r}" for k, c in feedback)
         return "\n".join(lines) + "\n"
