@@ -24,6 +24,7 @@ from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
 from canary.policy.evidence_md import EVIDENCE_MD_XCOM_KEY, gate_evidence_markdown
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
+from canary.spec.durations import format_duration
 from canary.spec.model import RolloutSpec, load_spec
 from canary_airflow import notify
 from canary_airflow.endpoint_lock import (
@@ -230,7 +231,9 @@ class ShadowTestOperator(CanaryBaseOperator):
             self.say(plan, "shadow test disabled in the spec")
             return {"passed": True, "skipped": True, "reasons": [], "summary": {}}
         if plan.dry_run:
-            self.say(plan, f"would mirror {shadow.mirror_percent}% of requests until {shadow.requests} pairs")
+            self.say(plan, f"would mirror {shadow.mirror_percent}% of requests and run the paired tests until "
+                           f"conclusive (at least {shadow.requests} pairs to pass, at most "
+                           f"{format_duration(shadow.max_duration_s)})")
             return {"passed": True, "skipped": True, "reasons": ["dry run"], "summary": {}}
         from canary.rollout.shadow import run_shadow
 
