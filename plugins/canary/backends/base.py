@@ -79,6 +79,9 @@ class ShadowSummary:
     score_shift: float | None = None
     scores_higher: int = 0
     scores_lower: int = 0
+    #: and both versions' scores on pairs both answered, per equal-width bin (``bin_index``).
+    stable_score_bins: tuple[int, ...] = ()
+    candidate_score_bins: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

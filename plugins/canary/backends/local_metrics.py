@@ -30,6 +30,12 @@ _FINITE_BUCKETS_MS = [b for b in DEFAULT_LATENCY_BUCKETS_MS if b != float("inf")
 _BUCKET_PARAMS = {f"b{i}": b for i, b in enumerate(_FINITE_BUCKETS_MS)}
 
 
+def _score_bin_sums(alias: str) -> str:
+    """SQL counting, per score bin (:func:`canary.policy.evidence.bin_index`), the pairs both answered."""
+    bin_of = f"MIN(MAX(CAST({alias}.score * {DEFAULT_PREDICTION_BINS} AS INTEGER), 0), {DEFAULT_PREDICTION_BINS - 1})"
+    return ", ".join(f"SUM(s.error = 0 AND c.error = 0 AND {bin_of} = {i})" for i in range(DEFAULT_PREDICTION_BINS))
+
+
 def _bucket_sums(alias: str) -> str:
     """SQL summing, per finite bucket bound, the rows of ``alias`` at or below it (+Inf is COUNT(*))."""
     return ", ".join(f"SUM({alias}.latency_ms <= :b{i})" for i in range(len(_FINITE_BUCKETS_MS)))
@@ -56,6 +62,7 @@ SELECT COUNT(*), SUM(s.error), SUM(c.error),
        SUM(c.latency_ms > :slow_ms AND s.latency_ms <= :slow_ms), SUM(s.latency_ms > :slow_ms AND c.latency_ms <= :slow_ms),
        SUM(s.error = 0 AND c.error = 0 AND c.score - s.score > :shift),
        SUM(s.error = 0 AND c.error = 0 AND s.score - c.score > :shift),
+       {_score_bin_sums("s")}, {_score_bin_sums("c")},
        {_bucket_sums("s")}, {_bucket_sums("c")}
 FROM {TABLE} AS c CROSS JOIN {TABLE} AS s INDEXED BY {TABLE}_request_id ON s.request_id = c.request_id
 WHERE c.endpoint = :endpoint AND c.version = :candidate AND c.mirrored = 1 AND c.ts >= :start AND c.ts < :end
@@ -129,7 +136,9 @@ class LocalMetricsSource:
                   "shift": math.inf if score_shift is None else score_shift,
                   **_BUCKET_PARAMS}
         (pairs, s_errors, c_errors, both_ok, agree, mean_abs_diff, c_only_err, s_only_err, c_only_slow, s_only_slow,
-         higher, lower, *buckets) = self._query(_SHADOW_SQL, params)[0]
+         higher, lower, *rest) = self._query(_SHADOW_SQL, params)[0]
+        k = DEFAULT_PREDICTION_BINS
+        stable_bins, candidate_bins, buckets = rest[:k], rest[k:2 * k], rest[2 * k:]
         if not pairs:
             return ShadowSummary(pairs=0, stable_errors=0, candidate_errors=0, prediction_agreement=None,
                                  mean_abs_score_diff=None, stable_latency_p95_ms=None, candidate_latency_p95_ms=None)
@@ -149,7 +158,9 @@ class LocalMetricsSource:
             candidate_only_slow=c_only_slow if slow_threshold_ms is not None else 0,
             stable_only_slow=s_only_slow if slow_threshold_ms is not None else 0, score_shift=score_shift,
             scores_higher=(higher or 0) if score_shift is not None else 0,
-            scores_lower=(lower or 0) if score_shift is not None else 0)
+            scores_lower=(lower or 0) if score_shift is not None else 0,
+            stable_score_bins=tuple(int(b or 0) for b in stable_bins),
+            candidate_score_bins=tuple(int(b or 0) for b in candidate_bins))
 
     def shadow_outputs(self, candidate: str, *, start_s: float, end_s: float) -> list[dict[str, Any]]:
         """Return ``candidate``'s mirrored answers to requests that arrived in ``[start_s, end_s)``, oldest first.

@@ -161,8 +161,11 @@ def paired_test_cells(test: Mapping[str, Any]) -> dict[str, str]:
     def points(x: Any) -> str:
         return MISSING if x is None else f"{x * 100:+.2f}"
 
-    disagreement = test.get("candidate_only") is None
-    if disagreement:
+    if test.get("test") == "score distribution":
+        pairs = f"{count(test.get('pairs'))} answered, distance {sig(test.get('estimate'))}"
+        bound = f"{sig(test.get('lower'))} to {sig(test.get('upper'))} (limit {sig(test.get('limit'))})"
+        evidence = ""
+    elif test.get("candidate_only") is None:
         pairs = f"{count(test.get('pairs'))} answered, {pct(test.get('estimate'))} disagree"
         bound = f"{pct(test.get('lower'))} to {pct(test.get('upper'))} (limit {pct(test.get('limit'))})"
         evidence = ""

@@ -21,6 +21,7 @@ from canary.stats.paired import (
     PairedDecision,
     assess_disagreement,
     assess_discordant,
+    assess_distribution,
     assess_shift,
     combine,
 )
@@ -82,8 +83,14 @@ def validate_candidate_outputs(metrics: MetricsSource, spec: ShadowSpec, *, cand
     return OutputValidation(rows=len(outputs), results=validate_outputs(outputs, spec.expectations))
 
 
-#: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement, score shift.
+#: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement, score shift,
+#: and the score distribution when ``shadow.max_score_tv`` is set.
 PAIRED_TESTS = 4
+
+
+def paired_tests(spec: ShadowSpec) -> int:
+    """Return how many paired tests share the shadow test's level (fixed by the spec, before any pair)."""
+    return PAIRED_TESTS + (spec.max_score_tv is not None)
 
 
 def slow_threshold_ms(metrics: MetricsSource, spec: ShadowSpec, *, stable: str,
@@ -108,11 +115,11 @@ def slow_threshold_ms(metrics: MetricsSource, spec: ShadowSpec, *, stable: str,
 def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> list[PairedAssessment]:
     """Run the paired tests (:mod:`canary.stats.paired`) on one look at the mirrored pairs.
 
-    Each test fails at level ``alpha / PAIRED_TESTS`` and passes on bounds at level ``alpha``. Without a
+    Each test fails at level ``alpha / paired_tests(spec)`` and passes on bounds at level ``alpha``. Without a
     slow threshold (``summary.slow_threshold_ms`` None) there is no latency test, without
     ``summary.score_shift`` no score-shift test.
     """
-    fail_alpha = alpha / PAIRED_TESTS
+    fail_alpha = alpha / paired_tests(spec)
     common = {"fail_alpha": fail_alpha, "pass_alpha": alpha, "design_ratio": defaults.SHADOW_DESIGN_RATIO,
               "min_pairs": spec.requests}
     tests = [assess_discordant("errors", PairedCounts(pairs=summary.pairs, candidate_only=summary.candidate_only_errors,
@@ -131,6 +138,10 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
         tests.append(assess_shift(summary.answered_pairs, summary.scores_higher, summary.scores_lower,
                                   shift=summary.score_shift, fail_alpha=fail_alpha, pass_alpha=alpha,
                                   max_imbalance=spec.max_score_shift_imbalance, min_pairs=spec.requests))
+    if spec.max_score_tv is not None:
+        tests.append(assess_distribution(summary.candidate_score_bins, summary.stable_score_bins,
+                                         fail_alpha=fail_alpha, pass_alpha=alpha, max_tv=spec.max_score_tv,
+                                         min_pairs=spec.requests))
     return tests
 
 

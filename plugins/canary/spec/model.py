@@ -111,6 +111,9 @@ class ShadowSpec(_Strict):
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
     score_shift: float = Field(defaults.SHADOW_SCORE_SHIFT, gt=0.0, lt=1.0)
     max_score_shift_imbalance: float = Field(defaults.SHADOW_MAX_SCORE_SHIFT_IMBALANCE, ge=0.0, le=1.0)
+    #: Largest total-variation distance between the two versions' score distributions on the same requests
+    #: (equal-width bins); None: no distribution test (it needs thousands of pairs to pass).
+    max_score_tv: float | None = Field(None, gt=0.0, le=1.0)
     on_inconclusive: ShadowInconclusive = ShadowInconclusive(defaults.SHADOW_ON_INCONCLUSIVE)
     expectations: list[ExpectationSpec] = Field(default_factory=_default_expectations)
 

@@ -220,6 +220,40 @@ def assess_shift(answered: int, higher: int, lower: int, *, shift: float, fail_a
                             limit=max_imbalance, reason=reason, sides=("higher", "lower"))
 
 
+def assess_distribution(candidate_bins: tuple[int, ...], stable_bins: tuple[int, ...], *, fail_alpha: float,
+                        pass_alpha: float, max_tv: float, min_pairs: int) -> PairedAssessment:
+    """Judge the total-variation distance between the two versions' binned scores against ``max_tv``.
+
+    Each version's bin shares get confidence sequences (:func:`canary.stats.distribution.tv_bounds`,
+    valid whatever the pairing); fails when the lower bound (level ``fail_alpha``) exceeds ``max_tv``,
+    passes when the upper bound (level ``pass_alpha``) is within it.
+    """
+    from canary.stats.distribution import tv_bounds
+
+    pairs = int(sum(candidate_bins))
+    if not candidate_bins or pairs == 0 or int(sum(stable_bins)) == 0:
+        lower, upper, estimate = 0.0, 1.0, None
+    else:
+        c, s = np.asarray(candidate_bins, dtype=float), np.asarray(stable_bins, dtype=float)
+        lower = float(tv_bounds(c, s, fail_alpha)[0])
+        upper = float(tv_bounds(c, s, pass_alpha)[1])
+        estimate = float(0.5 * np.abs(c / c.sum() - s / s.sum()).sum())
+    test = "score distribution"
+    shown = f"total-variation distance {'n/a' if estimate is None else f'{estimate:.3f}'} on {pairs} answered pairs"
+    if lower > max_tv:
+        decision = PairedDecision.FAIL
+        reason = f"{test}: {shown}; at least {lower:.3f}, above {max_tv:g}"
+    elif pairs >= min_pairs and upper <= max_tv:
+        decision = PairedDecision.PASS
+        reason = f"{test}: {shown}; at most {upper:.3f}, within {max_tv:g}"
+    else:
+        decision = PairedDecision.CONTINUE
+        reason = f"{test}: {shown}; at most {upper:.3f}, not yet within {max_tv:g}"
+    return PairedAssessment(test=test, decision=decision, pairs=pairs, candidate_only=None, stable_only=None,
+                            e_value=None, e_threshold=None, estimate=estimate, lower=lower, upper=upper,
+                            limit=max_tv, reason=reason, sides=("", ""))
+
+
 def combine(assessments: list[PairedAssessment]) -> str:
     """Return the shadow test's decision: fail if any test fails, pass if all pass, else continue."""
     decisions = {a.decision for a in assessments}
@@ -231,4 +265,5 @@ def combine(assessments: list[PairedAssessment]) -> str:
 
 
 __all__ = ["PAIR_SHARE", "PairedAssessment", "PairedCounts", "PairedDecision", "assess_disagreement",
-           "assess_discordant", "assess_shift", "combine", "discordant_log_e", "increase_bounds"]
+           "assess_discordant", "assess_distribution", "assess_shift", "combine", "discordant_log_e",
+           "increase_bounds"]

@@ -154,6 +154,9 @@ def test_shadow_summary_joins_mirrored_and_served_answers(write: Callable[..., N
     wide = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10, score_shift=0.15)
     assert (wide.scores_higher, wide.scores_lower) == (0, 1)
     assert (summary.score_shift, summary.scores_higher, summary.scores_lower) == (None, 0, 0)
+    # Scores of the two pairs both answered, per tenth: stable 0.2 and 0.6, the candidate 0.3 and 0.4.
+    assert summary.stable_score_bins == (0, 0, 1, 0, 0, 0, 1, 0, 0, 0)
+    assert summary.candidate_score_bins == (0, 0, 0, 1, 1, 0, 0, 0, 0, 0)
 
 
 def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalMetricsSource) -> None:
@@ -164,7 +167,8 @@ def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalM
                                  "candidate_latency_p95_ms": None, "candidate_only_errors": 0, "stable_only_errors": 0,
                                  "answered_pairs": 0, "disagreements": 0, "slow_threshold_ms": None,
                                  "candidate_only_slow": 0, "stable_only_slow": 0, "score_shift": None,
-                                 "scores_higher": 0, "scores_lower": 0}
+                                 "scores_higher": 0, "scores_lower": 0, "stable_score_bins": (),
+                                 "candidate_score_bins": ()}
 
 
 def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalTrafficRouter, store_path: Path,

@@ -278,3 +278,17 @@ def test_bad_shadow_settings_are_refused_naming_the_field(shadow, message):
     with pytest.raises(SpecError) as err:
         parse_spec({"model": "m", "endpoint": "e", "shadow": shadow, "stages": [{"weight": 100}]})
     assert message in str(err.value), str(err.value)
+
+
+def test_the_distribution_test_runs_only_when_declared_and_takes_its_share_of_the_level():
+    bins = (100, 200, 300, 400, 400, 300, 200, 50, 20, 10)
+    summary = ShadowSummary(**{**HEALTHY.to_dict(), "stable_score_bins": bins, "candidate_score_bins": bins})
+    assert [t["test"] for t in judge_shadow(summary, ShadowSpec(**CONCLUSIVE, expectations=[])).tests] == [
+        "errors", "latency above 9.0 ms", "prediction agreement", "score shift beyond ±0.1"]
+    verdict = judge_shadow(summary, ShadowSpec(**CONCLUSIVE, max_score_tv=0.35, expectations=[]), alpha=0.05)
+    assert verdict.passed, verdict.reasons
+    assert verdict.tests[-1]["test"] == "score distribution" and verdict.tests[-1]["decision"] == "pass"
+    assert verdict.tests[0]["e_threshold"] == pytest.approx(5 / 0.05)  # five tests share alpha
+    moved = ShadowSummary(**{**summary.to_dict(), "candidate_score_bins": (0,) * 7 + (80, 900, 1000)})
+    failed = judge_shadow(moved, ShadowSpec(**CONCLUSIVE, max_score_tv=0.35, expectations=[]))
+    assert not failed.passed and failed.reasons[0].startswith("score distribution: total-variation distance ")

@@ -17,6 +17,7 @@ from canary.stats.paired import (
     PairedDecision,
     assess_disagreement,
     assess_discordant,
+    assess_distribution,
     assess_shift,
     combine,
     discordant_log_e,
@@ -176,3 +177,21 @@ def test_the_shift_guardrail_rarely_fails_a_candidate_within_its_margin():
                 fails += 1
                 break
     assert fails / reps <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / reps), fails
+
+
+SAME = (100, 200, 300, 400, 400, 300, 200, 100, 50, 50)  # 2,100 answers per version
+
+
+@pytest.mark.parametrize(("candidate", "stable", "max_tv", "decision"), [
+    # Ten bins and two versions: 20 sequences share the level, so even identical scores need thousands of
+    # pairs for a tight bound (2,100 pairs: at most 0.27).
+    (SAME, SAME, 0.3, PairedDecision.PASS),
+    ((0, 0, 0, 0, 0, 0, 0, 100, 1000, 1000), SAME, 0.3, PairedDecision.FAIL),  # scores piled up at the top
+    (SAME, SAME, 0.1, PairedDecision.CONTINUE),               # identical, but 2,100 pairs cannot show 0.1
+    ((), (), 0.3, PairedDecision.CONTINUE),                   # nothing answered yet
+])
+def test_distribution_decisions(candidate, stable, max_tv, decision):
+    got = assess_distribution(candidate, stable, fail_alpha=0.05 / 5, pass_alpha=0.05, max_tv=max_tv, min_pairs=200)
+    assert got.decision == decision, got.reason
+    assert got.reason.startswith("score distribution: total-variation distance ")
+    assert 0.0 <= got.lower <= got.upper <= 1.0
