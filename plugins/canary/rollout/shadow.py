@@ -158,10 +158,10 @@ def judge_shadow(summary: ShadowSummary, spec: ShadowSpec, outputs: OutputValida
     notes: list[str] = []
     tests = assess_pairs(summary, spec, alpha=alpha)
     decision = combine(tests)
-    if summary.pairs < spec.requests:
+    reasons += [t.reason for t in tests if t.decision == PairedDecision.FAIL]
+    if summary.pairs < spec.requests and decision != PairedDecision.FAIL:  # a test may fail on fewer pairs
         reasons.append(f"only {summary.pairs} mirrored requests answered by both versions, "
                        f"{spec.requests} required")
-    reasons += [t.reason for t in tests if t.decision == PairedDecision.FAIL]
     if decision == PairedDecision.CONTINUE and summary.pairs >= spec.requests:
         open_tests = "; ".join(t.reason for t in tests if t.decision == PairedDecision.CONTINUE)
         if spec.on_inconclusive == ShadowInconclusive.FAIL:
@@ -183,26 +183,32 @@ def judge_shadow(summary: ShadowSummary, spec: ShadowSpec, outputs: OutputValida
 
 
 def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, *, stable: str, candidate: str,
-               alpha: float = defaults.ALPHA, poll_interval_s: float = 2.0, clock: Callable[[], float] = time.time,
+               alpha: float = defaults.ALPHA, poll_interval_s: float = 2.0,
+               settle_s: float = defaults.SHADOW_SETTLE_S, clock: Callable[[], float] = time.time,
                sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print) -> ShadowVerdict:
     """Mirror traffic to ``candidate`` until the paired tests are conclusive or ``spec.max_duration_s``, then judge.
 
     Every poll looks at the cumulative pairs: it stops as soon as a test fails, or every test passes on at
     least ``spec.requests`` pairs (the tests are anytime-valid, so looking at every poll costs nothing).
+    A look counts the requests that arrived until ``settle_s`` before it: a pair shows up only once both
+    answers are stored, and a slow answer is stored late, so without the settling time the order in which
+    pairs are counted would depend on their outcome (and the McNemar e-process would not be one).
     The candidate is deployed at 0% (it must be loaded to answer mirrored requests); mirroring is
     always switched off again, whatever happens. The candidate's mirrored answers of the same window
-    are then validated against ``spec.expectations``.
+    are then validated against ``spec.expectations``. Without a slow threshold nothing is mirrored.
     """
+    threshold_ms, problem = slow_threshold_ms(metrics, spec, stable=stable, before_s=clock())
+    if problem:
+        log(f"shadow: {problem}")
+        return ShadowVerdict(passed=False, reasons=[problem])
+    log(f"shadow: slow means above {threshold_ms:.1f} ms (stable's p95 before the test + "
+        f"{spec.latency_p95_slack_ms:g} ms)")
     router.deploy(candidate)
     start_s = clock()
-    threshold_ms, problem = slow_threshold_ms(metrics, spec, stable=stable, before_s=start_s)
-    log(f"shadow: {problem}" if problem else
-        f"shadow: slow means above {threshold_ms:.1f} ms (stable's p95 before the test + "
-        f"{spec.latency_p95_slack_ms:g} ms)")
     router.set_mirror(candidate, spec.mirror_percent)
     try:
         while True:
-            end_s = clock()
+            end_s = max(start_s, clock() - settle_s)
             summary = metrics.shadow_summary(stable=stable, candidate=candidate, start_s=start_s, end_s=end_s,
                                              slow_threshold_ms=threshold_ms, score_shift=spec.score_shift)
             elapsed = clock() - start_s
@@ -210,7 +216,7 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
             decision = combine(tests)
             log(f"shadow: {summary.pairs} mirrored pairs after {elapsed:.0f}s: {decision}; "
                 + "; ".join(f"{t.test} {t.decision}" for t in tests))
-            if problem or decision == PairedDecision.FAIL or elapsed >= spec.max_duration_s:
+            if decision == PairedDecision.FAIL or elapsed >= spec.max_duration_s:
                 break
             if decision == PairedDecision.PASS and summary.pairs >= spec.requests:
                 break
@@ -229,4 +235,4 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
             f"{len(outputs.results)} expectations")
         for r in outputs.results:
             log(f"shadow: expectation {r.describe()}: {'passed' if r.success else 'FAILED'} ({r.observed()})")
-    return judge_shadow(summary, spec, outputs, alpha=alpha, problems=[problem] if problem else [])
+    return judge_shadow(summary, spec, outputs, alpha=alpha)

@@ -74,6 +74,9 @@ SHADOW_DESIGN_RATIO = 2.0
 #: What a shadow test that reached ``max_duration`` without a conclusion does: ``proceed`` to the canary
 #: stages (whose tests decide with live traffic) or ``fail``.
 SHADOW_ON_INCONCLUSIVE = "proceed"
+#: A shadow look counts the mirrored requests that arrived until this long before it, whose two answers
+#: are both final and stored (the local store writes in batches every 0.25 s; answers take milliseconds).
+SHADOW_SETTLE_S = 2.0
 #: Great Expectations suite run on the candidate's mirrored answers unless ``shadow.expectations`` says
 #: otherwise (``[]`` turns output validation off): every successful answer has a score and a label, scores
 #: are probabilities, labels are classes of the binary classifier.

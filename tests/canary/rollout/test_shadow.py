@@ -175,12 +175,17 @@ def answers(n: int, score: float = 0.3, **overrides: Any) -> list[dict[str, Any]
              "error": 0, **overrides} for i in range(n)]
 
 
-def shadow(metrics: Any, spec: ShadowSpec | None = None) -> tuple[Any, Router, list[str]]:
+MIRRORED = [("deploy", "v2"), ("set_mirror", "v2"), ("set_mirror", None)]
+
+
+def shadow(metrics: Any, spec: ShadowSpec | None = None, *, settle_s: float = 0.0,
+           calls: list[tuple[Any, ...]] = MIRRORED) -> tuple[Any, Router, list[str]]:
+    """Run the shadow test on a fake clock that ticks 1 s per reading."""
     router, lines = Router(), []
     ticks = iter(range(1000, 2000))
     verdict = run_shadow(router, metrics, spec or ShadowSpec(**CONCLUSIVE), stable="v1", candidate="v2",
-                         clock=lambda: float(next(ticks)), sleep=lambda s: None, log=lines.append)
-    assert router.calls == [("deploy", "v2"), ("set_mirror", "v2"), ("set_mirror", None)]
+                         settle_s=settle_s, clock=lambda: float(next(ticks)), sleep=lambda s: None, log=lines.append)
+    assert router.calls == calls
     return verdict, router, lines
 
 
@@ -207,7 +212,7 @@ def test_run_shadow_without_expectations_reads_no_outputs():
 def test_run_shadow_validates_the_outputs_of_the_shadow_window():
     metrics = PerRequest(answers(150) + answers(50, score=1.3))
     verdict, _, lines = shadow(metrics)
-    assert metrics.windows == [(1000.0, 1001.0)]  # the window the pairs were counted in
+    assert metrics.windows == [(1001.0, 1002.0)]  # the window the pairs were counted in
     assert not verdict.passed
     (reason,) = verdict.reasons
     assert reason.startswith("expectation expect_column_values_to_be_between(column=score, min_value=0.0, "
@@ -254,10 +259,10 @@ def test_run_shadow_keeps_looking_until_max_duration_while_inconclusive():
     assert metrics.polls == 15 and verdict.passed and verdict.notes
 
 
-def test_run_shadow_without_stable_latency_before_it_fails_naming_the_field():
+def test_run_shadow_without_stable_latency_before_it_fails_naming_the_field_and_mirrors_nothing():
     metrics = AggregatesOnly(stable_latency=False)
-    verdict, _, _ = shadow(metrics, ShadowSpec(**CONCLUSIVE, expectations=[]))
-    assert metrics.polls == 1 and not verdict.passed
+    verdict, _, _ = shadow(metrics, ShadowSpec(**CONCLUSIVE), calls=[])
+    assert metrics.polls == 0 and not verdict.passed
     assert verdict.reasons == ["no latency of stable v1 in the 10m before the shadow test to set the slow threshold "
                                "from (shadow.latency_baseline)"]
 
@@ -292,3 +297,23 @@ def test_the_distribution_test_runs_only_when_declared_and_takes_its_share_of_th
     moved = ShadowSummary(**{**summary.to_dict(), "candidate_score_bins": (0,) * 7 + (80, 900, 1000)})
     failed = judge_shadow(moved, ShadowSpec(**CONCLUSIVE, max_score_tv=0.35, expectations=[]))
     assert not failed.passed and failed.reasons[0].startswith("score distribution: total-variation distance ")
+
+
+@pytest.mark.gx
+def test_a_look_counts_only_requests_settled_before_it():
+    """Pairs are counted once both answers are final: the window ends settle_s before the look."""
+    metrics = PerRequest(answers(200))
+    metrics.summaries = [EARLY, HEALTHY]
+    verdict, _, _ = shadow(metrics, ShadowSpec(**CONCLUSIVE, expectations=[IN_RANGE]), settle_s=2.5)
+    # The clock reads 1000 (slow threshold), 1001 (start), 1002 (first look): nothing has settled, the
+    # window ends at the start; the second look (1004) counts until 1001.5, and its window is validated.
+    assert verdict.passed and metrics.polls == 2
+    assert metrics.windows == [(1001.0, 1001.5)]
+
+
+def test_a_test_failing_on_fewer_pairs_than_required_is_the_reason_given():
+    early = ShadowSummary(**{**BROKEN.to_dict(), "pairs": 120, "candidate_only_errors": 20, "stable_only_errors": 0,
+                             "answered_pairs": 100, "disagreements": 2, "candidate_only_slow": 2,
+                             "stable_only_slow": 2, "scores_higher": 1, "scores_lower": 1})
+    verdict = judge_shadow(early, ShadowSpec(**CONCLUSIVE, expectations=[]))
+    assert [r.split(":")[0] for r in verdict.reasons] == ["errors"], verdict.reasons
