@@ -158,6 +158,16 @@ def assess_discordant(test: str, counts: PairedCounts, *, fail_alpha: float, pas
                             estimate=estimate, lower=lower, upper=upper, limit=max_increase, reason=reason)
 
 
+def guardrail_decision(lower: float, upper: float, limit: float, *, enough: bool) -> str:
+    """The rule of a guardrail with a tolerance: fail when the quantity's lower bound is above ``limit``,
+    pass when there is ``enough`` data and its upper bound is within it, else continue."""
+    if lower > limit:
+        return PairedDecision.FAIL
+    if enough and upper <= limit:
+        return PairedDecision.PASS
+    return PairedDecision.CONTINUE
+
+
 def assess_disagreement(both_answered: int, disagreements: int, *, fail_alpha: float, pass_alpha: float,
                         max_disagreement: float, min_pairs: int) -> PairedAssessment:
     """Judge the share of pairs whose predicted class differs against ``max_disagreement``."""
@@ -170,16 +180,11 @@ def assess_disagreement(both_answered: int, disagreements: int, *, fail_alpha: f
     lower, upper = float(fail_lo[0]), float(pass_hi[0])
     estimate = disagreements / both_answered if both_answered else None
     shown = f"{disagreements} of {both_answered} answered pairs predict a different class"
-    if lower > max_disagreement:
-        decision = PairedDecision.FAIL
-        reason = f"prediction agreement: {shown}; disagreement at least {lower:.1%}, above {max_disagreement:.1%}"
-    elif both_answered >= min_pairs and upper <= max_disagreement:
-        decision = PairedDecision.PASS
-        reason = f"prediction agreement: {shown}; disagreement at most {upper:.1%}, within {max_disagreement:.1%}"
-    else:
-        decision = PairedDecision.CONTINUE
-        reason = (f"prediction agreement: {shown}; disagreement at most {upper:.1%}, not yet within "
-                  f"{max_disagreement:.1%}")
+    decision = guardrail_decision(lower, upper, max_disagreement, enough=both_answered >= min_pairs)
+    reason = f"prediction agreement: {shown}; " + {
+        PairedDecision.FAIL: f"disagreement at least {lower:.1%}, above {max_disagreement:.1%}",
+        PairedDecision.PASS: f"disagreement at most {upper:.1%}, within {max_disagreement:.1%}",
+        PairedDecision.CONTINUE: f"disagreement at most {upper:.1%}, not yet within {max_disagreement:.1%}"}[decision]
     return PairedAssessment(test="prediction agreement", decision=decision, pairs=both_answered,
                             candidate_only=None, stable_only=None, e_value=None, e_threshold=None,
                             estimate=estimate, lower=lower, upper=upper, limit=max_disagreement, reason=reason)
@@ -203,18 +208,17 @@ def assess_shift(answered: int, higher: int, lower: int, *, shift: float, fail_a
     shown = (f"the candidate's score is above stable's by more than {shift:g} on {higher} and below on {lower} "
              f"of {answered} answered pairs")
     margin = f"±{max_imbalance * 100:.2f} points"
-    if fail_lo > max_imbalance or fail_hi < -max_imbalance:
-        decision = PairedDecision.FAIL
+    # The guardrail on the size of the imbalance, either way.
+    decision = guardrail_decision(max(fail_lo, -fail_hi, 0.0), max(abs(lo), abs(hi)), max_imbalance,
+                                  enough=answered >= min_pairs)
+    if decision == PairedDecision.FAIL:
         direction = "up" if fail_lo > max_imbalance else "down"
         beyond = fail_lo if direction == "up" else fail_hi
         reason = (f"{test}: {shown}; its scores are shifted {direction}: imbalance at least {_points(beyond)}, "
                   f"beyond {margin}")
-    elif answered >= min_pairs and -max_imbalance <= lo and hi <= max_imbalance:
-        decision = PairedDecision.PASS
-        reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, within {margin}"
     else:
-        decision = PairedDecision.CONTINUE
-        reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, not yet within {margin}"
+        within = "within" if decision == PairedDecision.PASS else "not yet within"
+        reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, {within} {margin}"
     return PairedAssessment(test=test, decision=decision, pairs=answered, candidate_only=higher, stable_only=lower,
                             e_value=None, e_threshold=None, estimate=estimate, lower=lo, upper=hi,
                             limit=max_imbalance, reason=reason, sides=("higher", "lower"))
@@ -240,15 +244,10 @@ def assess_distribution(candidate_bins: tuple[int, ...], stable_bins: tuple[int,
         estimate = float(0.5 * np.abs(c / c.sum() - s / s.sum()).sum())
     test = "score distribution"
     shown = f"total-variation distance {'n/a' if estimate is None else f'{estimate:.3f}'} on {pairs} answered pairs"
-    if lower > max_tv:
-        decision = PairedDecision.FAIL
-        reason = f"{test}: {shown}; at least {lower:.3f}, above {max_tv:g}"
-    elif pairs >= min_pairs and upper <= max_tv:
-        decision = PairedDecision.PASS
-        reason = f"{test}: {shown}; at most {upper:.3f}, within {max_tv:g}"
-    else:
-        decision = PairedDecision.CONTINUE
-        reason = f"{test}: {shown}; at most {upper:.3f}, not yet within {max_tv:g}"
+    decision = guardrail_decision(lower, upper, max_tv, enough=pairs >= min_pairs)
+    reason = f"{test}: {shown}; " + {PairedDecision.FAIL: f"at least {lower:.3f}, above {max_tv:g}",
+                                     PairedDecision.PASS: f"at most {upper:.3f}, within {max_tv:g}",
+                                     PairedDecision.CONTINUE: f"at most {upper:.3f}, not yet within {max_tv:g}"}[decision]
     return PairedAssessment(test=test, decision=decision, pairs=pairs, candidate_only=None, stable_only=None,
                             e_value=None, e_threshold=None, estimate=estimate, lower=lower, upper=upper,
                             limit=max_tv, reason=reason, sides=("", ""))
@@ -266,4 +265,4 @@ def combine(assessments: list[PairedAssessment]) -> str:
 
 __all__ = ["PAIR_SHARE", "PairedAssessment", "PairedCounts", "PairedDecision", "assess_disagreement",
            "assess_discordant", "assess_distribution", "assess_shift", "combine", "discordant_log_e",
-           "increase_bounds"]
+           "guardrail_decision", "increase_bounds"]

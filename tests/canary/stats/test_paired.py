@@ -21,6 +21,7 @@ from canary.stats.paired import (
     assess_shift,
     combine,
     discordant_log_e,
+    guardrail_decision,
     increase_bounds,
 )
 
@@ -195,3 +196,15 @@ def test_distribution_decisions(candidate, stable, max_tv, decision):
     assert got.decision == decision, got.reason
     assert got.reason.startswith("score distribution: total-variation distance ")
     assert 0.0 <= got.lower <= got.upper <= 1.0
+
+
+@pytest.mark.parametrize(("lower", "upper", "enough", "decision"), [
+    (0.25, 0.4, True, PairedDecision.FAIL),       # shown above the limit
+    (0.25, 0.4, False, PairedDecision.FAIL),      # ... whatever the amount of data
+    (0.05, 0.15, True, PairedDecision.PASS),
+    (0.05, 0.15, False, PairedDecision.CONTINUE),  # within, but not enough data to pass
+    (0.05, 0.25, True, PairedDecision.CONTINUE),
+    (0.2, 0.2, True, PairedDecision.PASS),        # at the limit is within
+])
+def test_the_guardrail_rule(lower, upper, enough, decision):
+    assert guardrail_decision(lower, upper, 0.2, enough=enough) == decision
