@@ -101,10 +101,13 @@ def _doc(spec: RolloutSpec, spec_path: Path) -> str:
             f"approval: `{spec.policy.approval.value}`. Any failure returns all traffic to the stable version.")
 
 
-def build_rollout_dag(spec_path: str | Path) -> DAG:
-    """Build the rollout DAG of one spec file (raises :class:`SpecError` for an invalid spec)."""
+def build_rollout_dag(spec_path: str | Path, spec: RolloutSpec | None = None) -> DAG:
+    """Build the rollout DAG of one spec file (raises :class:`SpecError` for an invalid spec).
+
+    :param spec: the file's spec, when the caller has loaded it already.
+    """
     spec_path = Path(spec_path)
-    spec = load_spec(spec_path)
+    spec = spec if spec is not None else load_spec(spec_path)
     with DAG(
         dag_id=spec.dag_id,
         description=spec.description or f"Canary rollout of {spec.model}",
@@ -184,13 +187,18 @@ def build_all(directory: str | Path | None = None) -> tuple[dict[str, DAG], list
     valid: list[tuple[str, RolloutSpec]] = []
     dag_ids: dict[str, str] = {}
     for path in spec_files(directory or specs_dir()):
+        # Each file is read once: a spec removed (or replaced) while the DAG processor parses must not turn
+        # into an exception that takes every rollout DAG of this file down with it.
         try:
-            dag = build_rollout_dag(path)
+            spec = load_spec(path)
+            dag = build_rollout_dag(path, spec)
         except SpecError as err:
+            if not path.exists():  # removed after the directory was listed: gone, not broken
+                continue
             errors.append(err)
             continue
         dags[dag.dag_id] = dag
-        valid.append((str(path), load_spec(path)))
+        valid.append((str(path), spec))
         dag_ids[str(path)] = dag.dag_id
     # Specs sharing an endpoint must share the lock store, or their rollouts could overlap: refuse both.
     for source, field, message in lock_store_conflicts(valid):
