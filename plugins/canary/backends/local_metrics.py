@@ -30,10 +30,15 @@ _FINITE_BUCKETS_MS = [b for b in DEFAULT_LATENCY_BUCKETS_MS if b != float("inf")
 _BUCKET_PARAMS = {f"b{i}": b for i, b in enumerate(_FINITE_BUCKETS_MS)}
 
 
+def _score_bin(alias: str) -> str:
+    """SQL of a score's equal-width bin, exactly :func:`canary.policy.evidence.bin_index`."""
+    return f"MIN(MAX(CAST({alias}.score * {DEFAULT_PREDICTION_BINS} AS INTEGER), 0), {DEFAULT_PREDICTION_BINS - 1})"
+
+
 def _score_bin_sums(alias: str) -> str:
-    """SQL counting, per score bin (:func:`canary.policy.evidence.bin_index`), the pairs both answered."""
-    bin_of = f"MIN(MAX(CAST({alias}.score * {DEFAULT_PREDICTION_BINS} AS INTEGER), 0), {DEFAULT_PREDICTION_BINS - 1})"
-    return ", ".join(f"SUM(s.error = 0 AND c.error = 0 AND {bin_of} = {i})" for i in range(DEFAULT_PREDICTION_BINS))
+    """SQL counting, per score bin, the pairs both answered."""
+    return ", ".join(f"SUM(s.error = 0 AND c.error = 0 AND {_score_bin(alias)} = {i})"
+                     for i in range(DEFAULT_PREDICTION_BINS))
 
 
 def _bucket_sums(alias: str) -> str:
@@ -42,7 +47,7 @@ def _bucket_sums(alias: str) -> str:
 
 
 _VERSION_STATS_SQL = f"""
-SELECT CASE WHEN r.score IS NULL THEN NULL ELSE MIN(CAST(r.score * :bins AS INTEGER), :bins - 1) END AS bin,
+SELECT CASE WHEN r.score IS NULL THEN NULL ELSE {_score_bin("r")} END AS bin,
        COUNT(*), SUM(r.error), TOTAL(r.latency_ms), TOTAL(r.log_latency_ms),
        TOTAL(r.log_latency_ms * r.log_latency_ms), SUM(r.kpi_event), {_bucket_sums("r")}
 FROM {TABLE} AS r
@@ -97,7 +102,7 @@ class LocalMetricsSource:
         :raises NoDataError: the version has never served a request on this endpoint.
         """
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
-                  "bins": DEFAULT_PREDICTION_BINS, **_BUCKET_PARAMS}
+                  **_BUCKET_PARAMS}
         rows = self._query(_VERSION_STATS_SQL, params)
         if not rows and not self._query(_HAS_SERVED_SQL, (self.endpoint, version)):
             raise NoDataError(BACKEND, f"store {self.path}: version {version!r} has never served a request "

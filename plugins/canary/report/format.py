@@ -161,11 +161,12 @@ def paired_test_cells(test: Mapping[str, Any]) -> dict[str, str]:
     def points(x: Any) -> str:
         return MISSING if x is None else f"{x * 100:+.2f}"
 
-    if test.get("test") == "score distribution":
+    kind = test.get("kind") or ("rate" if test.get("candidate_only") is None else "discordant")
+    if kind == "distance":
         pairs = f"{count(test.get('pairs'))} answered, distance {sig(test.get('estimate'))}"
         bound = f"{sig(test.get('lower'))} to {sig(test.get('upper'))} (limit {sig(test.get('limit'))})"
         evidence = ""
-    elif test.get("candidate_only") is None:
+    elif kind == "rate":
         pairs = f"{count(test.get('pairs'))} answered, {pct(test.get('estimate'))} disagree"
         bound = f"{pct(test.get('lower'))} to {pct(test.get('upper'))} (limit {pct(test.get('limit'))})"
         evidence = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,15 +146,14 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
 
 
 def judge_shadow(summary: ShadowSummary, spec: ShadowSpec, outputs: OutputValidation | None = None, *,
-                 alpha: float = defaults.ALPHA, problems: Sequence[str] = ()) -> ShadowVerdict:
+                 alpha: float = defaults.ALPHA) -> ShadowVerdict:
     """Judge the shadow test at its last look: the paired tests, the pair count and the expectations.
 
     :param outputs: the candidate's outputs validated by :func:`validate_candidate_outputs`; None is a
         failure when the spec has expectations (outputs that were not checked never pass).
     :param alpha: the level of the paired tests (the spec's ``analysis.alpha``).
-    :param problems: what kept a test from running (e.g. no slow threshold): each fails the shadow test.
     """
-    reasons: list[str] = list(problems)
+    reasons: list[str] = []
     notes: list[str] = []
     tests = assess_pairs(summary, spec, alpha=alpha)
     decision = combine(tests)

@@ -188,6 +188,11 @@ class _Service:
             self._ledger.close()
 
 
+def _bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
+    return secrets.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
+
+
 def _validation_detail(err: RequestValidationError | ValidationError, *, skip: int = 1) -> str:
     """Render pydantic errors as ``field.path: message`` (the first ``skip`` parts, e.g. ``body``, dropped)."""
     parts = []
@@ -250,7 +255,7 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
     @app.post("/v1/endpoints/{endpoint}/feedback")
     async def feedback(endpoint: str, request: Request,
                        authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
-        if not secrets.compare_digest((authorization or "").encode(), f"Bearer {feedback_secret}".encode()):
+        if not _bearer_matches(authorization, feedback_secret):
             raise AdminError(401, "feedback API: missing or wrong bearer token")
         wait_s = feedback_limit.take()
         if wait_s:
@@ -283,7 +288,7 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
         return {"status": "ok"}
 
     async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not secrets.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
+        if not _bearer_matches(authorization, token):
             raise AdminError(401, "admin API: missing or wrong bearer token")
 
     admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])

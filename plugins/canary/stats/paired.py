@@ -1,7 +1,8 @@
 """Sequential paired tests for the shadow test: both versions answer the same mirrored requests.
 
 A paired comparison removes what the two versions share (hard requests, a slow database, the time of
-day), so it needs far fewer requests than comparing two independent streams. Four tests run on the
+day), so it needs far fewer requests than comparing two independent streams. Four tests (five with the
+score distribution) run on the
 cumulative counts of one shadow window; each is anytime-valid, so the shadow test may look at every
 poll and stop as soon as it is conclusive.
 
@@ -79,11 +80,13 @@ class PairedCounts:
 class PairedAssessment:
     """One paired test's verdict and the evidence behind it (JSON-able through :meth:`to_dict`).
 
-    ``increase_*`` are on the scale of the rate of the bad outcome (0.02 = 2 points more often than
-    stable on the same requests); for the disagreement test they are the disagreement rate itself.
+    ``kind`` says what ``estimate``, ``lower``, ``upper`` and ``limit`` measure: ``discordant``, the
+    increase of a rate on the same requests (0.02 = 2 points more often than stable; the shift test's
+    imbalance); ``rate``, the disagreement rate itself; ``distance``, a total-variation distance.
     """
 
     test: str
+    kind: str
     decision: str
     pairs: int
     candidate_only: int | None
@@ -153,7 +156,8 @@ def assess_discordant(test: str, counts: PairedCounts, *, fail_alpha: float, pas
         decision = PairedDecision.CONTINUE
         reason = (f"{test}: {shown}; increase at most {_points(upper)}, not yet within {_points(max_increase)}"
                   if counts.pairs >= min_pairs else f"{test}: {shown}; {min_pairs} pairs needed")
-    return PairedAssessment(test=test, decision=decision, pairs=counts.pairs, candidate_only=counts.candidate_only,
+    return PairedAssessment(test=test, kind="discordant", decision=decision, pairs=counts.pairs,
+                            candidate_only=counts.candidate_only,
                             stable_only=counts.stable_only, e_value=_e_value(log_e), e_threshold=threshold,
                             estimate=estimate, lower=lower, upper=upper, limit=max_increase, reason=reason)
 
@@ -185,7 +189,7 @@ def assess_disagreement(both_answered: int, disagreements: int, *, fail_alpha: f
         PairedDecision.FAIL: f"disagreement at least {lower:.1%}, above {max_disagreement:.1%}",
         PairedDecision.PASS: f"disagreement at most {upper:.1%}, within {max_disagreement:.1%}",
         PairedDecision.CONTINUE: f"disagreement at most {upper:.1%}, not yet within {max_disagreement:.1%}"}[decision]
-    return PairedAssessment(test="prediction agreement", decision=decision, pairs=both_answered,
+    return PairedAssessment(test="prediction agreement", kind="rate", decision=decision, pairs=both_answered,
                             candidate_only=None, stable_only=None, e_value=None, e_threshold=None,
                             estimate=estimate, lower=lower, upper=upper, limit=max_disagreement, reason=reason)
 
@@ -219,7 +223,8 @@ def assess_shift(answered: int, higher: int, lower: int, *, shift: float, fail_a
     else:
         within = "within" if decision == PairedDecision.PASS else "not yet within"
         reason = f"{test}: {shown}; imbalance {_points(lo)} to {_points(hi)}, {within} {margin}"
-    return PairedAssessment(test=test, decision=decision, pairs=answered, candidate_only=higher, stable_only=lower,
+    return PairedAssessment(test=test, kind="discordant", decision=decision, pairs=answered, candidate_only=higher,
+                            stable_only=lower,
                             e_value=None, e_threshold=None, estimate=estimate, lower=lo, upper=hi,
                             limit=max_imbalance, reason=reason, sides=("higher", "lower"))
 
@@ -248,7 +253,8 @@ def assess_distribution(candidate_bins: tuple[int, ...], stable_bins: tuple[int,
     reason = f"{test}: {shown}; " + {PairedDecision.FAIL: f"at least {lower:.3f}, above {max_tv:g}",
                                      PairedDecision.PASS: f"at most {upper:.3f}, within {max_tv:g}",
                                      PairedDecision.CONTINUE: f"at most {upper:.3f}, not yet within {max_tv:g}"}[decision]
-    return PairedAssessment(test=test, decision=decision, pairs=pairs, candidate_only=None, stable_only=None,
+    return PairedAssessment(test=test, kind="distance", decision=decision, pairs=pairs, candidate_only=None,
+                            stable_only=None,
                             e_value=None, e_threshold=None, estimate=estimate, lower=lower, upper=upper,
                             limit=max_tv, reason=reason, sides=("", ""))
 
