@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fast_spec import FIRST_STAGE_PCT, fast_spec
+from fast_spec import FIRST_STAGE_PCT, STAGE_MAX_DURATION_S, fast_spec
 
 from canary.backends.base import ConnInfo
 from canary.devstack.demo import local_stack, migrate, run_rollout
@@ -106,7 +106,7 @@ def test_good_candidate_is_promoted(e2e):
         if lk.decision != "continue":
             assert lk.eta_s == 0.0, lk
         elif (lk.evidence.get("canary_requests") or 0) > 0 and (lk.elapsed_s or 0.0) > warmup_s:
-            max_duration_s = 180.0 if lk.stage_index == 0 else 30.0  # fast_spec's stages
+            max_duration_s = STAGE_MAX_DURATION_S[lk.stage_index]
             assert lk.eta_s is not None and 0.0 <= lk.eta_s <= round(max_duration_s - lk.elapsed_s, 3), lk
         else:
             assert lk.eta_s is None, lk
