@@ -10,6 +10,7 @@ from canary.backends.base import (
     MetricsSource,
     ModelRegistry,
     PendingChange,
+    SegmentedMetricsSource,
     SettlingTrafficRouter,
     ShadowOutputSource,
     ShadowSummary,
@@ -21,7 +22,8 @@ from canary.backends.base import (
 from canary.errors import ConfigError
 
 __all__ = [
-    "KNOWN_BACKENDS", "ConnInfo", "MetricsSource", "ModelRegistry", "PendingChange", "SettlingTrafficRouter",
+    "KNOWN_BACKENDS", "SEGMENTED_METRICS", "ConnInfo", "MetricsSource", "ModelRegistry", "PendingChange",
+    "SegmentedMetricsSource", "SettlingTrafficRouter",
     "ShadowOutputSource", "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "shadow_outputs",
     "without_waiting",
 ]
@@ -49,6 +51,10 @@ KNOWN_BACKENDS: dict[str, dict[str, str]] = {
         "postgres": "canary.backends.postgres_lock:PostgresEndpointLock",
     },
 }
+
+#: The metrics backends that split their statistics by a request attribute (``analysis.segments``; they
+#: implement :class:`SegmentedMetricsSource`). CloudWatch keeps per-variant metrics only.
+SEGMENTED_METRICS = frozenset({"local", "prometheus"})
 
 
 def build_backend(role: str, name: str, conn: ConnInfo, **options: Any) -> Any:

@@ -4,7 +4,7 @@ and the connection value they are built from."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -179,6 +179,22 @@ class MetricsSource(Protocol):
 
         With ``slow_threshold_ms``, also count the pairs where only one version took longer than it; with
         ``score_shift``, the answered pairs whose scores differ by more than it, each way.
+        """
+
+
+@runtime_checkable
+class SegmentedMetricsSource(MetricsSource, Protocol):
+    """Optional part of a metrics source that splits its statistics by a request attribute (``analysis.segments``).
+
+    The backends that have it are :data:`canary.backends.SEGMENTED_METRICS`; the spec refuses segments on the others.
+    """
+
+    def segment_stats(self, version: str, *, by: str, values: Sequence[str], start_s: float,
+                      end_s: float) -> dict[str, VersionStats]:
+        """Return ``version``'s statistics in ``[start_s, end_s)`` per value of request attribute ``by``.
+
+        One entry per value of ``values``, zero counts for a value without requests in the window; requests
+        with another value (or without the attribute) are in no entry.
         """
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from canary.backends.base import ConnInfo, ShadowSummary
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
 from canary.serving.store import TABLE, open_readonly
+from canary.spec import defaults
 
 BACKEND = "local-metrics"
 _FINITE_BUCKETS_MS = [b for b in DEFAULT_LATENCY_BUCKETS_MS if b != float("inf")]
@@ -46,14 +48,28 @@ def _bucket_sums(alias: str) -> str:
     return ", ".join(f"SUM({alias}.latency_ms <= :b{i})" for i in range(len(_FINITE_BUCKETS_MS)))
 
 
+_STATS_COLUMNS = f"""COUNT(*), SUM(r.error), TOTAL(r.latency_ms), TOTAL(r.log_latency_ms),
+       TOTAL(r.log_latency_ms * r.log_latency_ms), SUM(r.kpi_event), {_bucket_sums("r")}"""
+_BIN = f"CASE WHEN r.score IS NULL THEN NULL ELSE {_score_bin('r')} END"
+_SERVED_IN_WINDOW = "r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0 AND r.ts >= :start AND r.ts < :end"
 _VERSION_STATS_SQL = f"""
-SELECT CASE WHEN r.score IS NULL THEN NULL ELSE {_score_bin("r")} END AS bin,
-       COUNT(*), SUM(r.error), TOTAL(r.latency_ms), TOTAL(r.log_latency_ms),
-       TOTAL(r.log_latency_ms * r.log_latency_ms), SUM(r.kpi_event), {_bucket_sums("r")}
+SELECT {_BIN} AS bin, {_STATS_COLUMNS}
 FROM {TABLE} AS r
-WHERE r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0 AND r.ts >= :start AND r.ts < :end
+WHERE {_SERVED_IN_WINDOW}
 GROUP BY bin
 """
+# A request's segment: the column the serving layer derives from X-User-Id, or one of its JSON attributes
+# (the JSON path is a bound parameter; ``by`` itself never enters the SQL).
+_SEGMENT_STATS_SQL = """
+SELECT {segment} AS seg, {bin} AS bin, {columns}
+FROM {table} AS r
+WHERE {served} AND seg IS NOT NULL
+GROUP BY seg, bin
+"""
+_SEGMENT_BY_COLUMN_SQL = _SEGMENT_STATS_SQL.format(segment="r.segment", bin=_BIN, columns=_STATS_COLUMNS,
+                                                   table=TABLE, served=_SERVED_IN_WINDOW)
+_SEGMENT_BY_ATTRIBUTE_SQL = _SEGMENT_STATS_SQL.format(segment="json_extract(r.attributes, :path)", bin=_BIN,
+                                                      columns=_STATS_COLUMNS, table=TABLE, served=_SERVED_IN_WINDOW)
 _HAS_SERVED_SQL = f"SELECT 1 FROM {TABLE} WHERE endpoint = ? AND version = ? AND mirrored = 0 LIMIT 1"
 # The candidate's mirrored rows drive the join (range scan on the index), each looking up the served
 # answer of the same request by request_id. Left alone, SQLite's planner prefers the (endpoint, version)
@@ -79,6 +95,28 @@ SELECT request_id, ts, score, label, latency_ms, error FROM {TABLE}
 WHERE endpoint = :endpoint AND version = :candidate AND mirrored = 1 AND ts >= :start AND ts < :end
 ORDER BY ts, id
 """
+
+
+def _stats_of_rows(version: str, rows: Sequence[tuple[Any, ...]]) -> VersionStats:
+    """Sum the per-bin rows of ``_STATS_COLUMNS`` (bin first) into one version's statistics."""
+    requests = errors = kpi_events = 0
+    latency_sum_ms = log_sum = log_sumsq = 0.0
+    below = [0] * len(_FINITE_BUCKETS_MS)
+    prediction_bins = [0] * DEFAULT_PREDICTION_BINS
+    for bin_, count, n_errors, lat_sum, lsum, lsumsq, kpi, *bucket_counts in rows:
+        requests += count
+        errors += n_errors
+        kpi_events += kpi
+        latency_sum_ms += lat_sum
+        log_sum += lsum
+        log_sumsq += lsumsq
+        below = [a + b for a, b in zip(below, bucket_counts, strict=True)]
+        if bin_ is not None:
+            prediction_bins[bin_] += count
+    return VersionStats(version=version, requests=requests, errors=errors,
+                        latency_buckets_ms=DEFAULT_LATENCY_BUCKETS_MS, latency_cumulative=(*below, requests),
+                        latency_sum_ms=latency_sum_ms, log_latency_sum=log_sum, log_latency_sumsq=log_sumsq,
+                        prediction_bins=tuple(prediction_bins), kpi_events=kpi_events)
 
 
 def _store_path(conn: ConnInfo) -> Path:
@@ -107,24 +145,23 @@ class LocalMetricsSource:
         if not rows and not self._query(_HAS_SERVED_SQL, (self.endpoint, version)):
             raise NoDataError(BACKEND, f"store {self.path}: version {version!r} has never served a request "
                                        f"on endpoint {self.endpoint!r}")
-        requests = errors = kpi_events = 0
-        latency_sum_ms = log_sum = log_sumsq = 0.0
-        below = [0] * len(_FINITE_BUCKETS_MS)
-        prediction_bins = [0] * DEFAULT_PREDICTION_BINS
-        for bin_, count, n_errors, lat_sum, lsum, lsumsq, kpi, *bucket_counts in rows:
-            requests += count
-            errors += n_errors
-            kpi_events += kpi
-            latency_sum_ms += lat_sum
-            log_sum += lsum
-            log_sumsq += lsumsq
-            below = [a + b for a, b in zip(below, bucket_counts, strict=True)]
-            if bin_ is not None:
-                prediction_bins[bin_] += count
-        return VersionStats(version=version, requests=requests, errors=errors,
-                            latency_buckets_ms=DEFAULT_LATENCY_BUCKETS_MS, latency_cumulative=(*below, requests),
-                            latency_sum_ms=latency_sum_ms, log_latency_sum=log_sum, log_latency_sumsq=log_sumsq,
-                            prediction_bins=tuple(prediction_bins), kpi_events=kpi_events)
+        return _stats_of_rows(version, rows)
+
+    def segment_stats(self, version: str, *, by: str, values: Sequence[str], start_s: float,
+                      end_s: float) -> dict[str, VersionStats]:
+        """Return ``version``'s statistics per value of request attribute ``by`` (one query).
+
+        ``by: segment`` reads the segment the serving layer derives from ``X-User-Id``; any other name the
+        request's ``attributes``. A value without requests in the window gets zero counts.
+        """
+        params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
+                  "path": f"$.{by}", **_BUCKET_PARAMS}
+        sql = _SEGMENT_BY_COLUMN_SQL if by == defaults.USER_SEGMENT_ATTRIBUTE else _SEGMENT_BY_ATTRIBUTE_SQL
+        rows: dict[str, list[tuple[Any, ...]]] = {value: [] for value in values}
+        for seg, *row in self._query(sql, params):
+            if seg in rows:
+                rows[seg].append(tuple(row))
+        return {value: _stats_of_rows(version, found) for value, found in rows.items()}
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
                        slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:

@@ -63,7 +63,7 @@ class LocalTrafficRouter:
         """Return the endpoint's deployed versions, weights and mirror."""
         return self._call("GET", "")
 
-    def set_faults(self, version: str, **faults: float) -> None:
+    def set_faults(self, version: str, **faults: Any) -> None:
         """Replace the faults injected into ``version`` (see :class:`canary.serving.state.Faults`)."""
         self._request("PUT", f"/admin/faults/{quote(version, safe='')}", json=faults)
 

@@ -114,6 +114,8 @@ class PrometheusOptions(BackendOptions):
     kpi_metric: str | None = None
     prediction_bins_metric: str | None = None
     bin_label: str | None = None
+    #: The label holding a request's segment (``analysis.segments``); default: the attribute's own name (``by``).
+    segment_label: str | None = None
 
 
 class CloudWatchOptions(BackendOptions):

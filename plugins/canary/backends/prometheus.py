@@ -23,9 +23,10 @@ raw sample of every matching series. Per series, the count is the sum of the inc
 consecutive samples whose timestamps fall in ``(start, end]``, starting from the last sample at or
 before ``start``. When a counter drops (a process restart), the new value is counted from zero, as
 ``increase()`` does, but nothing is extrapolated to the window's edges. A restart resets every counter
-of the process, yet a small one (KPI events, a low bucket) may be back at its old value by the next
-scrape; since the requests counter bounds all the others, its drops mark a restart for every series of
-the same target (same labels but ``le``/``bin``). A series that appears within the window (a new pod)
+of the process, yet a small one (KPI events, a low bucket, a small segment's requests) may be back at its
+old value by the next scrape; so a drop of any requests counter marks a restart for every series of the
+same process: the same scrape target (``job``, ``instance``), or for series without an ``instance``
+label the same labels but ``le``/``bin``. A series that appears within the window (a new pod)
 counts from zero; one that disappears (a pod gone) keeps the increments it made. Counts are summed over
 all series of a version (several pods or instances). Requests are counted at the first scrape after
 they happen, so windows are exact to one scrape interval. Limit, shared with ``increase()``: a restart
@@ -50,6 +51,11 @@ Connection: ``host``/``port``/``schema`` give the base URL (``extra.path_prefix`
 such as ``/prometheus``); ``login``/``password`` for basic auth, or ``extra.token`` for a bearer token;
 ``extra.headers`` adds headers (e.g. ``X-Scope-OrgID`` for Mimir/Cortex); ``extra.verify`` is passed to
 ``requests`` (CA bundle path or false). Credentials are never logged or put into error messages.
+
+Segments (``analysis.segments``): :meth:`PrometheusMetricsSource.segment_stats` reads the same series with
+one more matcher, ``<segment_label>=~"value1|value2|..."``, and splits them by that label's value (one
+query per version); ``segment_label`` defaults to the attribute's name (``by``). A listed value without
+series has zero counts; series without the label count overall only.
 
 Shadow tests are not supported: Prometheus holds aggregate counters, so it cannot pair a candidate's
 mirrored answer with stable's answer to the same request, and prediction agreement, which the shadow
@@ -179,30 +185,52 @@ def range_selector(names: Sequence[str], matchers: Sequence[str], range_s: float
 
 
 def window_increase(samples: Iterable[tuple[float, float]], start_s: float, end_s: float,
-                    resets_at: Collection[float] = ()) -> float:
+                    restarts: Collection[tuple[float, float]] = ()) -> float:
     """Return how much a counter grew in ``(start_s, end_s]`` from its raw samples, handling resets.
 
     The baseline is the last sample at or before ``start_s`` (a series without one started within the
     window and counts from zero). Each later sample up to ``end_s`` adds its difference to the previous
     one; a drop is a reset (the process restarted), after which the new value itself is the increment.
-    ``resets_at`` names sample timestamps known to follow a restart even without a drop (a sibling
-    counter of the same process dropped). Nothing is extrapolated: unlike PromQL ``increase()``, the
-    result is a sum of observed differences.
+    ``restarts`` are windows ``(after_s, by_s]`` in which the process is known to have restarted (a sibling
+    counter dropped; :func:`restart_windows`): a pair of consecutive samples spanning one counts from
+    zero even without a drop. Nothing is extrapolated: unlike PromQL ``increase()``, the result is a sum
+    of observed differences.
 
     >>> window_increase([(0, 10), (1, 15), (2, 3), (3, 8)], 0.5, 3)   # 5 + 3 (reset) + 5
     13.0
     """
-    prev = 0.0
+    prev_t, prev = -math.inf, 0.0
     total = 0.0
     for t, v in sorted(samples):
         if t <= start_s:
-            prev = v
+            prev_t, prev = t, v
             continue
         if t > end_s:
             break
-        total += v if v < prev or t in resets_at else v - prev
-        prev = v
+        spans_restart = any(prev_t <= after_s and by_s <= t for after_s, by_s in restarts)
+        total += v if v < prev or spans_restart else v - prev
+        prev_t, prev = t, v
     return total
+
+
+def restart_windows(drops: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return the windows ``(after_s, by_s]`` in which a process restarted, from its counters' drops.
+
+    Each drop ``(t_prev, t)`` says a restart happened in ``(t_prev, t]``; a counter that had no sample at
+    the restart's first scrape drops later, over a wider pair, so overlapping drops are one restart, in
+    their intersection (the tightest pair of scrapes around it).
+
+    >>> restart_windows([(5, 7), (5, 6), (20, 21)])
+    [(5, 6), (20, 21)]
+    """
+    windows: list[tuple[float, float]] = []
+    for after_s, by_s in sorted(drops, key=lambda d: (d[1], d[0])):
+        if windows and after_s < windows[-1][1]:
+            lo, hi = windows[-1]
+            windows[-1] = (max(lo, after_s), min(hi, by_s))
+        else:
+            windows.append((after_s, by_s))
+    return windows
 
 
 def parse_bound(le: str) -> float:
@@ -262,18 +290,23 @@ def stats_from_matrix(version: str, result: Sequence[Mapping[str, Any]], names: 
     bucket_les: dict[tuple[tuple[str, str], ...], set[str]] = defaultdict(set)
     seen_requests = False
     parsed = []
-    # A restart resets every counter of a process at once, but a small counter (KPI events, one bucket)
-    # may be back at or above its old value by the next scrape. The requests counter bounds all others,
-    # so its drops mark restarts for every series of the same target (same labels but le/bin).
-    restarts: dict[tuple[tuple[str, str], ...], set[float]] = defaultdict(set)
+    # A restart resets every counter of a process at once, but a small counter (KPI events, one bucket, a
+    # small segment's requests) may be back at or above its old value by the next scrape. A drop of any
+    # requests counter of a process therefore marks a restart for every series of that process: the
+    # scrape target (job, instance) when the series carry one, else the series' own labels but le/bin.
+    drops: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = defaultdict(list)
     for series in result:
         labels = dict(series.get("metric", {}))
         name = labels.pop("__name__", "")
         samples = sorted((float(t), float(v)) for t, v in series.get("values", []))
-        target = tuple(sorted((k, v) for k, v in labels.items() if k not in ("le", names.bin_label)))
+        if "instance" in labels:
+            target = (("instance", labels["instance"]), ("job", labels.get("job", "")))
+        else:
+            target = tuple(sorted((k, v) for k, v in labels.items() if k not in ("le", names.bin_label)))
         parsed.append((name, labels, samples, target))
         if name == names.requests:
-            restarts[target].update(t for (_, a), (t, b) in zip(samples, samples[1:], strict=False) if b < a)
+            drops[target] += [(ta, tb) for (ta, a), (tb, b) in zip(samples, samples[1:], strict=False) if b < a]
+    restarts = {target: restart_windows(found) for target, found in drops.items()}
     for name, labels, samples, target in parsed:
         inc = window_increase(samples, start_s, end_s, restarts.get(target, ()))
         if name == names.requests:
@@ -346,6 +379,7 @@ class PrometheusMetricsSource:
     :param timeout_s: per-request HTTP timeout (also sent to Prometheus as the query timeout).
     :param retries: retries after the first try on timeouts, connection errors, 429 and 5xx.
     :param backoff_s: first retry delay; doubles on each further retry.
+    :param segment_label: label holding a request's segment (``""``: the segment attribute's own name).
     :param session: HTTP session (tests inject one with a fake transport adapter).
     :param sleep: the sleep between retries.
     :param names: ``requests_metric``, ``errors_metric``, ``latency_metric``, ``kpi_metric``,
@@ -356,7 +390,7 @@ class PrometheusMetricsSource:
                  version_label: str = "version", endpoint_label: str = "endpoint", mirrored_label: str = "mirrored",
                  extra_matchers: Mapping[str, str] | str | None = None, latency_unit: str = "ms",
                  lookback_s: float = DEFAULT_LOOKBACK_S, timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float = 0.5, session: requests.Session | None = None,
+                 backoff_s: float = 0.5, segment_label: str = "", session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep, **names: str) -> None:
         if not _METRIC_NAME.match(metric_prefix):
             raise ConfigError(f"prometheus backend: metric_prefix {metric_prefix!r} is not a metric name prefix")
@@ -369,6 +403,9 @@ class PrometheusMetricsSource:
         self.names = MetricNames.from_prefix(metric_prefix, **names)
         self.version_label = version_label
         label_matcher(version_label, "")  # validates the label name
+        if segment_label:
+            label_matcher(segment_label, "")
+        self.segment_label = segment_label
         self._matchers: list[str] = []
         if endpoint_label:
             self._matchers.append(label_matcher(endpoint_label, endpoint))
@@ -425,6 +462,35 @@ class PrometheusMetricsSource:
         except (ValueError, TypeError, KeyError) as err:
             raise BackendError(BACKEND, f"query {query!r} at {self._base_url}: inconsistent series for "
                                         f"version {version!r}: {err}") from err
+
+    def segment_stats(self, version: str, *, by: str, values: Sequence[str], start_s: float,
+                      end_s: float) -> dict[str, VersionStats]:
+        """Return ``version``'s statistics per segment: the series whose segment label is each of ``values``.
+
+        :raises BackendError: the API failed after retries, or returned series that do not add up.
+        """
+        label = self.segment_label or by
+        matchers = [label_matcher(self.version_label, version),
+                    label_matcher(label, "|".join(re.escape(v) for v in values), "=~"), *self._matchers]
+        query = range_selector(self.names.all(), matchers, max(0.0, end_s - start_s) + self.lookback_s)
+        data = self._api("/api/v1/query", {"query": query, "time": f"{end_s:.3f}"})
+        if data.get("resultType") != "matrix":
+            raise BackendError(BACKEND, f"query {query!r} at {self._base_url}: expected a matrix, got "
+                                        f"{data.get('resultType')!r}")
+        groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for series in data.get("result", []):
+            groups[str(series.get("metric", {}).get(label, ""))].append(series)
+        out: dict[str, VersionStats] = {}
+        for value in values:
+            try:
+                out[value] = stats_from_matrix(version, groups.get(value, []), self.names, start_s=start_s,
+                                               end_s=end_s, scale_to_ms=self.scale_to_ms)
+            except NoDataError:
+                out[value] = VersionStats(version=version)  # no series for the segment: nothing served in it
+            except (ValueError, TypeError, KeyError) as err:
+                raise BackendError(BACKEND, f"query {query!r} at {self._base_url}: inconsistent series for "
+                                            f"version {version!r} in segment {label}={value!r}: {err}") from err
+        return out
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
                        slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:

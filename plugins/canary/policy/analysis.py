@@ -31,10 +31,30 @@ class MetricAssessment:
     decision: Decision
     reason: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: ``by=value`` for a test in one segment (``analysis.segments``), None overall.
+    segment: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The test's name for people and reports: ``error_rate``, ``error_rate in segment device=android``."""
+        return assessment_label(self.metric, self.segment)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "kind": self.kind, "decision": self.decision.value,
-                "reason": self.reason, "evidence": dict(self.evidence)}
+        d = {"metric": self.metric, "kind": self.kind, "decision": self.decision.value,
+             "reason": self.reason, "evidence": dict(self.evidence)}
+        if self.segment is not None:
+            d |= {"segment": self.segment, "label": self.label}
+        return d
+
+
+def assessment_label(metric: str, segment: str | None) -> str:
+    """Return the name of a metric's test overall (``metric``) or in a segment (``metric in segment by=value``)."""
+    return metric if segment is None else f"{metric} in segment {segment}"
+
+
+def label_of(item: Mapping[str, Any]) -> str:
+    """Return the label of an assessment given as :meth:`MetricAssessment.to_dict` (older records: the metric)."""
+    return str(item.get("label") or item.get("metric"))
 
 
 class Analyzer(Protocol):

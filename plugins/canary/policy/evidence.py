@@ -136,25 +136,33 @@ class VersionStats:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """Stable and canary statistics over the same window ``[start_s, end_s]`` (epoch seconds)."""
+    """Stable and canary statistics over the same window ``[start_s, end_s]`` (epoch seconds).
+
+    ``segments`` holds the same window per segment value (``analysis.segments``), empty without segments.
+    """
 
     stable: VersionStats
     canary: VersionStats
     start_s: float
     end_s: float
+    segments: Mapping[str, Snapshot] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stable": self.stable.to_dict(), "canary": self.canary.to_dict(),
-                "start_s": self.start_s, "end_s": self.end_s}
+        d: dict[str, Any] = {"stable": self.stable.to_dict(), "canary": self.canary.to_dict(),
+                             "start_s": self.start_s, "end_s": self.end_s}
+        if self.segments:
+            d["segments"] = {value: seg.to_dict() for value, seg in self.segments.items()}
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
         return cls(stable=VersionStats.from_dict(data["stable"]), canary=VersionStats.from_dict(data["canary"]),
-                   start_s=float(data["start_s"]), end_s=float(data["end_s"]))
+                   start_s=float(data["start_s"]), end_s=float(data["end_s"]),
+                   segments={str(v): cls.from_dict(seg) for v, seg in (data.get("segments") or {}).items()})
 
 
 def bin_index(score: float, bins: int = DEFAULT_PREDICTION_BINS) -> int:

@@ -102,7 +102,7 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
     post = stage_rules.conclude(rules, elapsed, canary_requests=canary.requests, verdict=verdict)
     if post.rule is Rule.ANALYSIS:
         first = next(a for a in assessments if a.decision is post.decision)
-        return GateResult(decision=post.decision, metric=first.metric, reason=f"{first.metric}: {first.reason}",
+        return GateResult(decision=post.decision, metric=first.label, reason=f"{first.label}: {first.reason}",
                           evidence=evidence), state
     if post.rule is Rule.PROMOTION:
         why = ("every metric within tolerance" if assessments
@@ -111,7 +111,7 @@ def evaluate_stage(spec: RolloutSpec, stage: StageSpec, clock: StageClock, windo
                           reason=f"{why} after {canary.requests} canary requests in {format_duration(elapsed)}",
                           evidence=evidence), state
     enough = stage_rules.enough_requests(rules, canary.requests)
-    pending = [a.metric for a in assessments if a.decision is not Decision.ADVANCE]
+    pending = [a.label for a in assessments if a.decision is not Decision.ADVANCE]
     if post.rule is Rule.TIMEOUT:
         missing = [] if enough else [f"{canary.requests}/{stage.min_requests} canary requests"]
         return GateResult(decision=post.decision,

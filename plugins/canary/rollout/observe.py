@@ -7,15 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from canary.backends.base import MetricsSource
-from canary.errors import NoDataError
+from canary.backends.base import MetricsSource, SegmentedMetricsSource
+from canary.errors import ConfigError, NoDataError
 from canary.history.looks import make_look
 from canary.history.model import Look
 from canary.policy.analysis import Analyzer
 from canary.policy.decisions import GateResult
 from canary.policy.evidence import Snapshot
 from canary.policy.gate import StageClock, evaluate_stage
-from canary.spec.model import RolloutSpec, StageSpec
+from canary.spec.model import RolloutSpec, SegmentsSpec, StageSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,16 +47,32 @@ def default_analyzer() -> Analyzer:
     return SequentialAnalyzer()
 
 
-def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float,
-                now_s: float) -> tuple[Snapshot | None, str | None]:
-    """Return the stage's window after warm-up, or ``(None, reason)`` when the backend has no data."""
+def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float, now_s: float,
+                segments: SegmentsSpec | None = None) -> tuple[Snapshot | None, str | None]:
+    """Return the stage's window after warm-up, or ``(None, reason)`` when the backend has no data.
+
+    With ``segments``, the window holds each segment's too.
+
+    :raises ConfigError: ``segments`` on a backend that cannot split by segment (the spec refuses that).
+    """
     start_s = min(watch.stage_started_at_s + warmup_s, now_s)
     try:
         stable = metrics.version_stats(watch.stable, start_s=start_s, end_s=now_s)
         canary = metrics.version_stats(watch.candidate, start_s=start_s, end_s=now_s)
+        by_segment: dict[str, Snapshot] = {}
+        if segments is not None:
+            if not isinstance(metrics, SegmentedMetricsSource):
+                raise ConfigError(f"analysis.segments: the metrics backend {type(metrics).__name__} cannot split "
+                                  "its metrics by segment")
+            stable_by = metrics.segment_stats(watch.stable, by=segments.by, values=segments.values,
+                                              start_s=start_s, end_s=now_s)
+            canary_by = metrics.segment_stats(watch.candidate, by=segments.by, values=segments.values,
+                                              start_s=start_s, end_s=now_s)
+            by_segment = {value: Snapshot(stable=stable_by[value], canary=canary_by[value], start_s=start_s,
+                                          end_s=now_s) for value in segments.values}
     except NoDataError as err:
         return None, str(err)
-    return Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s), None
+    return Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s, segments=by_segment), None
 
 
 def look_of_poll(*, dag_id: str, run_id: str, spec: RolloutSpec, stage: StageSpec, stage_index: int,
@@ -73,7 +89,8 @@ def poll_stage(spec: RolloutSpec, stage: StageSpec, watch: StageWatch, metrics: 
                analyzer: Analyzer | None = None, now_s: float | None = None) -> tuple[GateResult, dict[str, Any]]:
     """Read the window and evaluate the gate once; return the result and the state to carry."""
     now_s = time.time() if now_s is None else now_s
-    window, no_data = read_window(metrics, watch, warmup_s=spec.analysis.warmup_s, now_s=now_s)
+    window, no_data = read_window(metrics, watch, warmup_s=spec.analysis.warmup_s, now_s=now_s,
+                                  segments=spec.analysis.segments)
     clock = StageClock(index=watch.stage_index, elapsed_s=max(0.0, now_s - watch.stage_started_at_s))
     return evaluate_stage(spec, stage, clock, window, analyzer=analyzer or default_analyzer(),
                           carry_state=watch.carry_state, no_data_reason=no_data)

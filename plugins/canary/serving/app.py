@@ -2,7 +2,7 @@
 
 Prediction (no auth)::
 
-    POST /v1/endpoints/{endpoint}/predict   {"features": [8 floats]}, header X-User-Id
+    POST /v1/endpoints/{endpoint}/predict   {"features": [8 floats], "attributes": {"device": "ios"}}, header X-User-Id
          200 {"version", "score", "label", "request_id"}; 500 injected error; 404 unknown endpoint;
          503 no version holds traffic
     GET  /metrics                           Prometheus text (see canary.serving.exposition)
@@ -48,7 +48,15 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from canary.serving.exposition import CONTENT_TYPE, PrometheusCounters
 from canary.serving.feedback import (
@@ -64,17 +72,35 @@ from canary.serving.feedback import (
 from canary.serving.model import N_FEATURES
 from canary.serving.state import AdminError, Faults, Mirror, ServingState, user_bucket, user_segment
 from canary.serving.store import MetricsStore, RequestRecord
+from canary.spec import defaults
 
 #: Synthetic KPI: P(event) = (KPI_BASE + KPI_SLOPE * model score) * (1 - kpi_drop), about 0.1 on average.
 KPI_BASE = 0.05
 KPI_SLOPE = 0.1
 _NO_FAULTS = Faults()
+#: Attributes per prediction request, at most.
+MAX_ATTRIBUTES = 8
+
+
+AttributeName = Annotated[str, StringConstraints(pattern=defaults.ATTRIBUTE_PATTERN)]
+AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     features: list[FiniteFloat] = Field(min_length=N_FEATURES, max_length=N_FEATURES)
+    #: What the client says about the request (device, region, plan...): recorded with every answer, so that
+    #: the gate can test each segment (``analysis.segments``).
+    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+
+    @field_validator("attributes")
+    @classmethod
+    def _not_derived(cls, attributes: dict[str, str]) -> dict[str, str]:
+        if defaults.USER_SEGMENT_ATTRIBUTE in attributes:
+            raise ValueError(f"{defaults.USER_SEGMENT_ATTRIBUTE!r} is reserved: the serving layer derives it from "
+                             "X-User-Id (new or returning); send another name")
+        return attributes
 
 
 class WeightsBody(BaseModel):
@@ -90,6 +116,11 @@ class _Request:
     request_id: str
     ts: float
     segment: str
+    attributes: Mapping[str, str]
+
+    def matches(self, faults: Faults) -> bool:
+        """Whether ``faults`` apply to this request (its attributes and its derived segment)."""
+        return not faults.when or faults.applies_to({**self.attributes, defaults.USER_SEGMENT_ATTRIBUTE: self.segment})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +148,15 @@ class _Service:
         self._store: MetricsStore | None = None
         self._mirror_tasks: set[asyncio.Task[_Answer]] = set()
 
-    async def predict(self, endpoint: str, features: list[float], user_id: str | None) -> _Answer:
+    async def predict(self, endpoint: str, features: list[float], user_id: str | None,
+                      attributes: Mapping[str, str] | None = None) -> _Answer:
         """Route one request, start its mirror if any, and answer it."""
         ep = self.state.endpoint(endpoint)
         version = ep.route(user_bucket(user_id) if user_id else self.rng.randrange(100))
         if version is None:
             raise AdminError(503, f"endpoint {endpoint!r} has no version with traffic (weights: {ep.weights})")
         request = _Request(endpoint=endpoint, features=features, request_id=uuid.uuid4().hex, ts=time.time(),
-                           segment=user_segment(user_id) if user_id else "anonymous")
+                           segment=user_segment(user_id) if user_id else "anonymous", attributes=dict(attributes or {}))
         self.ledger.served(endpoint, request.request_id, Served(version=version, segment=request.segment, ts=request.ts))
         mirror = ep.mirror
         if mirror is not None and mirror.version != version and self.rng.random() * 100 < mirror.percent:
@@ -137,6 +169,8 @@ class _Service:
         """Compute one version's answer with its faults applied, and record it."""
         started = time.perf_counter()
         faults = self.state.faults.get(version, _NO_FAULTS)
+        if not request.matches(faults):
+            faults = _NO_FAULTS
         raw_score = self.state.models[version].score(request.features)
         delay_ms = self.rng.uniform(*self.jitter_ms) + faults.latency_ms
         if self.rng.random() < faults.tail_fraction:
@@ -152,11 +186,13 @@ class _Service:
         kpi_event = not error and self.rng.random() < (KPI_BASE + KPI_SLOPE * raw_score) * (1.0 - faults.kpi_drop)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.counters.observe(endpoint=request.endpoint, version=version, mirrored=mirrored, latency_ms=latency_ms,
-                              error=error, score=score, kpi_event=kpi_event)
+                              error=error, score=score, kpi_event=kpi_event,
+                              attributes={**request.attributes, defaults.USER_SEGMENT_ATTRIBUTE: request.segment})
         self.store.append(RequestRecord(ts=request.ts, endpoint=request.endpoint, version=version,
                                         latency_ms=latency_ms, status=500 if error else 200, error=error, score=score,
                                         label=label, kpi_event=kpi_event, segment=request.segment,
-                                        request_id=request.request_id, mirrored=mirrored))
+                                        attributes=request.attributes, request_id=request.request_id,
+                                        mirrored=mirrored))
         return _Answer(version=version, request_id=request.request_id, score=score, label=label, error=error)
 
     @property
@@ -245,7 +281,7 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
     @app.post("/v1/endpoints/{endpoint}/predict")
     async def predict(endpoint: str, body: PredictBody,
                       x_user_id: Annotated[str | None, Header()] = None) -> JSONResponse:
-        answer = await service.predict(endpoint, body.features, x_user_id)
+        answer = await service.predict(endpoint, body.features, x_user_id, body.attributes)
         if answer.error:
             return JSONResponse({"detail": "injected error", "version": answer.version,
                                  "request_id": answer.request_id}, status_code=500)

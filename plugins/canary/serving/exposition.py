@@ -1,7 +1,10 @@
 """Prometheus text exposition (format 0.0.4) of the serving layer's counters.
 
 Every series carries ``endpoint``, ``version`` and ``mirrored`` (``"true"`` for shadow answers that were
-never returned to a client; served traffic is ``mirrored="false"``):
+never returned to a client; served traffic is ``mirrored="false"``), then one label per request attribute
+of :data:`LABEL_ATTRIBUTES` the request has (``segment``, derived from ``X-User-Id``, and the client's
+``device`` and ``region``), so that a segment's statistics can be read from Prometheus
+(``analysis.segments``). Other attributes are not labels: a label's every value is a series.
 
 - ``canary_requests_total``: answered requests.
 - ``canary_request_errors_total``: answers with HTTP 500.
@@ -23,11 +26,15 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, bin_index
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Request attributes exported as labels, in label order.
+LABEL_ATTRIBUTES = ("segment", "device", "region")
+_Key = tuple[str, str, bool, tuple[tuple[str, str], ...]]
 
 
 @dataclass
@@ -49,10 +56,11 @@ def _format_bound(bound: float) -> str:
 
 
 class PrometheusCounters:
-    """Per ``(endpoint, version, mirrored)`` counters, rendered as Prometheus text."""
+    """Per ``(endpoint, version, mirrored, attribute labels)`` counters, rendered as Prometheus text."""
 
-    def __init__(self) -> None:
-        self._series: dict[tuple[str, str, bool], _Series] = {}
+    def __init__(self, label_attributes: tuple[str, ...] = LABEL_ATTRIBUTES) -> None:
+        self.label_attributes = label_attributes
+        self._series: dict[_Key, _Series] = {}
         #: (endpoint, version, segment, kind, name) -> [count, sum of values]
         self._feedback: dict[tuple[str, str, str, str, str], list[float]] = {}
 
@@ -64,9 +72,11 @@ class PrometheusCounters:
         counts[1] += value
 
     def observe(self, *, endpoint: str, version: str, mirrored: bool, latency_ms: float, error: bool,
-                score: float | None, kpi_event: bool) -> None:
-        """Count one answer."""
-        s = self._series.setdefault((endpoint, version, mirrored), _Series())
+                score: float | None, kpi_event: bool, attributes: Mapping[str, str] | None = None) -> None:
+        """Count one answer of a request with ``attributes`` (those of :attr:`label_attributes` become labels)."""
+        attrs = attributes or {}
+        labels = tuple((name, attrs[name]) for name in self.label_attributes if attrs.get(name))
+        s = self._series.setdefault((endpoint, version, mirrored, labels), _Series())
         s.requests += 1
         s.errors += int(error)
         s.kpi_events += int(kpi_event)
@@ -79,10 +89,11 @@ class PrometheusCounters:
         """Return the exposition text of every series."""
         series = sorted(self._series.items())
 
-        def labels(key: tuple[str, str, bool], extra: str = "") -> str:
-            endpoint, version, mirrored = key
+        def labels(key: _Key, extra: str = "") -> str:
+            endpoint, version, mirrored, attrs = key
+            attr_labels = "".join(f',{name}="{_escape(value)}"' for name, value in attrs)
             return (f'{{endpoint="{_escape(endpoint)}",version="{_escape(version)}",'
-                    f'mirrored="{str(mirrored).lower()}"{extra}}}')
+                    f'mirrored="{str(mirrored).lower()}"{attr_labels}{extra}}}')
 
         lines: list[str] = []
 

@@ -44,6 +44,13 @@ class Faults(BaseModel):
     kpi_drop: float = Field(0.0, ge=0.0, le=1.0, description="relative reduction of the KPI event probability")
     score_out_of_range: float = Field(0.0, ge=0.0, le=1.0, description="share of answers whose reported score is "
                                       "1 + the score, outside [0, 1] (a broken output layer); the label is kept")
+    when: dict[str, str] = Field(default_factory=dict, max_length=8, description=(
+        "apply only to requests with all these attributes (e.g. {\"device\": \"android\"}; ``segment`` is the "
+        "one derived from X-User-Id); empty: to every request"))
+
+    def applies_to(self, attributes: Mapping[str, str]) -> bool:
+        """Whether the faults apply to a request with ``attributes``."""
+        return all(attributes.get(k) == v for k, v in self.when.items())
 
 
 class Mirror(BaseModel):
@@ -94,6 +101,27 @@ def user_bucket(user_id: str) -> int:
 def user_segment(user_id: str) -> str:
     """Return the user's segment, ``new`` or ``returning`` (independent of the routing bucket)."""
     return "new" if _stable_hash(user_id, b"canary-segment") % 100 < NEW_USER_PERCENT else "returning"
+
+
+#: The synthetic population's request attributes: value and percent of users, per attribute.
+POPULATION: dict[str, tuple[tuple[str, int], ...]] = {
+    "device": (("android", 45), ("ios", 35), ("web", 20)),
+    "region": (("eu-west", 40), ("us-east", 40), ("ap-south", 20)),
+}
+
+
+def user_attributes(user_id: str) -> dict[str, str]:
+    """Return the attributes a synthetic user's client sends (:data:`POPULATION`; independent of routing)."""
+    out = {}
+    for name, shares in POPULATION.items():
+        point = _stable_hash(user_id, f"attr-{name}".encode()[:16]) % 100
+        cumulative = 0
+        for value, percent in shares:
+            cumulative += percent
+            if point < cumulative:
+                out[name] = value
+                break
+    return out
 
 
 def check_name(kind: str, name: str) -> str:

@@ -13,6 +13,7 @@ Schema (table ``requests``, WAL journal, index on ``(endpoint, version, ts)`` an
     label           INTEGER  predicted class, NULL on error
     kpi_event       INTEGER  1 if the synthetic KPI (conversion) happened
     segment         TEXT     user segment, ``new``/``returning`` (``anonymous`` without a user id)
+    attributes      TEXT     the request's attributes as a JSON object (``{}`` without), e.g. ``{"device": "ios"}``
     request_id      TEXT     shared by a served answer and its mirrored answer
     mirrored        INTEGER  1 for a shadow answer that was never returned to the client
 
@@ -22,14 +23,16 @@ library and :mod:`canary.policy.evidence`, so the metrics backend can use it wit
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     kpi_event INTEGER NOT NULL,
     segment TEXT NOT NULL,
     request_id TEXT NOT NULL,
-    mirrored INTEGER NOT NULL
+    mirrored INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_endpoint_version_ts ON {TABLE} (endpoint, version, ts);
 CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id);
 """
 _INSERT = (f"INSERT INTO {TABLE} (ts, endpoint, version, latency_ms, log_latency_ms, status, error, score, label, "
-           "kpi_event, segment, request_id, mirrored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "kpi_event, segment, request_id, mirrored, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 #: Latencies are floored here before taking the log, so a 0 ms measurement cannot produce -inf.
 MIN_LATENCY_MS = 1e-3
 
@@ -77,13 +81,22 @@ class RequestRecord:
     segment: str
     request_id: str
     mirrored: bool
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     def row(self) -> tuple[object, ...]:
         """Return the values in ``_INSERT`` order."""
         latency_ms = max(self.latency_ms, MIN_LATENCY_MS)
         return (self.ts, self.endpoint, self.version, latency_ms, math.log(latency_ms), self.status,
                 int(self.error), self.score, self.label, int(self.kpi_event), self.segment, self.request_id,
-                int(self.mirrored))
+                int(self.mirrored), json.dumps(dict(self.attributes), separators=(",", ":"), sort_keys=True))
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier release up to the schema (columns added since have defaults)."""
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    if "attributes" not in columns:
+        conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN attributes TEXT NOT NULL DEFAULT '{{}}'")
+        conn.commit()
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -109,6 +122,7 @@ class MetricsStore:
         with closing(sqlite3.connect(self.path)) as conn:  # create the schema before anyone reads
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            _add_missing_columns(conn)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
         self._writer = threading.Thread(target=self._run, name=f"metrics-store:{self.path.name}", daemon=True)

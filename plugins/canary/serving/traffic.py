@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from canary.serving.model import sample_features
+from canary.serving.state import user_attributes
 
 #: Failures of a reused keep-alive connection that the server closed while it was idle.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -115,7 +116,8 @@ def run_traffic(base_url: str, endpoint: str, rps: float, duration_s: float | No
     """Send prediction requests at ``rps`` until ``duration_s`` has passed or ``stop_event`` is set.
 
     Each request comes from one of ``users`` user ids drawn at random (``X-User-Id``), so sticky routing
-    sees a realistic population. At most ``max_in_flight`` requests are outstanding: when the server is
+    sees a realistic population, with that user's attributes (device, region: see
+    :func:`canary.serving.state.user_attributes`). At most ``max_in_flight`` requests are outstanding: when the server is
     slower than that, the achieved rate drops instead of a backlog growing. 5xx answers and connection
     errors are counted, never raised.
     """
@@ -143,7 +145,8 @@ def run_traffic(base_url: str, endpoint: str, rps: float, duration_s: float | No
                     stop_event.wait(wait_s)
                 continue
             user_id = f"user-{int(rng.integers(users)):05d}"
-            jobs.put((user_id, json.dumps({"features": sample_features(rng, 1)[0].tolist()})))
+            jobs.put((user_id, json.dumps({"features": sample_features(rng, 1)[0].tolist(),
+                                           "attributes": user_attributes(user_id)})))
             sent += 1
     finally:
         for _ in workers:

@@ -36,6 +36,18 @@ ALPHA = 0.05
 #: few thousand requests (bench/README.md).
 SRM_ALPHA = 0.001
 SRM_MAX_ALPHA_FRACTION = 0.1
+#: Per-segment analysis (``analysis.segments``): the share of every test's level (each metric's and the
+#: SRM check's) spent on the segments, split equally among them; the overall test keeps the rest.
+SEGMENTS_ALPHA_SHARE = 0.5
+#: A segment with a smaller share of a stage's canary requests need not show non-inferiority for the
+#: stage to advance (a regression in it still rolls back).
+SEGMENT_MIN_SHARE = 0.05
+MAX_SEGMENTS = 20
+#: Request attribute names (``analysis.segments.by``, a prediction's ``attributes``): lower case, so that
+#: each is also a valid Prometheus label name.
+ATTRIBUTE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+#: The attribute the embedded serving layer derives from ``X-User-Id`` (``new``/``returning``).
+USER_SEGMENT_ATTRIBUTE = "segment"
 POLL_INTERVAL_S = 30.0
 #: Requests right after a traffic change are skipped (caches, autoscaling, JIT warm-up).
 WARMUP_S = 0.0

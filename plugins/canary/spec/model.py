@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 Duration = Annotated[float, BeforeValidator(parse_duration_s)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ATTRIBUTE_PATTERN = defaults.ATTRIBUTE_PATTERN
 #: The backend roles of ``backends``.
 ROLES = tuple(defaults.DEFAULT_CONN_IDS)
 
@@ -181,6 +182,48 @@ def _default_metrics() -> list[MetricSpec]:
     return [MetricSpec(name="error_rate", kind=MetricKind.ERROR_RATE, tolerance=0.2)]
 
 
+class SegmentsSpec(_Strict):
+    """Test every metric and the traffic split in each listed segment as well as overall.
+
+    The segments are the values of one request attribute (``by``), declared before the rollout starts so
+    that the error budget is split among them in advance (weighted Bonferroni on e-values, see
+    :mod:`canary.stats.budget`); requests with another value count overall only.
+    """
+
+    by: str = Field(pattern=ATTRIBUTE_PATTERN, description="request attribute naming a request's segment, e.g. device")
+    values: list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]] = Field(
+        min_length=1, max_length=defaults.MAX_SEGMENTS, description="the segments tested, e.g. [android, ios, web]")
+    alpha_share: float = Field(defaults.SEGMENTS_ALPHA_SHARE, gt=0.0, lt=1.0, description=(
+        "share of each test's level spent on the segments (split equally among them); the overall test keeps "
+        "the rest"))
+    min_share: float = Field(defaults.SEGMENT_MIN_SHARE, ge=0.0, lt=1.0, description=(
+        "a segment with a smaller share of the stage's canary requests need not show non-inferiority to advance "
+        "(a regression in it still rolls back)"))
+    require_each: bool = Field(True, description=(
+        "promotion needs non-inferiority in every segment with at least min_share of the canary requests; "
+        "false: segments can only roll back"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _values_declared(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "by" in data and "values" not in data:
+            raise ValueError("values: list the segments to test, e.g. [android, ios, web]: the error budget is "
+                             "split among them before the rollout starts")
+        return data
+
+    @field_validator("values")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"each segment once: {duplicates} listed more than once")
+        return values
+
+    def label(self, value: str) -> str:
+        """Return ``by=value``, the segment's name in reasons and reports."""
+        return f"{self.by}={value}"
+
+
 class AnalysisSpec(_Strict):
     alpha: Probability = Field(defaults.ALPHA, description=(
         "whole error budget: P(a healthy, correctly routed canary is rolled back or halted by any statistical "
@@ -193,6 +236,7 @@ class AnalysisSpec(_Strict):
     warmup_s: Duration = Field(defaults.WARMUP_S, alias="warmup", ge=0)
     metrics: list[MetricSpec] = Field(default_factory=_default_metrics, min_length=1)
     guardrails: Guardrails = Guardrails()
+    segments: SegmentsSpec | None = None
 
 
 class OnBusy(StrEnum):
@@ -405,6 +449,19 @@ def _shadow_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return problems
 
 
+def _segment_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    if spec.analysis.segments is None:
+        return []
+    from canary.backends import SEGMENTED_METRICS  # lazy: keeps the spec module import-light
+
+    name = spec.backends.metrics.name
+    if name not in SEGMENTED_METRICS:
+        return [("analysis.segments", f"the {name} metrics backend cannot split its metrics by segment; remove "
+                                      "analysis.segments or use a metrics backend that can: "
+                                      f"{', '.join(sorted(SEGMENTED_METRICS))}")]
+    return []
+
+
 def _expectation_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return [(f"shadow.expectations[{i}].{loc}", msg)
             for i, expectation in enumerate(spec.shadow.expectations)
@@ -558,7 +615,7 @@ def _notify_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
 
 #: The cross-field rules, each a pure function of the spec returning ``(location, message)`` problems.
 CROSS_FIELD_RULES: tuple[Callable[[RolloutSpec], list[tuple[str, str]]], ...] = (
-    _backend_problems, _shadow_problems, _expectation_problems, _stage_problems, _concurrency_problems,
+    _backend_problems, _shadow_problems, _segment_problems, _expectation_problems, _stage_problems, _concurrency_problems,
     _alpha_problems, _metric_problems, _schedule_problems, _registry_event_problems, _cloudwatch_window_problems,
     _poll_interval_problems, _notify_problems,
 )

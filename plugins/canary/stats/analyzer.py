@@ -131,6 +131,8 @@ class SequentialState:
     stages: int = 0
     srm_log_e: float = 0.0
     metrics: tuple[MetricCarry, ...] = ()
+    #: Each segment's own state (``analysis.segments``), by segment value.
+    segments: tuple[tuple[str, SequentialState], ...] = ()
     version: int = STATE_VERSION
 
     def metric(self, name: str) -> MetricCarry:
@@ -139,9 +141,19 @@ class SequentialState:
                 return m
         return MetricCarry(name=name)
 
+    def segment(self, value: str) -> SequentialState:
+        """Return the state carried for segment ``value`` (the initial state before its first stage)."""
+        for v, state in self.segments:
+            if v == value:
+                return state
+        return SequentialState()
+
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "stages": self.stages, "srm_log_e": self.srm_log_e,
-                "metrics": [m.to_dict() for m in self.metrics]}
+        d: dict[str, Any] = {"version": self.version, "stages": self.stages, "srm_log_e": self.srm_log_e,
+                             "metrics": [m.to_dict() for m in self.metrics]}
+        if self.segments:
+            d["segments"] = {v: state.to_dict() for v, state in self.segments}
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SequentialState:
@@ -152,7 +164,8 @@ class SequentialState:
         if version != STATE_VERSION:
             raise ValueError(f"sequential state version {version} is not {STATE_VERSION}: {dict(data)!r}")
         return cls(stages=int(data["stages"]), srm_log_e=float(data["srm_log_e"]),
-                   metrics=tuple(MetricCarry.from_dict(m) for m in data.get("metrics", ())))
+                   metrics=tuple(MetricCarry.from_dict(m) for m in data.get("metrics", ())),
+                   segments=tuple((str(v), cls.from_dict(state)) for v, state in (data.get("segments") or {}).items()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +256,7 @@ class _Ctx:
     weight_pct: int
     carry: SequentialState
     budget: ErrorBudget
+    in_segment: bool = False
     new_metrics: list[MetricCarry] = field(default_factory=list)
 
 
@@ -254,15 +268,38 @@ class SequentialAnalyzer:
 
     def assess(self, spec: RolloutSpec, window: Snapshot, *, canary_weight_pct: int,
                state: Mapping[str, Any] | None) -> tuple[list[MetricAssessment], dict[str, Any]]:
-        """Return one assessment per metric plus ``srm``, and the state to carry if the stage ended now."""
+        """Return one assessment per metric plus ``srm``, overall then per segment, and the state to carry.
+
+        With ``analysis.segments`` every metric and the SRM check run again on each segment's window, at the
+        segment's level of the error budget, each with its own carried evidence. A segment's assessment
+        names it (``segment``); one that need not show non-inferiority (``require_each: false``, or less
+        than ``min_share`` of the canary requests) says ADVANCE while it is undecided, so that only its
+        regressions count.
+        """
         carry = SequentialState.from_dict(state)
-        ctx = _Ctx(spec=spec, window=window, weight_pct=canary_weight_pct, carry=carry,
-                   budget=error_budget(spec.analysis))
+        budget = error_budget(spec.analysis)
+        out, new_state = self._assess_scope(spec, window, canary_weight_pct, carry, budget, in_segment=False)
+        segments = spec.analysis.segments
+        if segments is not None:
+            seg_budget, seg_states = budget.for_segment(), []
+            for value in segments.values:
+                sub = window.segments.get(value) or _empty_like(window)
+                found, seg_state = self._assess_scope(spec, sub, canary_weight_pct, carry.segment(value), seg_budget,
+                                                      in_segment=True)
+                share = sub.canary.requests / window.canary.requests if window.canary.requests else 0.0
+                required = segments.require_each and share >= segments.min_share
+                out += [_in_segment(a, segments.label(value), share, required, segments.min_share) for a in found]
+                seg_states.append((value, seg_state))
+            new_state = replace(new_state, segments=tuple(seg_states))
+        return out, new_state.to_dict()
+
+    def _assess_scope(self, spec: RolloutSpec, window: Snapshot, weight_pct: int, carry: SequentialState,
+                      budget: ErrorBudget, *, in_segment: bool) -> tuple[list[MetricAssessment], SequentialState]:
+        ctx = _Ctx(spec=spec, window=window, weight_pct=weight_pct, carry=carry, budget=budget, in_segment=in_segment)
         out = [self._assess_metric(ctx, metric) for metric in spec.analysis.metrics]
         srm_assessment, srm_log_e = self._assess_srm(ctx)
         out.append(srm_assessment)
-        new_state = SequentialState(stages=carry.stages + 1, srm_log_e=srm_log_e, metrics=tuple(ctx.new_metrics))
-        return out, new_state.to_dict()
+        return out, SequentialState(stages=carry.stages + 1, srm_log_e=srm_log_e, metrics=tuple(ctx.new_metrics))
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -280,8 +317,10 @@ class SequentialAnalyzer:
         no_control = w.stable.requests == 0
         if no_control and w.canary.requests > 0 and ctx.weight_pct < 100:
             ctx.new_metrics.append(carry)
-            return verdict(Decision.HALT, "no stable traffic in the window to compare with",
-                           {"canary_requests": w.canary.requests, "stable_requests": 0})
+            ev = {"canary_requests": w.canary.requests, "stable_requests": 0}
+            if ctx.in_segment:  # the overall test halts on missing stable traffic; a segment waits for it
+                return verdict(Decision.CONTINUE, "no stable traffic in the segment yet", ev)
+            return verdict(Decision.HALT, "no stable traffic in the window to compare with", ev)
 
         if metric.kind in (MetricKind.ERROR_RATE, MetricKind.KPI):
             return self._count_metric(ctx, metric, carry, log_rollback, log_promote, verdict)
@@ -484,6 +523,23 @@ class SequentialAnalyzer:
             # ADVANCE = "nothing against advancing": the gate advances only when every assessment does.
             decision, reason = Decision.ADVANCE, "traffic split consistent with the configured weight"
         return MetricAssessment(metric="srm", kind="srm", decision=decision, reason=reason, evidence=ev), log_e
+
+
+def _empty_like(window: Snapshot) -> Snapshot:
+    """Return a window with no requests, for a segment the backend saw none of."""
+    return Snapshot(stable=VersionStats(version=window.stable.version), canary=VersionStats(version=window.canary.version),
+                    start_s=window.start_s, end_s=window.end_s)
+
+
+def _in_segment(a: MetricAssessment, segment: str, share: float, required: bool, min_share: float) -> MetricAssessment:
+    """Name the segment of an assessment; an undecided one that need not show non-inferiority says ADVANCE."""
+    evidence = {**a.evidence, "segment": segment, "canary_share": share, "required": required}
+    if required or a.decision is not Decision.CONTINUE:
+        return replace(a, segment=segment, evidence=evidence)
+    why = (f"{share:.1%} of canary requests, below min_share {min_share:.0%}" if share < min_share
+           else "segments need not show non-inferiority (require_each: false)")
+    return replace(a, segment=segment, evidence=evidence, decision=Decision.ADVANCE,
+                   reason=f"not required to advance ({why}); {a.reason}")
 
 
 def _fmt(x: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ import pytest
 from fakes import cumulative_from_latencies
 
 from canary.backends import MetricsSource, build_backend
-from canary.backends.base import ConnInfo, ShadowOutputSource, shadow_outputs
+from canary.backends.base import ConnInfo, SegmentedMetricsSource, ShadowOutputSource, shadow_outputs
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.errors import BackendError, ConfigError, NoDataError
@@ -244,3 +245,39 @@ def test_shadow_outputs_of_real_mirrored_traffic(serving_url: str, router: Local
     assert all(o["label"] in (0, 1) and o["latency_ms"] > 0 for o in answered)
     served = source.shadow_summary(stable="v1", candidate="v2", start_s=start_s, end_s=time.time() + 1)
     assert served.pairs == len(outputs)
+
+
+def test_segment_stats_split_by_an_attribute_or_the_user_segment(write: Callable[..., None],
+                                                                 source: LocalMetricsSource) -> None:
+    def rec(ts: float, device: str | None, *, error: bool = False, segment: str = "returning") -> RequestRecord:
+        return dataclasses.replace(record("v1", ts, error=error, request_id=f"r{ts}"), segment=segment,
+                                   attributes={"device": device, "region": "eu-west"} if device else {})
+
+    write(rec(T0 + 1, "android", error=True), rec(T0 + 2, "android"), rec(T0 + 3, "ios", segment="new"),
+          rec(T0 + 4, None), rec(T0 + 5, "tv"), rec(T0 + 20, "android"),
+          record("v2", T0 + 1, request_id="other-version"))
+    got = source.segment_stats("v1", by="device", values=["android", "ios", "web"], start_s=T0, end_s=T0 + 10)
+    assert {v: (s.requests, s.errors) for v, s in got.items()} == {"android": (2, 1), "ios": (1, 0), "web": (0, 0)}
+    assert got["android"].latency_observations == 2 and sum(got["android"].prediction_bins) == 1
+    whole = source.version_stats("v1", start_s=T0, end_s=T0 + 10)
+    assert whole.requests == 5  # the request without a device and the "tv" one count overall only
+    by_user = source.segment_stats("v1", by="segment", values=["new", "returning"], start_s=T0, end_s=T0 + 10)
+    assert {v: s.requests for v, s in by_user.items()} == {"new": 1, "returning": 4}
+    assert isinstance(source, SegmentedMetricsSource)
+
+
+def test_segment_stats_of_real_traffic_with_a_fault_confined_to_one_device(
+        serving_url: str, router: LocalTrafficRouter, store_path: Path, flush: Callable[[], None]) -> None:
+    """The traffic generator's users send their device; a fault ``when: {device: android}`` hits android only."""
+    router.deploy("v1")
+    router.set_weights({"v1": 100})
+    router.set_faults("v1", error_rate=0.5, when={"device": "android"})
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    start_s = time.time()
+    traffic = run_traffic(serving_url, "churn", rps=300, duration_s=1.0, seed=8)
+    flush()
+    got = source.segment_stats("v1", by="device", values=["android", "ios", "web"], start_s=start_s,
+                               end_s=time.time() + 1)
+    assert sum(s.requests for s in got.values()) == traffic.sent == 300
+    assert got["ios"].errors == got["web"].errors == 0 and got["android"].errors == traffic.errors > 0
+    assert all(s.requests > 0 for s in got.values())

@@ -3,7 +3,7 @@
 (a) Deterministic history written with ``promtool tsdb create-blocks-from openmetrics``: exact window
 counts across two pods and a counter reset, mirrored series excluded, latency buckets, no data.
 (b) A live scrape (every 1 s) of the embedded serving layer, restarted mid-run: the counts agree with
-the local SQLite source's.
+the local SQLite source's, overall and per segment.
 
 The Prometheus harness (:func:`canary.devstack.processes.prometheus_server`) is shared with the demo and the e2e test.
 """
@@ -231,6 +231,14 @@ def test_live_scrape_agrees_with_the_local_store_across_a_restart(tmp_path):
             assert p.latency_cumulative == q.latency_cumulative
             assert p.prediction_bins == q.prediction_bins
             assert p.requests > 50
+            # Per segment (the device the traffic generator's users send, the segment derived from the user
+            # id): the same split from the series' labels as from the store's rows.
+            for by, values in (("device", ["android", "ios", "web"]), ("segment", ["new", "returning"])):
+                ps = prom.segment_stats(version, by=by, values=values, start_s=start_s, end_s=end_s)
+                qs = local.segment_stats(version, by=by, values=values, start_s=start_s, end_s=end_s)
+                assert {v: (x.requests, x.errors, x.latency_cumulative) for v, x in ps.items()} == \
+                    {v: (x.requests, x.errors, x.latency_cumulative) for v, x in qs.items()}, (version, by)
+                assert sum(x.requests for x in ps.values()) == p.requests and min(x.requests for x in ps.values()) > 0
             # Each half on its own, split between the runs: also exact, the reset is handled.
             for a, b in ((start_s, mid_s), (mid_s, end_s)):
                 assert prom.version_stats(version, start_s=a, end_s=b).requests == \

@@ -25,6 +25,7 @@ from canary.backends.prometheus import (
     extra_matcher_list,
     map_bounds_ms,
     redact_url,
+    restart_windows,
     stats_from_matrix,
     window_increase,
 )
@@ -421,4 +422,32 @@ def test_restart_seen_on_requests_resets_sibling_counters_of_the_same_target():
 
 
 def test_window_increase_with_known_restarts():
-    assert window_increase([(0, 0), (10, 2), (20, 2), (30, 3)], 5, 30, resets_at={20.0}) == 5
+    assert window_increase([(0, 0), (10, 2), (20, 2), (30, 3)], 5, 30, restarts=[(10.0, 20.0)]) == 5
+    # A pair of samples that does not span the restart is an ordinary difference.
+    assert window_increase([(0, 0), (10, 2), (15, 1), (20, 3)], 5, 30, restarts=[(10.0, 15.0)]) == 2 + 1 + 2
+
+
+@pytest.mark.parametrize(("drops", "windows"), [
+    ([], []),
+    ([(10, 20)], [(10, 20)]),
+    ([(5, 7), (5, 6)], [(5, 6)]),
+    ([(5, 7), (6, 7), (5, 6)], [(5, 6), (6, 7)]),  # (6, 7] misses (5, 6]: another restart
+    ([(10, 20), (30, 40)], [(10, 20), (30, 40)]),
+])
+def test_restart_windows_merge_the_drops_of_one_restart(drops, windows):
+    assert restart_windows(drops) == windows
+
+
+def test_a_segment_series_that_skips_the_first_scrape_after_a_restart_is_not_counted_twice():
+    """Series split by attribute labels: a small one has no sample at the restart's first scrape (t=6).
+
+    It drops at t=7 (from 5 to 1); the others dropped at t=6. The big series' pair (6, 7) is an ordinary
+    difference, not a second restart (that read 9 - 0 instead of 9 - 3: the live scrape test saw it).
+    """
+    target = {"instance": "127.0.0.1:9000", "job": "serving"}
+    reply = matrix(
+        (labels("canary_requests_total", device="android", **target), [(1, 4), (2, 9), (5, 9), (6, 3), (7, 9)]),
+        (labels("canary_requests_total", device="web", **target), [(2, 1), (3, 5), (5, 5), (7, 1)]),
+    )
+    source, _, _ = make_source([reply])
+    assert source.version_stats("v2", start_s=0, end_s=10).requests == 9 + (3 + 6) + 5 + 1

@@ -38,12 +38,12 @@ class Served:
         self.admin("PUT", f"/endpoints/{endpoint}/weights", json={"weights": weights}).raise_for_status()
 
     def predict_many(self, endpoint: str, user_ids: Sequence[str], features: Sequence[float] = FEATURES,
-                     *, workers: int = 16) -> list[tuple[int, dict[str, Any]]]:
+                     *, workers: int = 16, attributes: Any = None) -> list[tuple[int, dict[str, Any]]]:
         """POST one prediction per user id, concurrently; return ``(status, body)`` in input order."""
         url = urlsplit(self.url)
         local = threading.local()
         opened: list[http.client.HTTPConnection] = []
-        body = json.dumps({"features": list(features)})
+        body = json.dumps({"features": list(features), **({"attributes": attributes} if attributes is not None else {})})
 
         def one(user_id: str) -> tuple[int, dict[str, Any]]:
             if not hasattr(local, "conn"):

@@ -115,6 +115,37 @@ def test_invalid_fault_is_rejected_with_the_field(served: Served) -> None:
     assert response.json()["detail"].startswith("latency: Extra inputs")
 
 
+def test_attributes_are_recorded_and_a_fault_can_be_confined_to_them(served: Served) -> None:
+    served.setup("churn", {"v1": 100})
+    served.admin("PUT", "/faults/v1", json={"error_rate": 1.0, "when": {"device": "android"}}).raise_for_status()
+    android = served.predict_many("churn", ["a1", "a2"], attributes={"device": "android", "region": "eu-west"})
+    ios = served.predict_many("churn", ["i1", "i2"], attributes={"device": "ios"})
+    bare = served.predict_many("churn", ["b1"])
+    assert [s for s, _ in android] == [500, 500] and [s for s, _ in ios + bare] == [200, 200, 200]
+    rows = served.rows("SELECT json_extract(attributes, '$.device'), error FROM requests ORDER BY id")
+    assert sorted(rows, key=str) == sorted([("android", 1), ("android", 1), ("ios", 0), ("ios", 0), (None, 0)], key=str)
+    text = requests.get(f"{served.url}/metrics", timeout=5).text  # the attributes are labels too
+    assert _sample(text, "canary_request_errors_total", version="v1", device="android", region="eu-west") == 2
+    assert _sample(text, "canary_requests_total", version="v1", device="ios") == 2
+    # The segment derived from X-User-Id is an attribute to the faults too.
+    served.admin("PUT", "/faults/v1", json={"error_rate": 1.0, "when": {"segment": "nobody"}}).raise_for_status()
+    assert [s for s, _ in served.predict_many("churn", ["a1"], attributes={"device": "android"})] == [200]
+
+
+@pytest.mark.parametrize(("attributes", "detail"), [
+    ({"Device": "ios"}, "attributes.Device.[key]: String should match pattern"),
+    ({"device": ""}, "attributes.device: String should have at least 1 character"),
+    ({"device": "x" * 65}, "attributes.device: String should have at most 64 characters"),
+    ({f"a{i}": "v" for i in range(9)}, "attributes: Dictionary should have at most 8 items"),
+    ({"segment": "new"}, "attributes: Value error, 'segment' is reserved: the serving layer derives it"),
+    (["ios"], "attributes: Input should be a valid dictionary"),
+])
+def test_bad_attributes_are_refused_naming_the_field(served: Served, attributes, detail: str) -> None:
+    served.setup("churn", {"v1": 100})
+    [(status, body)] = served.predict_many("churn", ["u1"], attributes=attributes)
+    assert status == 422 and body["detail"].startswith(detail), body
+
+
 def test_latency_fault_delays_every_answer(served: Served) -> None:
     served.setup("churn", {"v1": 100})
     served.admin("PUT", "/faults/v1", json={"latency_ms": 60}).raise_for_status()
@@ -216,10 +247,14 @@ def test_remove_refuses_a_version_with_traffic(served: Served) -> None:
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
-    """Return the value of the one sample of ``name`` with exactly ``labels``."""
-    rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    [value] = re.findall(rf"^{re.escape(name)}\{{{re.escape(rendered)}\}} (\S+)$", text, flags=re.M)
-    return float(value)
+    """Return the sum of the samples of ``name`` whose labels include ``labels`` (at least one sample)."""
+    found = []
+    for body, value in re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, flags=re.M):
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', body))
+        if all(have.get(k) == v for k, v in labels.items()):
+            found.append(float(value))
+    assert found, f"no {name} sample with {labels}"
+    return sum(found)
 
 
 def test_metrics_exposition_has_per_version_series(served: Served) -> None:
