@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from canary.history.model import Look
-from canary.policy.decisions import GateResult
+from canary.policy.decisions import GateResult, label_of
 from canary.spec.durations import format_duration
 
 
@@ -43,7 +43,7 @@ def _num(x: Any) -> str:
 
 def _metric_part(m: Mapping[str, Any]) -> str:
     ev = m.get("evidence") or {}
-    name = m.get("metric", "?")
+    name = label_of(m) if m.get("metric") else "?"
     bits = []
     if ev.get("test") == "srm":
         observed = ev.get("observed_weight_pct")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from canary.policy.decisions import Decision
+from canary.policy.decisions import Decision, assessment_label
 from canary.policy.evidence import Snapshot
 from canary.spec.model import RolloutSpec
 
@@ -45,16 +45,6 @@ class MetricAssessment:
         if self.segment is not None:
             d |= {"segment": self.segment, "label": self.label}
         return d
-
-
-def assessment_label(metric: str, segment: str | None) -> str:
-    """Return the name of a metric's test overall (``metric``) or in a segment (``metric in segment by=value``)."""
-    return metric if segment is None else f"{metric} in segment {segment}"
-
-
-def label_of(item: Mapping[str, Any]) -> str:
-    """Return the label of an assessment given as :meth:`MetricAssessment.to_dict` (older records: the metric)."""
-    return str(item.get("label") or item.get("metric"))
 
 
 class Analyzer(Protocol):

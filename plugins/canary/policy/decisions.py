@@ -113,3 +113,13 @@ def decide_outcome(*, promoted: Mapping[str, Any] | None, rollbacks: Sequence[Ma
     return Finalization(outcome=outcome, reason=reason,
                         return_to_stable=unsettled and not dry_run and not rollbacks and lease_lost is None,
                         release_lease=not dry_run and lease_lost is None)
+
+
+def assessment_label(metric: str, segment: str | None) -> str:
+    """Return the name of a metric's test overall (``metric``) or in a segment (``metric in segment by=value``)."""
+    return metric if segment is None else f"{metric} in segment {segment}"
+
+
+def label_of(item: Mapping[str, Any]) -> str:
+    """Return the label of an assessment given as :meth:`MetricAssessment.to_dict` (older records: the metric)."""
+    return str(item.get("label") or item.get("metric"))

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from canary.policy.decisions import label_of
 from canary.spec.durations import format_duration
 
 #: XCom key under which the gate task pushes the Markdown.
@@ -116,7 +117,7 @@ def gate_evidence_markdown(result: Mapping[str, Any], *, action: str | None = No
                   "|---|---|---:|---|---|---|"]
         for m in metrics:
             e, bounds, tolerance = _test_cells(str(m.get("kind", "")), m.get("evidence") or {})
-            lines.append(f"| {_cell(m.get('metric'))} | {_cell(m.get('decision'))} | {e} | {bounds} | "
+            lines.append(f"| {_cell(label_of(m))} | {_cell(m.get('decision'))} | {e} | {bounds} | "
                          f"{tolerance} | {_cell(m.get('reason'))} |")
     elif not ev:
         lines += ["", "No evidence recorded for this look."]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canary.history.model import Look
+from canary.policy.decisions import label_of
 from canary.report.sentence import assessment
 
 CANARY_COLOR = "#d9480f"
@@ -323,8 +324,11 @@ def metric_names(looks: Sequence[Look]) -> list[str]:
     names: list[str] = []
     for look in looks:
         for item in look.evidence.get("metrics") or ():
-            name = str(item.get("metric"))
-            if item.get("kind") != "srm" and name not in names:
+            name = label_of(item)
+            # Charts for every metric overall; in a segment only for a test that stopped the rollout (the
+            # report's segment table holds the others).
+            stopped = item.get("decision") in ("rollback", "halt")
+            if item.get("kind") != "srm" and name not in names and (not item.get("segment") or stopped):
                 names.append(name)
     return names
 

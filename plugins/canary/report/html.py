@@ -100,12 +100,20 @@ _TEMPLATE = """<!DOCTYPE html>
 {% if metrics %}
 <h2>Metrics</h2>
 {% for m in metrics %}
-<section class="metric" id="metric-{{ m.name }}">
+<section class="metric" id="metric-{{ m.slug }}">
   <h3>{{ m.name }}{% if m.kind != m.name %} <span class="meta">{{ m.kind.replace("_", " ") }}</span>{% endif %}</h3>
   <p class="verdict">latest verdict: <span class="d-{{ m.decision }}">{{ m.decision }}</span> · {{ m.reason }}</p>
   <div class="row">{% for svg in m.svgs %}<div class="chart">{{ svg }}</div>{% endfor %}</div>
 </section>
 {% endfor %}
+{% endif %}
+{% if segments %}
+<h2>Segments</h2>
+<table id="segments"><thead><tr><th>stage</th><th>segment</th><th>test</th><th class="num">share of canary requests</th>
+<th>required to advance</th><th>verdict</th><th>numbers</th></tr></thead><tbody>
+{% for r in segments %}<tr><td>{{ r.stage }}</td><td>{{ r.segment }}</td><td>{{ r.test }}</td><td class="num">{{ r.share }}</td>
+<td>{{ r.required }}</td><td class="d-{{ r.decision }}">{{ r.decision }}</td><td>{{ r.numbers }}</td></tr>{% endfor %}
+</tbody></table>
 {% endif %}
 <h2>Stages</h2>
 {% if stages %}
@@ -232,6 +240,26 @@ def _requests(requests: Any, errors: Any) -> str:
         return fmt.MISSING
     rate = f", {fmt.pct(errors / requests)}" if errors is not None and requests else ""
     return f"{fmt.count(requests)} ({fmt.count(errors)}{rate})"
+
+
+def _segment_rows(looks: Sequence[Look]) -> list[dict[str, Any]]:
+    """One row per test in a segment (``analysis.segments``) at each stage's last look."""
+    rows = []
+    for index, look in last_look_per_stage(looks).items():
+        for item in look.evidence.get("metrics") or ():
+            if not item.get("segment"):
+                continue
+            ev = item.get("evidence") or {}
+            rows.append({"stage": index + 1, "segment": str(item["segment"]), "test": str(item.get("metric")),
+                         "share": fmt.pct(ev.get("canary_share")),
+                         "required": "yes" if ev.get("required") else "no",
+                         "decision": str(item.get("decision", "")), "numbers": metric_phrase(item)})
+    return rows
+
+
+def _slug(name: str) -> str:
+    """Return ``name`` as an HTML id: letters, digits, ``_`` and ``-``."""
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
 
 
 def _srm_rows(looks: Sequence[Look]) -> list[dict[str, Any]]:
@@ -371,7 +399,7 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
         svgs = [Markup(charts.to_svg(chart, prefix=f"m{i}{k}"))
                 for k, chart in enumerate(charts.metric_charts(looks, name, started_at_s=record.started_at_s,
                                                                now_s=chart_now))]
-        metrics.append({"name": name, "kind": str(latest.get("kind", "")), "svgs": svgs,
+        metrics.append({"name": name, "slug": _slug(name), "kind": str(latest.get("kind", "")), "svgs": svgs,
                         "decision": str(latest.get("decision", "")), "reason": metric_phrase(latest) if latest else ""})
     duration = (record.finished_at_s or now) - record.started_at_s
     started_by = record.started_by.value.replace("_", " ") + (f" ({record.started_by_detail})"
@@ -400,7 +428,7 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
         badge=_outcome_badge(record), meta=meta, sentence=headline(record, looks, events, report=report, now_s=now),
         live_facts=_live_facts(record, looks, now) if is_live else [],
         traffic_svg=Markup(charts.to_svg(traffic, prefix="traffic")) if traffic else None, metrics=metrics,
-        stages=_stage_rows(looks), planned=planned, srm=_srm_rows(looks),
+        stages=_stage_rows(looks), planned=planned, srm=_srm_rows(looks), segments=_segment_rows(looks),
         shadow=_shadow_section(_shadow_verdict(events, report)), approvals=_approvals(events), run_rows=run_rows,
         spec_yaml=_spec_yaml(record.spec),
         footer=(f"{'Live page, refreshes every ' + fmt.duration(_refresh_s(record)) + '; ' if is_live else ''}"

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from canary.history.model import Look
+from canary.policy.decisions import label_of
 from canary.report import format as fmt
 from canary.report.sentence import outcome_sentence
 
@@ -108,7 +109,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             if s.get("metrics"):
                 lines += [f"### Stage {s['stage']} metrics", "", "| metric | verdict | numbers | why |",
                           "|---|---|---|---|"]
-                lines += [f"| {m['metric']} | {m['decision']} | {_cell(_metric_numbers(m))} | {_cell(m['reason'])} |"
+                lines += [f"| {label_of(m)} | {m['decision']} | {_cell(_metric_numbers(m))} | {_cell(m['reason'])} |"
                           for m in s["metrics"]]
                 lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from canary.history.model import Look
+from canary.policy.decisions import label_of
 from canary.report import format as fmt
 
 #: Gate decisions that end a stage without advancing it.
@@ -24,7 +25,7 @@ def assessment(look: Look | None, metric: str | None) -> Mapping[str, Any] | Non
     if look is None or metric is None:
         return None
     for item in look.evidence.get("metrics") or ():
-        if item.get("metric") == metric:
+        if label_of(item) == metric:
             return item
     return None
 
@@ -55,13 +56,14 @@ def _rate(events: Any, exposure: Any) -> float | None:
 def _label_what(item: Mapping[str, Any]) -> str:
     """Name what a label test counts: ``error rate``, ``conversion rate``, ``latency_tail (share slower than 200 ms)``."""
     name, kind, ev = str(item.get("metric")), str(item.get("kind")), item.get("evidence") or {}
+    where = f" in segment {item['segment']}" if item.get("segment") else ""
     if kind == "error_rate":
-        return "error rate" if name == "error_rate" else f"{name} (error rate)"
+        return f"error rate{where}" if name == "error_rate" else f"{name}{where} (error rate)"
     if kind == "kpi":
-        return f"{name} rate"
+        return f"{name} rate{where}"
     threshold = ev.get("threshold_ms")
     slower = f"share slower than {fmt.sig(threshold)} ms" if threshold is not None else "slow-request share"
-    return f"{name} ({slower})"
+    return f"{name}{where} ({slower})"
 
 
 def _evidence_clause(ev: Mapping[str, Any]) -> str:
@@ -70,10 +72,11 @@ def _evidence_clause(ev: Mapping[str, Any]) -> str:
 
 def regression_phrase(item: Mapping[str, Any]) -> str:
     """Word the numbers behind a metric's ROLLBACK (or a sample-ratio mismatch's HALT)."""
-    kind, name, ev = str(item.get("kind")), str(item.get("metric")), item.get("evidence") or {}
+    kind, name, ev = str(item.get("kind")), label_of(item), item.get("evidence") or {}
     test = ev.get("test")
     if kind == "srm" or test == "srm":
-        return (f"traffic split {fmt.pct_points(ev.get('observed_weight_pct'))} canary vs "
+        where = f" in segment {item['segment']}" if item.get("segment") else ""
+        return (f"traffic split{where} {fmt.pct_points(ev.get('observed_weight_pct'))} canary vs "
                 f"{fmt.pct_points(ev.get('configured_weight_pct'))} configured (sample-ratio mismatch; "
                 f"{_evidence_clause(ev)})")
     if test == "tv_confidence_sequence":
@@ -99,7 +102,7 @@ def regression_phrase(item: Mapping[str, Any]) -> str:
 
 def within_phrase(item: Mapping[str, Any]) -> str:
     """Word a metric's non-inferiority (ADVANCE) or where it stands (CONTINUE) in a few numbers."""
-    name, ev = str(item.get("metric")), item.get("evidence") or {}
+    name, ev = label_of(item), item.get("evidence") or {}
     test = ev.get("test")
     if test == "tv_confidence_sequence":
         return (f"{name} shift at most {fmt.sig(ev.get('tv_upper'), 2)}, "
@@ -108,7 +111,8 @@ def within_phrase(item: Mapping[str, Any]) -> str:
         lower_is_harm = (ev.get("tolerance_ratio") or 2.0) < 1.0
         bound = (f"at least {fmt.ratio(ev.get('ratio_lower'))}" if lower_is_harm
                  else f"at most {fmt.ratio(ev.get('ratio_upper'))}")
-        label = name.replace("_", " ") if name == "error_rate" else name
+        label = "error rate" if item.get("metric") == "error_rate" else str(item.get("metric"))
+        label += f" in segment {item['segment']}" if item.get("segment") else ""
         return f"{label} ratio {bound}, tolerance {fmt.ratio(ev.get('tolerance_ratio'))}"
     return f"{name}: {item.get('reason', '')}".rstrip(": ")
 
@@ -170,7 +174,7 @@ def _stopping_clause(look: Look) -> str:
 
 
 def _undecided_phrase(item: Mapping[str, Any]) -> str:
-    name, ev = str(item.get("metric")), item.get("evidence") or {}
+    name, ev = label_of(item), item.get("evidence") or {}
     if ev.get("test") == "tv_confidence_sequence":
         return (f"{name} undecided (TV between {fmt.sig(ev.get('tv_lower'), 2)} and "
                 f"{fmt.sig(ev.get('tv_upper'), 2)}, tolerance {fmt.sig(ev.get('tolerance'), 2)})")

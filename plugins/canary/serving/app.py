@@ -22,7 +22,7 @@ Admin (``Authorization: Bearer <token>``; every call is idempotent; errors are `
     PUT    /admin/endpoints/{endpoint}/weights             {"weights": {"v1": 90, "v2": 10}} (whole split)
     PUT    /admin/endpoints/{endpoint}/mirror              {"version": "v2", "percent": 100}
     DELETE /admin/endpoints/{endpoint}/mirror
-    PUT    /admin/faults/{version}                         Faults fields (replaces; all zero clears)
+    PUT    /admin/faults/{version}                         Faults fields, or a list of them (replaces; all zero clears)
     DELETE /admin/faults/{version}
     POST   /admin/flush                                    return once every answer so far is in the store
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import random
 import secrets
@@ -54,6 +55,7 @@ from pydantic import (
     Field,
     FiniteFloat,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -70,14 +72,22 @@ from canary.serving.feedback import (
     Served,
 )
 from canary.serving.model import N_FEATURES
-from canary.serving.state import AdminError, Faults, Mirror, ServingState, user_bucket, user_segment
+from canary.serving.state import (
+    AdminError,
+    Faults,
+    Mirror,
+    ServingState,
+    combine_faults,
+    user_bucket,
+    user_segment,
+)
 from canary.serving.store import MetricsStore, RequestRecord
 from canary.spec import defaults
 
 #: Synthetic KPI: P(event) = (KPI_BASE + KPI_SLOPE * model score) * (1 - kpi_drop), about 0.1 on average.
 KPI_BASE = 0.05
 KPI_SLOPE = 0.1
-_NO_FAULTS = Faults()
+_FAULT_LIST: TypeAdapter[list[Faults]] = TypeAdapter(list[Faults])
 #: Attributes per prediction request, at most.
 MAX_ATTRIBUTES = 8
 
@@ -168,9 +178,7 @@ class _Service:
     async def answer(self, request: _Request, version: str, *, mirrored: bool) -> _Answer:
         """Compute one version's answer with its faults applied, and record it."""
         started = time.perf_counter()
-        faults = self.state.faults.get(version, _NO_FAULTS)
-        if not request.matches(faults):
-            faults = _NO_FAULTS
+        faults = combine_faults([f for f in self.state.faults.get(version, ()) if request.matches(f)])
         raw_score = self.state.models[version].score(request.features)
         delay_ms = self.rng.uniform(*self.jitter_ms) + faults.latency_ms
         if self.rng.random() < faults.tail_fraction:
@@ -239,7 +247,7 @@ def _validation_detail(err: RequestValidationError | ValidationError, *, skip: i
 
 
 def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Sequence[str]] | None = None,
-               faults: Mapping[str, Faults] | None = None, seed: int | None = None,
+               faults: Mapping[str, Faults | Sequence[Faults]] | None = None, seed: int | None = None,
                jitter_ms: tuple[float, float] = (0.5, 3.0), flush_interval_s: float = 0.25,
                feedback_token: str | None = None, feedback_retention_s: float = DEFAULT_RETENTION_S,
                feedback_rate_per_s: float = DEFAULT_RATE_PER_S, feedback_burst: int = DEFAULT_BURST) -> FastAPI:
@@ -247,7 +255,7 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
 
     :param token: bearer token of the admin API (required: the admin API is never open).
     :param deployments: endpoint -> versions deployed at start-up; the first version gets 100%.
-    :param faults: version -> faults injected from start-up.
+    :param faults: version -> faults (one, or several) injected from start-up.
     :param seed: seed of jitter, injected errors, mirroring and KPI draws (None: nondeterministic).
     :param jitter_ms: range of the uniform random base latency added to every answer.
     :param feedback_token: bearer token of the feedback route (default: the admin token).
@@ -358,14 +366,23 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
         return state.set_mirror(endpoint, None).to_dict()
 
     @admin.put("/faults/{version}")
-    async def set_faults(version: str, body: Faults) -> dict[str, Any]:
+    async def set_faults(version: str, request: Request) -> Any:
+        raw = await request.body()
+        try:
+            parsed = json.loads(raw or b"null")
+        except ValueError:
+            raise AdminError(422, "body: not JSON: give the Faults fields, or a list of them") from None
+        try:
+            body = _FAULT_LIST.validate_python(parsed) if isinstance(parsed, list) else Faults.model_validate(parsed)
+        except ValidationError as err:
+            return JSONResponse({"detail": _validation_detail(err, skip=0)}, status_code=422)
         state.set_faults(version, body)
-        return {"version": version, "faults": body.model_dump()}
+        return {"version": version, "faults": state.faults_of(version)}
 
     @admin.delete("/faults/{version}")
     async def clear_faults(version: str) -> dict[str, Any]:
         state.set_faults(version, None)
-        return {"version": version, "faults": _NO_FAULTS.model_dump()}
+        return {"version": version, "faults": state.faults_of(version)}
 
     @admin.post("/flush")
     async def flush() -> dict[str, bool]:

@@ -37,12 +37,16 @@ def parse_fault(text: str) -> tuple[str, Faults]:
     if not sep or not version or not assignments:
         raise argparse.ArgumentTypeError(f"invalid fault {text!r}; use VERSION:key=value,... "
                                          f"with keys {', '.join(Faults.model_fields)}")
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for item in assignments.split(","):
         key, eq, value = item.partition("=")
         if not eq:
             raise argparse.ArgumentTypeError(f"invalid fault {text!r}: {item!r} is not key=value")
-        values[key.strip()] = value.strip()
+        key = key.strip()
+        if key.startswith("when."):  # when.device=android: only requests with that attribute
+            values.setdefault("when", {})[key.removeprefix("when.")] = value.strip()
+        else:
+            values[key] = value.strip()
     try:
         return version, Faults(**values)
     except ValidationError as err:
@@ -71,7 +75,9 @@ def register(subparsers: Any) -> None:
                        help="version to deploy on --endpoint; the first gets 100%%, later ones 0%% (repeatable)")
     serve.add_argument("--fault", action="append", default=[], type=parse_fault, dest="faults",
                        metavar="VERSION:key=value,...",
-                       help="inject faults into a version, e.g. v2:error_rate=0.05,latency_ms=40 (repeatable)")
+                       help="inject faults into a version, e.g. v2:error_rate=0.05,latency_ms=40, or only into "
+                            "requests with an attribute: v2:error_rate=0.1,when.device=android (repeatable; a "
+                            "version's faults all apply)")
     serve.add_argument("--seed", type=int, default=None, help="seed of jitter, errors and KPI draws")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=_serve, parser=serve)
@@ -100,7 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.endpoint) != bool(args.versions):
         args.parser.error("--endpoint and --version go together")
     deployments = {args.endpoint: args.versions} if args.endpoint else None
-    run_server(args.host, args.port, args.db, args.token, deployments=deployments, faults=dict(args.faults),
+    faults: dict[str, list[Any]] = {}
+    for version, version_faults in args.faults:  # a version's --fault flags all apply
+        faults.setdefault(version, []).append(version_faults)
+    run_server(args.host, args.port, args.db, args.token, deployments=deployments, faults=faults,
                seed=args.seed, log_level=args.log_level, feedback_token=args.feedback_token)
     return 0
 

@@ -7,8 +7,9 @@ responses. Methods are called from the event loop only, so no locking is needed.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,31 @@ class Faults(BaseModel):
     def applies_to(self, attributes: Mapping[str, str]) -> bool:
         """Whether the faults apply to a request with ``attributes``."""
         return all(attributes.get(k) == v for k, v in self.when.items())
+
+
+NO_FAULTS = Faults()
+
+
+def combine_faults(faults: Sequence[Faults]) -> Faults:
+    """Return the faults of a version that apply to one request as one (``faults`` all match it).
+
+    Probabilities compose as independent events (error rate, KPI drop, broken scores, the tail), delays and
+    score shifts add, the longest tail delay stands. One fault is returned as it is.
+    """
+    if len(faults) == 1:
+        return faults[0]
+    if not faults:
+        return NO_FAULTS
+
+    def union(values: Iterable[float]) -> float:
+        return 1.0 - math.prod(1.0 - v for v in values)
+
+    return Faults(error_rate=union(f.error_rate for f in faults), latency_ms=sum(f.latency_ms for f in faults),
+                  tail_latency_ms=max(f.tail_latency_ms for f in faults),
+                  tail_fraction=union(f.tail_fraction for f in faults),
+                  prediction_shift=max(-1.0, min(1.0, sum(f.prediction_shift for f in faults))),
+                  kpi_drop=union(f.kpi_drop for f in faults),
+                  score_out_of_range=union(f.score_out_of_range for f in faults))
 
 
 class Mirror(BaseModel):
@@ -136,7 +162,8 @@ class ServingState:
 
     def __init__(self) -> None:
         self.endpoints: dict[str, Endpoint] = {}
-        self.faults: dict[str, Faults] = {}
+        #: Per version, every fault injected into it (each may be confined to some requests by ``when``).
+        self.faults: dict[str, tuple[Faults, ...]] = {}
         self.models: dict[str, LogisticModel] = {}
 
     def endpoint(self, name: str) -> Endpoint:
@@ -194,13 +221,25 @@ class ServingState:
         ep.weights.pop(version, None)
         return ep
 
-    def set_faults(self, version: str, faults: Faults | None) -> None:
-        """Set (replace) or clear the faults of a version; it need not be deployed yet."""
-        if faults is None or faults == Faults():
+    def set_faults(self, version: str, faults: Faults | Sequence[Faults] | None) -> None:
+        """Set (replace) or clear the faults of a version; it need not be deployed yet.
+
+        Several faults apply together (:func:`combine_faults`), each to the requests its ``when`` matches.
+        """
+        found = () if faults is None else (faults,) if isinstance(faults, Faults) else tuple(faults)
+        found = tuple(f for f in found if f != NO_FAULTS)
+        if not found:
             self.faults.pop(version, None)
         else:
-            self.faults[check_name("version", version)] = faults
+            self.faults[check_name("version", version)] = found
+
+    def faults_of(self, version: str) -> dict[str, Any] | list[dict[str, Any]]:
+        """Return a version's faults as the admin API shows them: one object, or a list of several."""
+        found = self.faults.get(version, ())
+        if len(found) <= 1:
+            return (found[0] if found else NO_FAULTS).model_dump()
+        return [f.model_dump() for f in found]
 
     def to_dict(self) -> dict[str, Any]:
         return {"endpoints": {name: ep.to_dict() for name, ep in sorted(self.endpoints.items())},
-                "faults": {version: f.model_dump() for version, f in sorted(self.faults.items())}}
+                "faults": {version: self.faults_of(version) for version in sorted(self.faults)}}

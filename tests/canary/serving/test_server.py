@@ -11,6 +11,8 @@ import pytest
 import requests
 from serving_harness import FEATURES, Served
 
+from canary.serving.state import Faults
+
 
 def test_healthz_needs_no_token(served: Served) -> None:
     response = requests.get(f"{served.url}/healthz", timeout=5)
@@ -127,6 +129,16 @@ def test_attributes_are_recorded_and_a_fault_can_be_confined_to_them(served: Ser
     text = requests.get(f"{served.url}/metrics", timeout=5).text  # the attributes are labels too
     assert _sample(text, "canary_request_errors_total", version="v1", device="android", region="eu-west") == 2
     assert _sample(text, "canary_requests_total", version="v1", device="ios") == 2
+    # Several faults of one version apply together, each where its `when` matches.
+    both = [{"error_rate": 1.0, "when": {"device": "android"}}, {"latency_ms": 30}]
+    assert served.admin("PUT", "/faults/v1", json=both).json()["faults"] == [
+        {**Faults(**f).model_dump()} for f in both]
+    started = time.perf_counter()
+    assert [s for s, _ in served.predict_many("churn", ["i3"], attributes={"device": "ios"})] == [200]
+    assert time.perf_counter() - started >= 0.03
+    assert [s for s, _ in served.predict_many("churn", ["a3"], attributes={"device": "android"})] == [500]
+    bad = served.admin("PUT", "/faults/v1", json=[{"error_rate": 0.1}, {"error_rate": 2}])
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("1.error_rate: ")
     # The segment derived from X-User-Id is an attribute to the faults too.
     served.admin("PUT", "/faults/v1", json={"error_rate": 1.0, "when": {"segment": "nobody"}}).raise_for_status()
     assert [s for s, _ in served.predict_many("churn", ["a1"], attributes={"device": "android"})] == [200]

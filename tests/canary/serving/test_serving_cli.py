@@ -37,6 +37,8 @@ def test_parse_duration_rejects(text: str) -> None:
 
 def test_parse_fault() -> None:
     assert parse_fault("v2:error_rate=0.1, latency_ms=40") == ("v2", Faults(error_rate=0.1, latency_ms=40))
+    assert parse_fault("v4:error_rate=0.2,when.device=android,when.region=eu-west") == (
+        "v4", Faults(error_rate=0.2, when={"device": "android", "region": "eu-west"}))
 
 
 @pytest.mark.parametrize(("text", "message"), [
