@@ -29,9 +29,13 @@ BASE = 0.01
 # test's default output expectations must stop it.
 # v7 answers as fast and fails as rarely as stable, but adds 0.12 to every score (a miscalibrated model whose
 # predicted classes mostly stay): only the shadow test's score-shift test can see it.
+# v8 fails like stable everywhere but on the web (20% of users), where it fails 8% of requests: 2.4% overall,
+# within the error-rate tolerance (ratio 3), so only the per-segment test (SEGMENTS_MODEL) can catch it.
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
           "v4": f"error_rate={BASE}", "v5": "error_rate=0.6", "v6": f"error_rate={BASE},score_out_of_range=0.3",
-          "v7": f"error_rate={BASE},prediction_shift=0.12"}
+          "v7": f"error_rate={BASE},prediction_shift=0.12",
+          "v8": [f"error_rate={BASE}", "error_rate=0.07,when.device=web"]}
+SEGMENTS_MODEL = "e2e-segments"  # same endpoint, per-device analysis, no shadow test
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,13 @@ def e2e(tmp_path_factory):
     (specs / "e2e-broken.yaml").write_text(yaml.safe_dump(broken))
     (specs / f"{STAGED_MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(STAGED_MODEL, ENDPOINT,
                                                                          shadow={"enabled": False})))
+    segments = fast_spec(SEGMENTS_MODEL, ENDPOINT, shadow={"enabled": False})
+    segments["analysis"]["segments"] = {"by": "device", "values": ["android", "ios", "web"], "require_each": False}
+    (specs / f"{SEGMENTS_MODEL}.yaml").write_text(yaml.safe_dump(segments))
     procs = Processes()
     try:
-        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v5", "v6", "v7"),
+        with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT,
+                         versions=("v1", "v2", "v3", "v5", "v6", "v7", "v8"),
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
             yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs), "AIRFLOW_CONN_MISSING_STORE": missing_store}
@@ -138,6 +146,34 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     assert all(lk.stage_index == 0 and lk.weight_pct == FIRST_STAGE_PCT for lk in looks)
     assert looks[-1].evidence["canary_requests"] > 0 and looks[-1].observed_weight_pct is not None
     assert events[("gate", "stage_1")]["action"] == "rollback" and ("rollback", "stage_1") in events
+
+
+def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
+    stack, home, env = e2e
+    (before,) = [v for v, w in stack.weights().items() if w == 100]
+    reg = registry(stack)
+    for version in (before, "v8"):
+        reg.register_version(SEGMENTS_MODEL, version)
+    reg.set_alias(SEGMENTS_MODEL, "champion", before)
+    report = run_rollout(stack, home, "v8", extra_env=env, model=SEGMENTS_MODEL)
+    assert report["outcome"] == "rolled_back", report
+    assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): error_rate in segment device=web: e-value "), \
+        report["reason"]
+    assert stack.weights() == {before: 100}
+    _, record, looks, _ = journal(report, SEGMENTS_MODEL)
+    last = looks[-1]
+    assert last.decision == "rollback" and last.metric == "error_rate in segment device=web"
+    tests = {m.get("label", m["metric"]): m for m in last.evidence["metrics"]}
+    # Overall the canary is within tolerance, and the other devices look like stable.
+    overall = tests["error_rate"]
+    assert overall["decision"] != "rollback" and overall["evidence"]["ratio_estimate"] < 3.0, overall
+    web = tests["error_rate in segment device=web"]["evidence"]
+    assert web["canary_share"] == pytest.approx(0.2, abs=0.08) and web["ratio_lower"] > 1.0, web
+    for device in ("android", "ios"):
+        assert tests[f"error_rate in segment device={device}"]["decision"] != "rollback"
+    assert {f"srm in segment device={d}" for d in ("android", "ios", "web")} <= set(tests)
+    page = Path(record.report_location).read_text()
+    assert 'id="segments"' in page and "error rate in segment device=web" in page
 
 
 def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):

@@ -24,6 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--baseline-exceedance-rate", type=float, default=None,
                    help="share of stable requests above a latency threshold (default 1 - quantile)")
     p.add_argument("--log-latency-sd", type=float, default=0.5, help="sd of log-latency (mean-log test)")
+    p.add_argument("--segment-share", action="append", default=[], metavar="VALUE=SHARE",
+                   help="with analysis.segments: a segment's share of the traffic, e.g. web=0.2 (repeatable; "
+                        "default: equal shares)")
     p.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
     p.set_defaults(func=run_plan)
 
@@ -62,9 +65,13 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.rps <= 0:
         print(f"--rps must be > 0, got {args.rps}", file=sys.stderr)
         return 2
+    shares = _segment_shares(args.segment_share, spec)
+    if isinstance(shares, str):
+        print(shares, file=sys.stderr)
+        return 2
     rows = plan(spec, rps=args.rps, baseline_error_rate=args.baseline_error_rate,
                 baseline_kpi_rate=args.baseline_kpi_rate, baseline_exceedance_rate=args.baseline_exceedance_rate,
-                log_latency_sd=args.log_latency_sd)
+                log_latency_sd=args.log_latency_sd, segment_shares=shares)
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))
@@ -81,11 +88,20 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"{spec.model}: {args.rps:g} req/s, alpha {spec.analysis.alpha:g}, baseline error rate "
           f"{args.baseline_error_rate:g}")
     print(f"error budget: {error_budget(spec.analysis).describe()}")
-    header = ("stage", "weight", "metric", "test", "detect n", "detect t", "promote n", "promote t", "fixed n",
-              "stage decision")
-    table = [header] + [(str(r.stage), f"{r.weight_pct}%", r.metric, r.test, n(r.detect_requests), d(r.detect_s),
-                         n(r.promote_requests), d(r.promote_s), n(r.fixed_horizon_requests),
-                         d(r.stage_decision_s)) for r in rows]
+    segmented = spec.analysis.segments is not None
+    header = ("stage", "weight", *(("segment", "share") if segmented else ()), "metric", "test", "detect n",
+              "detect t", "promote n", "promote t", "fixed n", "stage decision")
+
+    def segment_cells(r: Any) -> tuple[str, ...]:
+        if not segmented:
+            return ()
+        if r.segment is None:
+            return ("overall", "100%")
+        return (r.segment, f"{100 * r.segment_share:.0f}%" + ("" if r.required else " (not required)"))
+
+    table = [header] + [(str(r.stage), f"{r.weight_pct}%", *segment_cells(r), r.metric, r.test,
+                         n(r.detect_requests), d(r.detect_s), n(r.promote_requests), d(r.promote_s),
+                         n(r.fixed_horizon_requests), d(r.stage_decision_s)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -95,6 +111,28 @@ def run_plan(args: argparse.Namespace) -> int:
         if r.warning:
             print(f"warning: {r.warning}")
     return 0
+
+
+def _segment_shares(given: list[str], spec: Any) -> dict[str, float] | None | str:
+    """Parse ``--segment-share VALUE=SHARE`` flags; a string is the problem to print."""
+    if not given:
+        return None
+    segments = spec.analysis.segments
+    if segments is None:
+        return "--segment-share: the spec has no analysis.segments"
+    shares: dict[str, float] = {}
+    for item in given:
+        value, eq, share = item.partition("=")
+        try:
+            shares[value] = float(share)
+        except ValueError:
+            shares[value] = -1.0
+        if not eq or value not in segments.values or not 0.0 <= shares[value] <= 1.0:
+            return (f"--segment-share {item!r}: give VALUE=SHARE with VALUE one of {segments.values} and SHARE in "
+                    "[0, 1], e.g. web=0.2")
+    if sum(shares.values()) > 1.0 + 1e-9:
+        return f"--segment-share: the shares add up to {sum(shares.values()):g}, more than 1"
+    return shares
 
 
 def run_replay(args: argparse.Namespace) -> int:

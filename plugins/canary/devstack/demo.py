@@ -119,11 +119,12 @@ DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"erro
 
 @contextlib.contextmanager
 def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
-                versions: Sequence[str] = (STABLE, GOOD, FAULTY), faults: Mapping[str, str] = DEMO_FAULTS,
-                rps: float = DEMO_RPS) -> Iterator[LocalStack]:
+                versions: Sequence[str] = (STABLE, GOOD, FAULTY),
+                faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS) -> Iterator[LocalStack]:
     """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
 
-    :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them.
+    :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them, or a list of such
+        (they all apply, e.g. a baseline error rate and more errors for one device).
     """
     if state_dir.exists():
         shutil.rmtree(state_dir)
@@ -132,7 +133,7 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
                        endpoint=endpoint)
     seed_registry(stack, versions)
     canary = [sys.executable, "-m", "canary"]
-    fault_args = [f"{v}:{f}" for v, f in faults.items()]
+    fault_args = [f"{v}:{f}" for v, found in faults.items() for f in ([found] if isinstance(found, str) else found)]
     serve_log = open(state_dir / "serve.log", "w")
     serve = procs.start("serve", [*canary, "serve", "--host", "127.0.0.1", "--port", str(stack.port),
                           "--db", str(stack.metrics_db),

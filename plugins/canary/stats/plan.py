@@ -14,6 +14,7 @@ Each stage is planned on its own (evidence carried from earlier stages only make
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +45,11 @@ class PlanRow:
     promote_s: float | None
     stage_decision_s: float | None  # promotion also waits for min_duration and min_requests
     warning: str | None
+    #: ``by=value`` for a segment's test (``analysis.segments``), None overall; its share of the traffic.
+    segment: str | None = None
+    segment_share: float | None = None
+    #: Whether the stage waits for this test to show non-inferiority (a small segment's only rolls back).
+    required: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,8 +143,9 @@ def _tv_costs(metric: MetricSpec, rho: float, a_rb: float, a_pr: float,
 
 
 def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, baseline_kpi_rate: float = 0.05,
-         baseline_exceedance_rate: float | None = None, log_latency_sd: float = 0.5) -> list[PlanRow]:
-    """Return one :class:`PlanRow` per compared stage (weight < 100) and metric.
+         baseline_exceedance_rate: float | None = None, log_latency_sd: float = 0.5,
+         segment_shares: Mapping[str, float] | None = None) -> list[PlanRow]:
+    """Return one :class:`PlanRow` per compared stage (weight < 100) and metric, overall then per segment.
 
     Parameters
     ----------
@@ -150,56 +157,92 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
         Stable's share of requests above a latency metric's threshold; defaults to ``1 - quantile``.
     log_latency_sd : float
         Standard deviation of log-latency, for the mean-log-latency test.
+    segment_shares : mapping or None
+        With ``analysis.segments``: each segment's share of the traffic (default: equal shares); a segment
+        is tested on its share of the requests at its level of the error budget.
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
     budget = error_budget(spec.analysis)
+    scopes: list[tuple[str | None, float, Any, bool]] = [(None, 1.0, budget, True)]
+    segments = spec.analysis.segments
+    if segments is not None:
+        shares = dict(segment_shares or {v: 1.0 / len(segments.values) for v in segments.values})
+        unknown = sorted(set(shares) - set(segments.values))
+        if unknown:
+            raise ValueError(f"segment shares for {unknown}: not in analysis.segments.values {segments.values}")
+        seg_budget = budget.for_segment()
+        scopes += [(segments.label(v), shares.get(v, 0.0), seg_budget,
+                    segments.require_each and shares.get(v, 0.0) >= segments.min_share) for v in segments.values]
     alpha = budget.promote_alpha
     rows: list[PlanRow] = []
     for idx, stage in enumerate(spec.stages):
         if stage.weight >= 100:
             continue
         rho = stage.weight / 100.0
-        canary_rps = rps * rho
-        for m in spec.analysis.metrics:
-            a_rb = budget.metric(m.name)
-            log_rb, log_pr = math.log(1.0 / a_rb), math.log(1.0 / alpha)
-            if m.kind is MetricKind.ERROR_RATE:
-                test, costs = "label", _label_costs(m, rho, baseline_error_rate, log_rb, log_pr)
-            elif m.kind is MetricKind.KPI:
-                test, costs = "label", _label_costs(m, rho, baseline_kpi_rate, log_rb, log_pr)
-            elif m.kind is MetricKind.LATENCY and m.threshold_ms is None and m.quantile is not None \
-                    and m.quantile <= 0.5:
-                test, costs = "msprt_mean_log_latency", _msprt_costs(m, rho, log_latency_sd, log_rb, alpha)
-            elif m.kind is MetricKind.LATENCY:
-                rate = baseline_exceedance_rate if baseline_exceedance_rate is not None else (
-                    1.0 - (m.quantile if m.quantile is not None else 0.99))
-                test, costs = "label_exceedance", _label_costs(m, rho, rate, log_rb, log_pr)
-            else:
-                test, costs = "tv_confidence_sequence", _tv_costs(m, rho, a_rb, alpha)
-            rows.append(_row(idx, stage, m, test, a_rb, costs, canary_rps))
+        for segment, share, scope_budget, required in scopes:
+            canary_rps = rps * rho * share
+            for m in spec.analysis.metrics:
+                a_rb = scope_budget.metric(m.name)
+                test, costs = _costs(m, rho, a_rb, alpha, baseline_error_rate=baseline_error_rate,
+                                     baseline_kpi_rate=baseline_kpi_rate,
+                                     baseline_exceedance_rate=baseline_exceedance_rate, log_latency_sd=log_latency_sd)
+                rows.append(_row(idx, stage, m, test, a_rb, costs, canary_rps, segment=segment,
+                                 segment_share=share if segment else None, required=required))
     return rows
 
 
+def _costs(m: MetricSpec, rho: float, a_rb: float, alpha: float, *, baseline_error_rate: float,
+           baseline_kpi_rate: float, baseline_exceedance_rate: float | None,
+           log_latency_sd: float) -> tuple[str, tuple[float | None, float | None, float | None]]:
+    log_rb, log_pr = math.log(1.0 / a_rb), math.log(1.0 / alpha)
+    if m.kind is MetricKind.ERROR_RATE:
+        return "label", _label_costs(m, rho, baseline_error_rate, log_rb, log_pr)
+    if m.kind is MetricKind.KPI:
+        return "label", _label_costs(m, rho, baseline_kpi_rate, log_rb, log_pr)
+    if m.kind is MetricKind.LATENCY and m.threshold_ms is None and m.quantile is not None and m.quantile <= 0.5:
+        return "msprt_mean_log_latency", _msprt_costs(m, rho, log_latency_sd, log_rb, alpha)
+    if m.kind is MetricKind.LATENCY:
+        rate = baseline_exceedance_rate if baseline_exceedance_rate is not None else (
+            1.0 - (m.quantile if m.quantile is not None else 0.99))
+        return "label_exceedance", _label_costs(m, rho, rate, log_rb, log_pr)
+    return "tv_confidence_sequence", _tv_costs(m, rho, a_rb, alpha)
+
+
 def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str, rollback_alpha: float,
-         costs: tuple[float | None, float | None, float | None], canary_rps: float) -> PlanRow:
+         costs: tuple[float | None, float | None, float | None], canary_rps: float, *, segment: str | None = None,
+         segment_share: float | None = None, required: bool = True) -> PlanRow:
     detect, promote, fixed = costs
 
     def secs(n: float | None) -> float | None:
-        return None if n is None else n / canary_rps
+        return None if n is None or canary_rps <= 0 else n / canary_rps
 
     decision_s = None
-    if promote is not None:
+    if promote is not None and canary_rps > 0:
         decision_s = max(promote / canary_rps, stage.min_duration_s, stage.min_requests / canary_rps)
+    name = m.name if segment is None else f"{m.name} in segment {segment}"
     warning = None
-    if decision_s is None or decision_s > stage.max_duration_s:
+    if not required:
+        detect_s = secs(detect)
+        if detect_s is None or detect_s > stage.max_duration_s:
+            warning = (f"stage {idx} ({stage.weight}%): {name} ({_share(segment_share)} of the traffic) cannot "
+                       f"detect its MDE within max_duration {stage.max_duration_s:.0f}s: too small a segment to "
+                       "decide within the stage")
+    elif decision_s is None or decision_s > stage.max_duration_s:
         need = "never" if decision_s is None else f"{decision_s:.0f}s"
-        warning = (f"stage {idx} ({stage.weight}%): {m.name} needs {need} to show non-inferiority on a healthy "
-                   f"canary, beyond max_duration {stage.max_duration_s:.0f}s (the stage will time out)")
+        small = f" ({_share(segment_share)} of the traffic: too small a segment to decide within the stage)" \
+            if segment else ""
+        warning = (f"stage {idx} ({stage.weight}%): {name} needs {need} to show non-inferiority on a healthy "
+                   f"canary, beyond max_duration {stage.max_duration_s:.0f}s (the stage will time out){small}")
     elif detect is None or detect / canary_rps > stage.max_duration_s:
-        warning = (f"stage {idx} ({stage.weight}%): {m.name} cannot detect its MDE within max_duration "
+        warning = (f"stage {idx} ({stage.weight}%): {name} cannot detect its MDE within max_duration "
                    f"{stage.max_duration_s:.0f}s")
     return PlanRow(stage=idx, weight_pct=stage.weight, metric=m.name, kind=m.kind.value, test=test,
                    rollback_alpha=rollback_alpha,
                    detect_requests=detect, promote_requests=promote, fixed_horizon_requests=fixed,
-                   detect_s=secs(detect), promote_s=secs(promote), stage_decision_s=decision_s, warning=warning)
+                   detect_s=secs(detect), promote_s=secs(promote), stage_decision_s=decision_s, warning=warning,
+                   segment=segment, segment_share=segment_share, required=required)
+
+
+def _share(share: float | None) -> str:
+    return f"{100 * (share or 0.0):.0f}%"

@@ -144,6 +144,38 @@ def test_plan_warns_when_a_stage_cannot_decide(spec_path, capsys):
     assert any(line.startswith("warning: stage 0 (5%)") for line in lines)
 
 
+SEGMENTED = SPEC + """\
+  segments: {{by: device, values: [android, ios, web]}}
+"""
+
+
+def test_plan_shows_each_segments_time_to_a_decision_and_warns_about_a_small_one(tmp_path, capsys):
+    path = tmp_path / "seg.yaml"
+    path.write_text(SEGMENTED.format(model="seg"))
+    code, lines, _ = run_cli(capsys, "plan", str(path), "--rps", "400", "--segment-share", "android=0.6",
+                             "--segment-share", "ios=0.38", "--segment-share", "web=0.02", "--json")
+    assert code == 0
+    rows = {(r["stage"], r["segment"], r["metric"]): r for r in map(json.loads, lines)}
+    overall, android, web = (rows[(0, s, "error_rate")] for s in (None, "device=android", "device=web"))
+    # A segment sees its share of the canary requests and tests at its share of the error budget.
+    assert android["rollback_alpha"] == pytest.approx(overall["rollback_alpha"] / 3)
+    assert android["detect_requests"] > overall["detect_requests"]
+    assert android["detect_s"] == pytest.approx(android["detect_requests"] / (400 * 0.05 * 0.6))
+    assert web["required"] is False and android["required"] is True and web["segment_share"] == 0.02
+    assert "too small a segment to decide within the stage" in web["warning"]
+    code, lines, _ = run_cli(capsys, "plan", str(path), "--rps", "400")  # equal shares by default
+    assert code == 0 and any(line.startswith("0      5%      device=web      33%") for line in lines), lines
+
+
+@pytest.mark.parametrize(("flag", "fragment"), [("tv=0.2", "VALUE one of ['android', 'ios', 'web']"),
+                                                ("web=2", "SHARE in [0, 1]"), ("web", "give VALUE=SHARE")])
+def test_plan_refuses_a_bad_segment_share(tmp_path, capsys, flag, fragment):
+    path = tmp_path / "seg.yaml"
+    path.write_text(SEGMENTED.format(model="seg"))
+    code, _, err = run_cli(capsys, "plan", str(path), "--rps", "400", "--segment-share", flag)
+    assert code == 2 and fragment in err
+
+
 def test_plan_rejects_bad_arguments(spec_path, capsys):
     code, _, err = run_cli(capsys, "plan", str(spec_path), "--rps", "10", "--baseline-error-rate", "2")
     assert code == 2 and "--baseline-error-rate" in err
