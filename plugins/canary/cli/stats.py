@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
                                           "line per run and a summary line. Exit 2 on bad input.")
     r.add_argument("spec", help="rollout spec (YAML)")
     r.add_argument("data", help="CSV: run,t,version,requests,errors[,weight][,latency_le_<ms>...]"
-                                "[,pred_bin_<i>...][,kpi_events]")
+                                "[,pred_bin_<i>...][,kpi_events][,segment]")
     r.set_defaults(func=run_replay)
 
 

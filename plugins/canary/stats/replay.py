@@ -25,6 +25,10 @@ evaluated assessments all ADVANCE, standing for the gates of the earlier stages)
 ``continue``. Stage progression is not re-simulated: an ADVANCE or TIMEOUT before the last row does
 not end a run.
 
+With ``analysis.segments`` and a ``segment`` column, each point also holds every segment's counts (the
+rows with that value), and each segment's tests fire at its share of the error budget, as in the live
+gate; the analyzer confirming a stop, and the end-of-data verdicts, see the same per-segment windows.
+
 Everything that can fire is computed vectorised over all rows of all runs (label e-processes on a
 grid, SRM, TV bounds, guardrails); the evidence of the row where a run's decision first held, and the
 end-of-data verdicts, come from :class:`SequentialAnalyzer` itself, so replay and the live gate agree.
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,7 +52,7 @@ from canary.policy.stage_rules import Rule, StageRules, Verdict
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
 from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
-from canary.stats.budget import error_budget
+from canary.stats.budget import ErrorBudget, error_budget
 from canary.stats.replay_input import Layout
 
 #: Rows evaluated per vectorised block (bounds memory at about 100 MB).
@@ -76,6 +80,15 @@ class Points:
     max_duration_s: np.ndarray
     has_rules: np.ndarray  # False for weight 0 (no canary stage)
     compares: np.ndarray  # canary vs stable is compared (weight below 100 or unknown)
+    #: With ``analysis.segments``: per segment value, its own ``cum`` (same points, that segment's rows).
+    segments: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _segment_points(p: Points, value: str) -> Points:
+    """Return the points of one segment: its counts, evaluated where it has traffic of both versions."""
+    cum = p.segments[value]
+    return replace(p, cum=cum, segments={},
+                   evaluated=p.evaluated & (cum["canary_requests"] > 0) & (cum["stable_requests"] > 0))
 
 
 def _stage_rules(spec: RolloutSpec, weight: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -134,7 +147,20 @@ def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
     stage_start_t = t[np.flatnonzero(change)][stage_global]
     in_window = t >= stage_start_t + spec.analysis.warmup_s
     run_canary = pd.Series(inc["canary_requests"]).groupby(run).cumsum().to_numpy()
-    cum = {k: pd.Series(np.where(in_window, v, 0.0)).groupby(stage_global).cumsum().to_numpy() for k, v in inc.items()}
+    def cumulative(increments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: pd.Series(np.where(in_window, v, 0.0)).groupby(stage_global).cumsum().to_numpy()
+                for k, v in increments.items()}
+
+    cum = cumulative(inc)
+    segments: dict[str, dict[str, np.ndarray]] = {}
+    if spec.analysis.segments is not None and layout.has_segment:
+        seg = df["segment"].to_numpy()
+        for value in spec.analysis.segments.values:
+            mine = seg == value
+            segments[value] = cumulative({
+                f"{name}_{f}": np.bincount(pid[mask & mine], weights=df[f].to_numpy(dtype=float)[mask & mine],
+                                           minlength=n)
+                for f in fields for name, mask in (("canary", is_c), ("stable", ~is_c))})
     compares = np.isnan(w) | ((w > 0) & (w < 100))
     evaluated = in_window & compares & (cum["canary_requests"] > 0) & (cum["stable_requests"] > 0)
     last = np.ones(n, dtype=bool)
@@ -143,7 +169,8 @@ def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
     return Points(run=run, run_names=np.asarray(run_names), t=t, stage=stage, weight=w, evaluated=evaluated,
                   in_window=in_window, run_canary_requests=run_canary, cum=cum, last_of_stage=last,
                   stage_start_t=stage_start_t, elapsed_s=t - stage_start_t, min_duration_s=min_dur,
-                  min_requests=min_req, max_duration_s=max_dur, has_rules=has_rules, compares=np.isnan(w) | (w < 100))
+                  min_requests=min_req, max_duration_s=max_dur, has_rules=has_rules, compares=np.isnan(w) | (w < 100),
+                  segments=segments)
 
 
 def _carry(p: Points, values: np.ndarray, carried_if: np.ndarray) -> np.ndarray:
@@ -203,13 +230,14 @@ def _label_log_e(p: Points, metric: MetricSpec, xc: np.ndarray, xs: np.ndarray, 
     return logsumexp(total + prior.log_weights, axis=1)
 
 
-def _fire(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fire(p: Points, layout: Layout, spec: RolloutSpec,
+          budget: ErrorBudget | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return per point where the analysis' tests fire: ``rollback``, ``halt`` and the index of the
-    metric that fired for each (-2 none, ``len(metrics)`` for srm). Which rule wins is
-    :func:`_row_verdicts`."""
+    metric that fired for each (-2 none, ``len(metrics)`` for srm), at ``budget``'s levels (default: the
+    overall scope's). Which rule wins is :func:`_row_verdicts`."""
     n = len(p.t)
     metrics = spec.analysis.metrics
-    budget = error_budget(spec.analysis)
+    budget = budget or error_budget(spec.analysis)
     c, ev = p.cum, p.evaluated
 
     rollback = np.zeros(n, dtype=bool)
@@ -273,6 +301,16 @@ def _row_verdicts(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[Verdict
     data whether the run promotes. A weight of 0 is no canary stage: CONTINUE.
     """
     rollback, halt, rb_metric, halt_metric = _fire(p, layout, spec)
+    segments = spec.analysis.segments
+    if segments is not None and p.segments:
+        # Each segment's tests at its share of the budget; test index (k + 1) * (metrics + 1) + i names them.
+        seg_budget, width = error_budget(spec.analysis).for_segment(), len(spec.analysis.metrics) + 1
+        for k, value in enumerate(segments.values):
+            s_rb, s_halt, s_rb_metric, s_halt_metric = _fire(_segment_points(p, value), layout, spec, seg_budget)
+            rb_metric = np.where(s_rb & (rb_metric == -2), (k + 1) * width + s_rb_metric, rb_metric)
+            halt_metric = np.where(s_halt & (halt_metric == -2), (k + 1) * width + s_halt_metric, halt_metric)
+            rollback |= s_rb
+            halt |= s_halt
     rate, p99 = _guardrails(p, layout, spec)
     verdict = stage_rules.analysis_verdict(rollback=rollback, halt=halt, all_non_inferior=~p.compares)
     rows = stage_rules.stage_decision(_rules(spec, p), p.elapsed_s, has_data=True,
@@ -341,8 +379,7 @@ def _prediction_fires(p: Points, layout: Layout, m: MetricSpec, a: float) -> tup
 
 
 def _snapshot(p: Points, layout: Layout, i: int) -> Snapshot:
-    def stats(version: str) -> VersionStats:
-        c = p.cum
+    def stats(version: str, c: dict[str, np.ndarray]) -> VersionStats:
         kw: dict[str, Any] = {}
         if layout.latency_columns:
             kw["latency_buckets_ms"] = (*layout.latency_bounds_ms, math.inf)
@@ -357,8 +394,10 @@ def _snapshot(p: Points, layout: Layout, i: int) -> Snapshot:
                             errors=int(c[f"{version}_errors"][i]),
                             kpi_events=int(c[f"{version}_kpi_events"][i]) if layout.has_kpi else 0, **kw)
 
-    return Snapshot(stable=stats("stable"), canary=stats("canary"), start_s=float(p.stage_start_t[i]),
-                    end_s=float(p.t[i]))
+    start_s, end_s = float(p.stage_start_t[i]), float(p.t[i])
+    return Snapshot(stable=stats("stable", p.cum), canary=stats("canary", p.cum), start_s=start_s, end_s=end_s,
+                    segments={v: Snapshot(stable=stats("stable", c), canary=stats("canary", c), start_s=start_s,
+                                          end_s=end_s) for v, c in p.segments.items()})
 
 
 def _weight_label(p: Points, i: int) -> str:
@@ -423,13 +462,16 @@ def _stop_evidence(spec: RolloutSpec, p: Points, layout: Layout, i: int, rule: R
         evidence = {"canary_requests": int(c["canary_requests"][i]), "canary_errors": int(c["canary_errors"][i]),
                     "max_error_rate": rails.max_error_rate, "max_latency_p99_ms": rails.max_latency_p99_ms}
         return ("guardrail.max_error_rate" if rate else "guardrail.max_latency_p99_ms"), evidence
-    metric = "srm" if metric_idx == len(metrics) else metrics[metric_idx].name
+    scope, index = divmod(metric_idx, len(metrics) + 1)
+    metric = "srm" if index == len(metrics) else metrics[index].name
+    segment = spec.analysis.segments.label(spec.analysis.segments.values[scope - 1]) \
+        if scope and spec.analysis.segments is not None else None
     assessments, _ = _analyze_at(spec, p, layout, i, analyzer)
     hit = [x for x in assessments if x.decision is decision]
-    chosen = next((x for x in hit if x.metric == metric), hit[0] if hit else None)
+    chosen = next((x for x in hit if x.metric == metric and x.segment == segment), hit[0] if hit else None)
     if chosen is None:
         return metric, {}
-    return chosen.metric, {"reason": chosen.reason, **chosen.evidence}
+    return chosen.label, {"reason": chosen.reason, **chosen.evidence}
 
 
 def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict[str, Any]]:
@@ -458,7 +500,7 @@ def replay(spec: RolloutSpec, df: pd.DataFrame, layout: Layout) -> Iterator[dict
         if evaluated.size:
             j = a + int(evaluated[-1])
             assessments, _ = _analyze_at(spec, p, layout, j, analyzer)
-            evidence = {x.metric: x.decision.value for x in assessments}
+            evidence = {x.label: x.decision.value for x in assessments}
             # Below 100% the gate decides on the last stretch's own evaluation; at 100% it compares
             # nothing, and the last evaluated (earlier) stage stands for the gates that led there.
             current = p.stage[j] == p.stage[i] or not p.compares[i]

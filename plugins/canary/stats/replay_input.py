@@ -2,8 +2,10 @@
 
 One row per (run, t, version) holding counts *since the previous row* of that run and version: the
 columns of :data:`REQUIRED_COLUMNS`, and optionally ``weight`` (the canary's configured percent),
-``latency_le_<ms>`` (cumulative latency buckets), ``pred_bin_<i>`` (prediction bins) and
-``kpi_events``. A bad file is a :class:`ReplayInputError` naming the row and column.
+``latency_le_<ms>`` (cumulative latency buckets), ``pred_bin_<i>`` (prediction bins),
+``kpi_events`` and ``segment`` (the row's value of ``analysis.segments.by``: then one row per run, t,
+version and segment, each segment's counts; a spec with segments needs it, one without sums the
+segments). A bad file is a :class:`ReplayInputError` naming the row and column.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Layout:
     pred_columns: tuple[str, ...]
     has_weight: bool
     has_kpi: bool
+    has_segment: bool = False
 
 
 def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
@@ -60,7 +63,11 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
                                f"{[c for _, c in pred]}", column=pred[0][1])
     layout = Layout(latency_columns=tuple(c for _, c in lat), latency_bounds_ms=tuple(b for b, _ in lat),
                     pred_columns=tuple(c for _, c in pred), has_weight="weight" in columns,
-                    has_kpi="kpi_events" in columns)
+                    has_kpi="kpi_events" in columns, has_segment="segment" in columns)
+    segments = spec.analysis.segments
+    if segments is not None and not layout.has_segment:
+        raise ReplayInputError(f"analysis.segments needs a segment column holding each row's value of "
+                               f"{segments.by!r} (one row per run, t, version and segment)", column="segment")
     for m in spec.analysis.metrics:
         if m.kind is MetricKind.LATENCY and not layout.latency_columns:
             raise ReplayInputError(f"metric {m.name!r} (latency) needs latency_le_<ms> bucket columns",
@@ -76,7 +83,8 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
 def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]:
     """Read and validate a replay CSV; raise :class:`ReplayInputError` naming row and column."""
     try:
-        df = pd.read_csv(path, dtype={"run": str, "version": str}, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, dtype={"run": str, "version": str, "segment": str}, keep_default_na=False,
+                         na_values=[""])
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ReplayInputError(f"cannot read {path}: {err}") from err
     df.columns = [str(c).strip() for c in df.columns]
@@ -84,7 +92,7 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
     numeric = ["t", "requests", "errors", *layout.latency_columns, *layout.pred_columns]
     numeric += ["kpi_events"] if layout.has_kpi else []
     numeric += ["weight"] if layout.has_weight else []
-    for col in ("run", "version"):
+    for col in ("run", "version", *(["segment"] if layout.has_segment else [])):
         bad = df[col].isna()
         if bad.any():
             raise ReplayInputError("empty value", row=int(np.argmax(bad.to_numpy())) + 1, column=col)
