@@ -291,6 +291,9 @@ class SequentialAnalyzer:
                 out += [_in_segment(a, segments.label(value), share, required, segments.min_share) for a in found]
                 seg_states.append((value, seg_state))
             new_state = replace(new_state, segments=tuple(seg_states))
+            unsegmented = _unsegmented(spec, window)
+            if unsegmented is not None:
+                out.append(unsegmented)
         return out, new_state.to_dict()
 
     def _assess_scope(self, spec: RolloutSpec, window: Snapshot, weight_pct: int, carry: SequentialState,
@@ -523,6 +526,26 @@ class SequentialAnalyzer:
             # ADVANCE = "nothing against advancing": the gate advances only when every assessment does.
             decision, reason = Decision.ADVANCE, "traffic split consistent with the configured weight"
         return MetricAssessment(metric="srm", kind="srm", decision=decision, reason=reason, evidence=ev), log_e
+
+
+def _unsegmented(spec: RolloutSpec, window: Snapshot) -> MetricAssessment | None:
+    """HALT when the canary has served enough requests and none of them is in a listed segment.
+
+    That is a misconfiguration (clients do not send the attribute, or its values are spelled otherwise),
+    never "healthy segments": the segment tests would have nothing to look at.
+    """
+    segments = spec.analysis.segments
+    assert segments is not None
+    enough = max(spec.analysis.guardrails.min_requests, 1)
+    in_segments = sum(seg.canary.requests for seg in window.segments.values())
+    if window.canary.requests < enough or in_segments > 0:
+        return None
+    return MetricAssessment(
+        metric="segments", kind="segments", decision=Decision.HALT,
+        reason=(f"none of {window.canary.requests} canary requests has {segments.by} in {segments.values}: check "
+                f"that clients send the attribute {segments.by!r} with these values (analysis.segments)"),
+        evidence={"canary_requests": window.canary.requests, "in_segments": 0, "by": segments.by,
+                  "values": list(segments.values)})
 
 
 def _empty_like(window: Snapshot) -> Snapshot:

@@ -55,6 +55,8 @@ from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer,
 from canary.stats.budget import ErrorBudget, error_budget
 from canary.stats.replay_input import Layout
 
+#: The test index of the analyzer's "no request in any listed segment" HALT.
+_UNSEGMENTED = -3
 #: Rows evaluated per vectorised block (bounds memory at about 100 MB).
 _BLOCK = 100_000
 
@@ -311,6 +313,12 @@ def _row_verdicts(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[Verdict
             halt_metric = np.where(s_halt & (halt_metric == -2), (k + 1) * width + s_halt_metric, halt_metric)
             rollback |= s_rb
             halt |= s_halt
+        # As the analyzer: enough canary requests and none in a listed segment is a misconfiguration.
+        in_segments = sum(c["canary_requests"] for c in p.segments.values())
+        unsegmented = p.evaluated & (p.cum["canary_requests"] >= max(spec.analysis.guardrails.min_requests, 1)) \
+            & (in_segments == 0)
+        halt_metric = np.where(unsegmented & (halt_metric == -2), _UNSEGMENTED, halt_metric)
+        halt |= unsegmented
     rate, p99 = _guardrails(p, layout, spec)
     verdict = stage_rules.analysis_verdict(rollback=rollback, halt=halt, all_non_inferior=~p.compares)
     rows = stage_rules.stage_decision(_rules(spec, p), p.elapsed_s, has_data=True,
@@ -462,8 +470,10 @@ def _stop_evidence(spec: RolloutSpec, p: Points, layout: Layout, i: int, rule: R
         evidence = {"canary_requests": int(c["canary_requests"][i]), "canary_errors": int(c["canary_errors"][i]),
                     "max_error_rate": rails.max_error_rate, "max_latency_p99_ms": rails.max_latency_p99_ms}
         return ("guardrail.max_error_rate" if rate else "guardrail.max_latency_p99_ms"), evidence
-    scope, index = divmod(metric_idx, len(metrics) + 1)
+    scope, index = divmod(max(metric_idx, 0), len(metrics) + 1)
     metric = "srm" if index == len(metrics) else metrics[index].name
+    if metric_idx == _UNSEGMENTED:
+        scope, metric = 0, "segments"
     segment = spec.analysis.segments.label(spec.analysis.segments.values[scope - 1]) \
         if scope and spec.analysis.segments is not None else None
     assessments, _ = _analyze_at(spec, p, layout, i, analyzer)

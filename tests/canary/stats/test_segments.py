@@ -129,6 +129,17 @@ def test_a_segment_without_stable_traffic_waits_instead_of_halting_the_rollout()
     assert not any(a.decision is Decision.HALT for a in res)
 
 
+def test_no_request_in_any_listed_segment_halts_as_a_misconfiguration():
+    w = Snapshot(stable=vstats("s", 9_000, 90), canary=vstats("c", 1_000, 10), start_s=0.0, end_s=600.0)
+    res, _ = A.assess(seg_spec(), w, canary_weight_pct=10, state=None)
+    (halt,) = [a for a in res if a.decision is Decision.HALT]
+    assert halt.metric == "segments" and "none of 1000 canary requests has device in ['android', 'ios', 'web']" \
+        in halt.reason
+    few = Snapshot(stable=vstats("s", 90, 1), canary=vstats("c", 10, 0), start_s=0.0, end_s=600.0)
+    res, _ = A.assess(seg_spec(), few, canary_weight_pct=10, state=None)  # below guardrails.min_requests: wait
+    assert not any(a.decision is Decision.HALT for a in res)
+
+
 def test_sample_ratio_mismatch_in_one_segment_halts_naming_it():
     # Overall 10% canary; inside ios the canary gets 20%: its router is wrong for ios only.
     w = window({"android": (90_000, 900, 6_000, 60), "ios": (40_000, 400, 10_000, 100),
@@ -286,6 +297,10 @@ def test_replay_of_a_healthy_segmented_run_promotes_and_without_segments_sums_th
     plain = parse_spec({**REPLAY_SPEC, "analysis": {**REPLAY_SPEC["analysis"], "segments": None}})
     (summed,) = list(replay(plain, *load_csv(path, plain)))
     assert summed["decision"] == "promote" and "error_rate in segment device=web" not in summed["evidence"]
+    mislabelled = pd.DataFrame(replay_rows(web_error_rate=0.01)).assign(segment="tablet")
+    mislabelled.to_csv(path, index=False)
+    (out,) = list(replay(spec, *load_csv(path, spec)))
+    assert (out["decision"], out["metric"], out["t"]) == ("halt", "segments", 30.0), out
     pd.DataFrame(replay_rows(0.01)).drop(columns="segment").to_csv(path, index=False)
     with pytest.raises(ReplayInputError, match="analysis.segments needs a segment column"):
         load_csv(path, spec)
