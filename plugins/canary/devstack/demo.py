@@ -37,9 +37,14 @@ ROOT = Path(__file__).resolve().parents[3]
 DEMO_MODEL = "churn-demo"
 DEMO_ENDPOINT = "churn"
 STABLE, GOOD, FAULTY = "v1", "v2", "v3"
+#: The third rollout: model ``churn-segments`` (same endpoint, tested per device) with a version that fails
+#: on the web only.
+SEGMENTS_MODEL, WEB_FAULTY = "churn-segments", "v4"
 #: The faulty candidate fails 8% of requests on top of the stable baseline (about 9x stable).
 BASELINE_ERROR_RATE = 0.01
 FAULTY_ERROR_RATE = 0.08
+#: WEB_FAULTY fails 5% more of the web's requests (20% of users): 6% vs 1% there, 2% overall.
+WEB_ERROR_RATE = 0.05
 DEMO_RPS = 200.0
 
 
@@ -98,28 +103,31 @@ class LocalStack:
         return dict(resp.json()["weights"])
 
 
-def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | None = None) -> None:
-    """Register ``versions`` (the first is the champion, the second the challenger)."""
+def seed_registry(stack: LocalStack, versions: Sequence[str], *, path: Path | None = None,
+                  model: str | None = None) -> None:
+    """Register ``versions`` of ``model`` (default: the stack's; the first is the champion, the second the challenger)."""
     from canary.backends.base import ConnInfo
     from canary.backends.local_registry import LocalModelRegistry
 
+    model = model or stack.model
     registry = LocalModelRegistry(ConnInfo(conn_id="demo", extra={"path": str(path or stack.registry_file)}))
     for version in versions:
-        registry.register_version(stack.model, version)
-    registry.set_alias(stack.model, "champion", versions[0])
+        registry.register_version(model, version)
+    registry.set_alias(model, "champion", versions[0])
     if len(versions) > 1:
-        registry.set_alias(stack.model, "challenger", versions[1])
+        registry.set_alias(model, "challenger", versions[1])
 
 
 #: Every version has a realistic latency tail (3% of requests +300 ms) and a 1% baseline error rate.
 _TAIL = "tail_latency_ms=300,tail_fraction=0.03"
 DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}",
-               FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE},{_TAIL}"}
+               FAULTY: f"error_rate={BASELINE_ERROR_RATE + FAULTY_ERROR_RATE},{_TAIL}",
+               WEB_FAULTY: [f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", f"error_rate={WEB_ERROR_RATE},when.device=web"]}
 
 
 @contextlib.contextmanager
 def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
-                versions: Sequence[str] = (STABLE, GOOD, FAULTY),
+                versions: Sequence[str] = (STABLE, GOOD, FAULTY, WEB_FAULTY),
                 faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS) -> Iterator[LocalStack]:
     """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
 
@@ -212,7 +220,8 @@ def prometheus_metrics(stack: LocalStack) -> Iterator[dict[str, str]]:
 
 def demo(state_dir: Path, *, metrics: str = "local") -> int:
     procs = Processes()
-    expected = {GOOD: "promoted", FAULTY: "rolled_back"}
+    expected = {(DEMO_MODEL, GOOD): "promoted", (DEMO_MODEL, FAULTY): "rolled_back",
+                (SEGMENTS_MODEL, WEB_FAULTY): "rolled_back"}
     results: list[dict[str, Any]] = []
     started = time.time()
     try:
@@ -221,12 +230,16 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
             airflow_home = state_dir / "airflow"
             migrate(airflow_home, stack)
             time.sleep(2)  # a little stable history before the first rollout
-            with Progress(2, "demo rollouts") as progress:
-                for version in (GOOD, FAULTY):
-                    report = run_rollout(stack, airflow_home, version, extra_env=env)
+            with Progress(len(expected), "demo rollouts") as progress:
+                for model, version in expected:
+                    if model == SEGMENTS_MODEL:  # its registry entry: whatever serves now, and the candidate
+                        (serving,) = [v for v, w in stack.weights().items() if w == 100]
+                        seed_registry(stack, (serving, version), model=model)
+                    report = run_rollout(stack, airflow_home, version, extra_env=env, model=model)
                     weights = stack.weights()
-                    log(f"{version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now {weights}")
-                    results.append({"model": DEMO_MODEL, "candidate": version, "outcome": report["outcome"],
+                    log(f"{model} {version}: {report['outcome'].upper()} - {report['reason']}; endpoint split now "
+                        f"{weights}")
+                    results.append({"model": model, "candidate": version, "outcome": report["outcome"],
                                     "reason": report["reason"], "weights_after": weights,
                                     "run_id": report["run_id"], "html_report": report.get("html_path")})
                     progress.advance(f"{version} {report['outcome']}")
@@ -235,12 +248,12 @@ def demo(state_dir: Path, *, metrics: str = "local") -> int:
         return 130
     finally:
         procs.stop_all()
-    ok = all(r["outcome"] == expected[r["candidate"]] for r in results) and len(results) == 2
+    ok = all(r["outcome"] == expected[(r["model"], r["candidate"])] for r in results) and len(results) == len(expected)
     log(f"{'as expected' if ok else 'UNEXPECTED outcome'} after {time.time() - started:.0f}s; "
         f"reports and logs under {state_dir}")
     for r in results:
-        log(f"{r['candidate']}: HTML report {r['html_report']}; its tab under `make airflow`: "
-            f"http://localhost:8080/{defaults.rollout_tab_path(defaults.rollout_dag_id(DEMO_MODEL), r['run_id'])}")
+        log(f"{r['model']} {r['candidate']}: HTML report {r['html_report']}; its tab under `make airflow`: "
+            f"http://localhost:8080/{defaults.rollout_tab_path(defaults.rollout_dag_id(r['model']), r['run_id'])}")
     print(json.dumps({"rollouts": [{k: r[k] for k in ("model", "candidate", "outcome", "reason")}
                                    for r in results]}))
     return 0 if ok else 1

@@ -23,6 +23,7 @@ from canary.report.sentence import (
     metric_phrase,
     outcome_sentence,
     running_sentence,
+    waived,
 )
 
 #: Seconds between refreshes of a live page unless the spec's poll interval says otherwise.
@@ -253,7 +254,8 @@ def _segment_rows(looks: Sequence[Look]) -> list[dict[str, Any]]:
             rows.append({"stage": index + 1, "segment": str(item["segment"]), "test": str(item.get("metric")),
                          "share": fmt.pct(ev.get("canary_share")),
                          "required": "yes" if ev.get("required") else "no",
-                         "decision": str(item.get("decision", "")), "numbers": metric_phrase(item)})
+                         "decision": "undecided" if waived(item) else str(item.get("decision", "")),
+                         "numbers": metric_phrase(item)})
     return rows
 
 

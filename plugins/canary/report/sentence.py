@@ -117,11 +117,18 @@ def within_phrase(item: Mapping[str, Any]) -> str:
     return f"{name}: {item.get('reason', '')}".rstrip(": ")
 
 
+def waived(item: Mapping[str, Any]) -> bool:
+    """Whether a segment's test says ADVANCE only because it need not show non-inferiority (still undecided)."""
+    return item.get("decision") == "advance" and str(item.get("reason", "")).startswith("not required to advance")
+
+
 def metric_phrase(item: Mapping[str, Any]) -> str:
     """Word a metric's latest verdict with its numbers (rollback, advance, or where it stands)."""
     decision = item.get("decision")
     if decision == "rollback" or (decision == "halt" and item.get("kind") == "srm"):
         return regression_phrase(item)
+    if waived(item):
+        return "not required to advance; " + _undecided_phrase(item)
     if decision == "advance" and item.get("kind") != "srm":
         return "within tolerance: " + within_phrase(item)
     if decision == "continue":

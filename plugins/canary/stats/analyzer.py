@@ -23,6 +23,14 @@ An extra assessment named ``srm`` HALTs on a sample-ratio mismatch (observed spl
 ADVANCE (it never holds a stage back on its own: the gate advances only when every assessment says
 ADVANCE).
 
+With ``analysis.segments`` every metric and the SRM check run again on each listed segment's window
+(``Snapshot.segments``), each scope at its share of the budget (:meth:`ErrorBudget.for_segment`) and with
+its own carried state; the assessments name their segment (``MetricAssessment.segment``). A segment
+without stable traffic waits (CONTINUE, never HALT); one that need not show non-inferiority (below
+``min_share`` of the canary requests, or ``require_each: false``) says ADVANCE while undecided, so only
+its regressions count; enough canary requests and none in a listed segment is an extra HALT named
+``segments``.
+
 Metric kinds:
 
 ``error_rate``

@@ -57,6 +57,8 @@ class Traffic:
     stable_kpi_rate: float = 0.1
     canary_share_shift_pct: float = 0.0
     no_data: str | None = None
+    #: Per segment ``(value, share of the requests, canary error rate)``; empty: no segments.
+    segments: tuple[tuple[str, float, float], ...] = ()
 
 
 _STABLE_SCORES = (0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02)
@@ -84,8 +86,29 @@ def _version(name: str, requests: float, error_rate: float, slow_share: float, s
                         prediction_bins=tuple(bins), kpi_events=int(round(n * kpi_rate)))
 
 
+def _sum(name: str, parts: list[VersionStats]) -> VersionStats:
+    def total(field: str) -> Any:
+        return sum(getattr(p, field) for p in parts)
+
+    return VersionStats(version=name, requests=total("requests"), errors=total("errors"),
+                        latency_cumulative=tuple(map(sum, zip(*(p.latency_cumulative for p in parts), strict=True))),
+                        latency_sum_ms=total("latency_sum_ms"), log_latency_sum=total("log_latency_sum"),
+                        log_latency_sumsq=total("log_latency_sumsq"),
+                        prediction_bins=tuple(map(sum, zip(*(p.prediction_bins for p in parts), strict=True))),
+                        kpi_events=total("kpi_events"))
+
+
 def window(traffic: Traffic, weight_pct: int, start_s: float, seconds: float) -> Snapshot:
-    """Return the cumulative stats of ``seconds`` of traffic at ``weight_pct``."""
+    """Return the cumulative stats of ``seconds`` of traffic at ``weight_pct`` (per segment too, if any)."""
+    if traffic.segments:
+        from dataclasses import replace
+
+        parts = {value: window(replace(traffic, segments=(), requests_per_s=traffic.requests_per_s * share,
+                                       canary_error_rate=rate), weight_pct, start_s, seconds)
+                 for value, share, rate in traffic.segments}
+        return Snapshot(stable=_sum(STABLE, [w.stable for w in parts.values()]),
+                        canary=_sum(CANDIDATE, [w.canary for w in parts.values()]), start_s=start_s,
+                        end_s=start_s + seconds, segments=parts)
     total = traffic.requests_per_s * seconds
     share = min(max(weight_pct + traffic.canary_share_shift_pct, 0.0), 100.0) / 100.0
     canary = _version(CANDIDATE, total * share, traffic.canary_error_rate, traffic.canary_slow_share,
@@ -291,6 +314,12 @@ def shadow_failure() -> Journal:
     return simulate(rollout_spec("churn-demo"), Traffic(), shadow=FAILED_SHADOW)
 
 
+def segment_rollback() -> Journal:
+    """churn-segments: as good as stable everywhere but on the web (20%), where the canary fails 6%."""
+    devices = (("android", 0.45, 0.01), ("ios", 0.35, 0.01), ("web", 0.2, 0.06))
+    return simulate(rollout_spec("churn-segments"), Traffic(requests_per_s=200.0, segments=devices))
+
+
 def running() -> Journal:
     """churn-demo in its second stage (no outcome yet)."""
     full = promotion()
@@ -303,6 +332,7 @@ def running() -> Journal:
 SCENARIOS: dict[str, Callable[[], Journal]] = {
     "promotion": promotion, "rollback": rollback, "regression": regression, "guardrail": guardrail, "srm_halt": srm_halt,
     "no_data_halt": no_data_halt, "timeout": timeout, "shadow_failure": shadow_failure, "running": running,
+    "segment_rollback": segment_rollback,
 }
 
 

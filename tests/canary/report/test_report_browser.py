@@ -59,7 +59,8 @@ def open_report(browser, name: str, tmp_path: Path):
 
 
 @pytest.mark.parametrize(("name", "charts"), [("rollback", 1 + 3 + 3 + 3 + 2), ("promotion", 1 + 3 + 3),
-                                              ("running", 1 + 3 + 3), ("srm_halt", 1 + 3)])
+                                              ("running", 1 + 3 + 3), ("srm_halt", 1 + 3),
+                                              ("segment_rollback", 1 + 3 + 3 + 3)])
 def test_the_charts_are_drawn_with_no_console_error(browser, tmp_path, name, charts):
     page, errors, requests = open_report(browser, name, tmp_path)
     try:

@@ -17,7 +17,8 @@ from canary.rollout.plan import RolloutPlan
 from canary.rollout.report import build_report
 from canary.spec.model import parse_spec
 
-FINISHED = ("promotion", "rollback", "guardrail", "srm_halt", "no_data_halt", "timeout", "shadow_failure")
+FINISHED = ("promotion", "rollback", "guardrail", "srm_halt", "no_data_halt", "timeout", "shadow_failure",
+            "segment_rollback")
 #: Elements whose src/href load something, and the attributes that do.
 LOADING = {"script", "link", "img", "use", "image", "iframe", "embed", "object", "source", "audio", "video",
            "input", "frame"}
@@ -234,3 +235,18 @@ def test_a_spec_dumped_from_the_model_renders_too():
     html = render_html(replace(j.record, spec=dumped), j.looks, j.events, live=True, now_s=j.looks[-1].look_at_s)
     assert '<meta http-equiv="refresh" content="5">' in html
     assert "on_timeout: rollback" in html
+
+
+def test_the_segments_table_shows_each_segment_and_the_one_that_stopped_the_rollout_is_charted():
+    text = page("segment_rollback")
+    parsed = Page(text)
+    assert parsed.ids.get("segments") == 1
+    rows = re.findall(r"<tr><td>1</td><td>(device=\w+)</td><td>(\w+)</td><td class=\"num\">([^<]+)</td>\s*"
+                      r"<td>(yes|no)</td><td class=\"d-(\w+)\">", text)
+    assert [(seg, test, req, d) for seg, test, _, req, d in rows if test == "error_rate"] == [
+        # churn-segments has require_each: false: segments only roll back, an undecided one says advance.
+        ("device=android", "error_rate", "no", "undecided"), ("device=ios", "error_rate", "no", "undecided"),
+        ("device=web", "error_rate", "no", "rollback")]
+    assert dict((seg, share) for seg, test, share, _, _ in rows if test == "error_rate")["device=web"] == "20%"
+    # Charts: every overall metric, and of the segments only the test that stopped the rollout.
+    assert set(parsed.metric_svgs) == {"error_rate", "latency_tail", "error_rate-in-segment-device-web"}

@@ -200,6 +200,8 @@ def test_the_deciding_look_is_the_last_that_stopped_a_stage():
     ("shadow_failure", "Rolled back before any user was served: the shadow test failed on 150 mirrored requests",
      "prediction agreement: 56 of 148 answered pairs predict a different class; disagreement at least 22.8%"),
     ("running", "Observing stage 2 of 3 (50%) for", "decision expected in about"),
+    ("segment_rollback", "Rolled back at 25% after 30s and 1,350 canary requests: error rate in segment device=web "
+                         "5.9% vs 0.99% on stable; ratio at least 1.13x", "evidence 3,571 against a threshold of 1,333"),
 ])
 def test_the_journals_sentences(scenario, start, contains):
     journal = journals.SCENARIOS[scenario]()
