@@ -14,7 +14,7 @@ import yaml
 from fast_spec import FIRST_STAGE_PCT, STAGE_MAX_DURATION_S, fast_spec
 
 from canary.backends.base import ConnInfo
-from canary.devstack.demo import local_stack, migrate, run_rollout
+from canary.devstack.demo import local_stack, migrate, run_rollout, seed_registry
 from canary.devstack.processes import Processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -72,6 +72,13 @@ def registry(stack):
     return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
 
 
+def register_against_the_serving_version(stack, model: str, candidate: str) -> str:
+    """Register ``model`` with the version serving the endpoint now as its champion, and ``candidate``."""
+    (serving,) = [v for v, w in stack.weights().items() if w == 100]
+    seed_registry(stack, (serving, candidate), model=model)
+    return serving
+
+
 def journal(report, model: str = MODEL):
     """Return the run's record, looks and events from the rollout history the run wrote (this test's store)."""
     from canary.history import open_history
@@ -126,11 +133,7 @@ def test_good_candidate_is_promoted(e2e):
 
 def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     stack, home, env = e2e
-    (before,) = [v for v, w in stack.weights().items() if w == 100]
-    reg = registry(stack)
-    for version in (before, "v3"):
-        reg.register_version(STAGED_MODEL, version)
-    reg.set_alias(STAGED_MODEL, "champion", before)
+    before = register_against_the_serving_version(stack, STAGED_MODEL, "v3")
     report = run_rollout(stack, home, "v3", extra_env=env, model=STAGED_MODEL)
     assert report["outcome"] == "rolled_back", report
     assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
@@ -150,11 +153,7 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
 
 def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
     stack, home, env = e2e
-    (before,) = [v for v, w in stack.weights().items() if w == 100]
-    reg = registry(stack)
-    for version in (before, "v8"):
-        reg.register_version(SEGMENTS_MODEL, version)
-    reg.set_alias(SEGMENTS_MODEL, "champion", before)
+    before = register_against_the_serving_version(stack, SEGMENTS_MODEL, "v8")
     report = run_rollout(stack, home, "v8", extra_env=env, model=SEGMENTS_MODEL)
     assert report["outcome"] == "rolled_back", report
     assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): error_rate in segment device=web: e-value "), \

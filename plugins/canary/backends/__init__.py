@@ -7,6 +7,7 @@ from typing import Any
 
 from canary.backends.base import (
     ConnInfo,
+    LabelledMetricsSource,
     MetricsSource,
     ModelRegistry,
     PendingChange,
@@ -22,7 +23,7 @@ from canary.backends.base import (
 from canary.errors import ConfigError
 
 __all__ = [
-    "KNOWN_BACKENDS", "SEGMENTED_METRICS", "ConnInfo", "MetricsSource", "ModelRegistry", "PendingChange",
+    "KNOWN_BACKENDS", "LABELLED_METRICS", "SEGMENTED_METRICS", "ConnInfo", "LabelledMetricsSource", "MetricsSource", "ModelRegistry", "PendingChange",
     "SegmentedMetricsSource", "SettlingTrafficRouter",
     "ShadowOutputSource", "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "shadow_outputs",
     "without_waiting",
@@ -55,6 +56,9 @@ KNOWN_BACKENDS: dict[str, dict[str, str]] = {
 #: The metrics backends that split their statistics by a request attribute (``analysis.segments``; they
 #: implement :class:`SegmentedMetricsSource`). CloudWatch keeps per-variant metrics only.
 SEGMENTED_METRICS = frozenset({"local", "prometheus"})
+#: The metrics backends that join late ground-truth labels to the requests they are about (metric kind
+#: ``prediction_quality``; they implement :class:`LabelledMetricsSource`).
+LABELLED_METRICS = frozenset({"local"})
 
 
 def build_backend(role: str, name: str, conn: ConnInfo, **options: Any) -> Any:

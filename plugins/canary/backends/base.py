@@ -199,6 +199,22 @@ class SegmentedMetricsSource(MetricsSource, Protocol):
 
 
 @runtime_checkable
+class LabelledMetricsSource(MetricsSource, Protocol):
+    """Optional part of a metrics source that joins late ground-truth labels to the requests they are about.
+
+    Metric kind ``prediction_quality`` needs it; the backends that have it are
+    :data:`canary.backends.LABELLED_METRICS` (the spec refuses the kind on the others).
+    """
+
+    def label_stats(self, version: str, *, start_s: float, end_s: float, by: str | None = None,
+                    values: Sequence[str] = ()) -> dict[str | None, tuple[int, int]]:
+        """Return ``(labelled, wrong)`` of ``version``'s answered requests in ``[start_s, end_s)`` that have a label.
+
+        Under ``None`` for all of them; with ``by``, also under each of ``values`` for that segment.
+        """
+
+
+@runtime_checkable
 class ShadowOutputSource(MetricsSource, Protocol):
     """Optional part of a metrics source that keeps every answer (the local store), not only aggregates.
 

@@ -24,6 +24,7 @@ from typing import Any
 from canary.backends.base import ConnInfo, ShadowSummary
 from canary.errors import BackendError, ConfigError, NoDataError
 from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, DEFAULT_PREDICTION_BINS, VersionStats
+from canary.serving.feedback import FEEDBACK_TABLE
 from canary.serving.store import TABLE, open_readonly
 from canary.spec import defaults
 
@@ -70,6 +71,17 @@ _SEGMENT_BY_COLUMN_SQL = _SEGMENT_STATS_SQL.format(segment="r.segment", bin=_BIN
                                                    table=TABLE, served=_SERVED_IN_WINDOW)
 _SEGMENT_BY_ATTRIBUTE_SQL = _SEGMENT_STATS_SQL.format(segment="json_extract(r.attributes, :path)", bin=_BIN,
                                                       columns=_STATS_COLUMNS, table=TABLE, served=_SERVED_IN_WINDOW)
+# Labelled requests: a served, answered request of the window joined to its ground-truth label (the
+# feedback table, indexed by endpoint, version and request time); wrong = predicted class != label.
+_LABEL_STATS_SQL = f"""
+SELECT {{segment}} AS seg, COUNT(*), TOTAL(r.label != CAST(f.value AS INTEGER))
+FROM {FEEDBACK_TABLE} AS f CROSS JOIN {TABLE} AS r INDEXED BY {TABLE}_request_id ON r.request_id = f.request_id
+WHERE f.endpoint = :endpoint AND f.version = :version AND f.kind = 'label' AND f.request_ts >= :start
+  AND f.request_ts < :end AND r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0
+  AND r.label IS NOT NULL
+GROUP BY seg
+"""
+_HAS_FEEDBACK_SQL = f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{FEEDBACK_TABLE}'"
 _HAS_SERVED_SQL = f"SELECT 1 FROM {TABLE} WHERE endpoint = ? AND version = ? AND mirrored = 0 LIMIT 1"
 # The candidate's mirrored rows drive the join (range scan on the index), each looking up the served
 # answer of the same request by request_id. Left alone, SQLite's planner prefers the (endpoint, version)
@@ -162,6 +174,28 @@ class LocalMetricsSource:
             if seg in rows:
                 rows[seg].append(tuple(row))
         return {value: _stats_of_rows(version, found) for value, found in rows.items()}
+
+    def label_stats(self, version: str, *, start_s: float, end_s: float, by: str | None = None,
+                    values: Sequence[str] = ()) -> dict[str | None, tuple[int, int]]:
+        """Return ``(labelled, wrong)`` of ``version``'s answered requests in ``[start_s, end_s)`` with a label.
+
+        Under ``None`` for all of them and, with ``by``, under each of ``values`` for its segment (zeros
+        without labels). Only served answers count: a label is about the answer the user got.
+        """
+        out: dict[str | None, tuple[int, int]] = {None: (0, 0), **{v: (0, 0) for v in values}}
+        if not self._query(_HAS_FEEDBACK_SQL, ()):
+            return out  # no feedback was ever given on this store
+        segment = "NULL" if by is None else ("r.segment" if by == defaults.USER_SEGMENT_ATTRIBUTE
+                                              else "json_extract(r.attributes, :path)")
+        params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
+                  "path": f"$.{by}"}
+        labelled = wrong = 0
+        for seg, count, n_wrong in self._query(_LABEL_STATS_SQL.format(segment=segment), params):
+            labelled, wrong = labelled + count, wrong + int(n_wrong)
+            if seg in out and seg is not None:
+                out[seg] = (count, int(n_wrong))
+        out[None] = (labelled, wrong)
+        return out
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
                        slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:

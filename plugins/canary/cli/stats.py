@@ -24,6 +24,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--baseline-exceedance-rate", type=float, default=None,
                    help="share of stable requests above a latency threshold (default 1 - quantile)")
     p.add_argument("--log-latency-sd", type=float, default=0.5, help="sd of log-latency (mean-log test)")
+    p.add_argument("--baseline-wrong-rate", type=float, default=0.2,
+                   help="prediction_quality: stable's share of wrong predictions (default 0.2)")
+    p.add_argument("--label-share", type=float, default=1.0,
+                   help="prediction_quality: share of requests whose label arrives (default 1)")
     p.add_argument("--segment-share", action="append", default=[], metavar="VALUE=SHARE",
                    help="with analysis.segments: a segment's share of the traffic, e.g. web=0.2 (repeatable; "
                         "default: equal shares)")
@@ -57,7 +61,7 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = _spec(args.spec)
     if spec is None:
         return 2
-    for name in ("baseline_error_rate", "baseline_kpi_rate", "baseline_exceedance_rate"):
+    for name in ("baseline_error_rate", "baseline_kpi_rate", "baseline_exceedance_rate", "baseline_wrong_rate"):
         v = getattr(args, name)
         if v is not None and not 0.0 < v < 1.0:
             print(f"--{name.replace('_', '-')} must be in (0, 1), got {v}", file=sys.stderr)
@@ -65,13 +69,17 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.rps <= 0:
         print(f"--rps must be > 0, got {args.rps}", file=sys.stderr)
         return 2
+    if not 0.0 < args.label_share <= 1.0:
+        print(f"--label-share must be in (0, 1], got {args.label_share}", file=sys.stderr)
+        return 2
     shares = _segment_shares(args.segment_share, spec)
     if isinstance(shares, str):
         print(shares, file=sys.stderr)
         return 2
     rows = plan(spec, rps=args.rps, baseline_error_rate=args.baseline_error_rate,
                 baseline_kpi_rate=args.baseline_kpi_rate, baseline_exceedance_rate=args.baseline_exceedance_rate,
-                log_latency_sd=args.log_latency_sd, segment_shares=shares)
+                log_latency_sd=args.log_latency_sd, segment_shares=shares,
+                baseline_wrong_rate=args.baseline_wrong_rate, label_share=args.label_share)
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))

@@ -128,8 +128,12 @@ DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"erro
 @contextlib.contextmanager
 def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
                 versions: Sequence[str] = (STABLE, GOOD, FAULTY, WEB_FAULTY),
-                faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS) -> Iterator[LocalStack]:
+                faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS,
+                labels: tuple[float, float] | None = None) -> Iterator[LocalStack]:
     """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
+
+    :param labels: ``(share, delay_s)``: the traffic sends the true label of that share of answered requests
+        back, ``delay_s`` after the answer (``canary traffic --labels``); None: no labels.
 
     :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them, or a list of such
         (they all apply, e.g. a baseline error rate and more errors for one device).
@@ -148,12 +152,15 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
                           "--endpoint", endpoint, "--version", versions[0],
                           *[arg for f in fault_args for arg in ("--fault", f)]],
                 stdout=serve_log, stderr=subprocess.STDOUT,
-                env={**os.environ, "CANARY_ADMIN_TOKEN": stack.token})  # not in argv: `ps` would show it
+                env={**os.environ, "CANARY_ADMIN_TOKEN": stack.token,  # not in argv: `ps` would show it
+                     "CANARY_FEEDBACK_TOKEN": stack.token})
     wait_http(f"{stack.url}/healthz", alive=serve, log_file=state_dir / "serve.log")
     log(f"serving layer on {stack.url}: endpoint '{endpoint}' with {versions[0]} at 100%")
+    label_args = ["--labels", str(labels[0]), "--label-delay", f"{labels[1]}s"] if labels else []
     procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", endpoint,
-                            "--rps", str(rps)], stdout=open(state_dir / "traffic.log", "w"),
-                stderr=subprocess.STDOUT)
+                            "--rps", str(rps), *label_args], stdout=open(state_dir / "traffic.log", "w"),
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "CANARY_FEEDBACK_TOKEN": stack.token})
     log(f"synthetic traffic: ~{rps:.0f} requests/s from 5,000 users")
     try:
         yield stack

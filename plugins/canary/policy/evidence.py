@@ -40,10 +40,16 @@ class VersionStats:
     log_latency_sumsq: float | None = None
     prediction_bins: tuple[int, ...] = (0,) * DEFAULT_PREDICTION_BINS
     kpi_events: int = 0
+    #: Requests whose ground-truth label has arrived (old enough for the metric's ``label_delay``), and of
+    #: those the ones the version predicted wrongly (metric kind ``prediction_quality``).
+    labelled: int = 0
+    wrong: int = 0
 
     def __post_init__(self) -> None:
         if self.requests < 0 or self.errors < 0 or self.kpi_events < 0:
             raise ValueError(f"{self.version}: counts must be >= 0 (requests={self.requests}, errors={self.errors})")
+        if self.wrong < 0 or self.wrong > self.labelled or self.labelled < 0:
+            raise ValueError(f"{self.version}: wrong ({self.wrong}) must be within 0..labelled ({self.labelled})")
         if self.errors > self.requests:
             raise ValueError(f"{self.version}: errors ({self.errors}) exceed requests ({self.requests})")
         if len(self.latency_buckets_ms) != len(self.latency_cumulative):
@@ -114,6 +120,8 @@ class VersionStats:
             log_latency_sumsq=opt(self.log_latency_sumsq, earlier.log_latency_sumsq),
             prediction_bins=tuple(a - b for a, b in zip(self.prediction_bins, earlier.prediction_bins, strict=True)),
             kpi_events=self.kpi_events - earlier.kpi_events,
+            labelled=self.labelled - earlier.labelled,
+            wrong=self.wrong - earlier.wrong,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from canary.backends.base import MetricsSource, SegmentedMetricsSource
+from canary.backends.base import LabelledMetricsSource, MetricsSource, SegmentedMetricsSource
 from canary.errors import ConfigError, NoDataError
 from canary.history.looks import make_look
 from canary.history.model import Look
@@ -15,7 +15,7 @@ from canary.policy.analysis import Analyzer
 from canary.policy.decisions import GateResult
 from canary.policy.evidence import Snapshot
 from canary.policy.gate import StageClock, evaluate_stage
-from canary.spec.model import RolloutSpec, SegmentsSpec, StageSpec
+from canary.spec.model import MetricKind, RolloutSpec, SegmentsSpec, StageSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,12 @@ class StageWatch:
                    carry_state=data.get("carry_state"))
 
 
+def label_delay_s(spec: RolloutSpec) -> float | None:
+    """Return the label delay of the spec's prediction_quality metrics (one, by validation), None without any."""
+    delays = [m.label_delay_s for m in spec.analysis.metrics if m.kind is MetricKind.PREDICTION_QUALITY]
+    return delays[0] if delays else None
+
+
 def default_analyzer() -> Analyzer:
     """Return the analyzer the gate uses: the anytime-valid sequential tests."""
     from canary.stats import SequentialAnalyzer  # scipy: imported at run time, never at DAG parse time
@@ -48,12 +54,15 @@ def default_analyzer() -> Analyzer:
 
 
 def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float, now_s: float,
-                segments: SegmentsSpec | None = None) -> tuple[Snapshot | None, str | None]:
+                segments: SegmentsSpec | None = None,
+                label_delay_s: float | None = None) -> tuple[Snapshot | None, str | None]:
     """Return the stage's window after warm-up, or ``(None, reason)`` when the backend has no data.
 
-    With ``segments``, the window holds each segment's too.
+    With ``segments``, the window holds each segment's too. With ``label_delay_s`` (a prediction_quality
+    metric), each version's ``labelled``/``wrong`` count the labelled requests of the window that are at
+    least that old: the label window ends ``label_delay_s`` before ``now_s``.
 
-    :raises ConfigError: ``segments`` on a backend that cannot split by segment (the spec refuses that).
+    :raises ConfigError: ``segments`` or labels on a backend that cannot read them (the spec refuses that).
     """
     start_s = min(watch.stage_started_at_s + warmup_s, now_s)
     try:
@@ -70,9 +79,36 @@ def read_window(metrics: MetricsSource, watch: StageWatch, *, warmup_s: float, n
                                               start_s=start_s, end_s=now_s)
             by_segment = {value: Snapshot(stable=stable_by[value], canary=canary_by[value], start_s=start_s,
                                           end_s=now_s) for value in segments.values}
+        window = Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s, segments=by_segment)
+        if label_delay_s is not None:
+            window = _with_labels(metrics, watch, window, segments, label_end_s=now_s - label_delay_s)
     except NoDataError as err:
         return None, str(err)
-    return Snapshot(stable=stable, canary=canary, start_s=start_s, end_s=now_s, segments=by_segment), None
+    return window, None
+
+
+def _with_labels(metrics: MetricsSource, watch: StageWatch, window: Snapshot, segments: SegmentsSpec | None, *,
+                 label_end_s: float) -> Snapshot:
+    """Return ``window`` with each version's labelled and wrongly predicted requests (overall and per segment)."""
+    if not isinstance(metrics, LabelledMetricsSource):
+        raise ConfigError(f"prediction_quality: the metrics backend {type(metrics).__name__} does not join late "
+                          "labels to requests")
+    counts = {}
+    for role, version in (("stable", watch.stable), ("canary", watch.candidate)):
+        if label_end_s <= window.start_s:  # no request of the window is old enough yet
+            counts[role] = {None: (0, 0), **{v: (0, 0) for v in (segments.values if segments else ())}}
+            continue
+        counts[role] = metrics.label_stats(version, start_s=window.start_s, end_s=label_end_s,
+                                           by=segments.by if segments else None,
+                                           values=segments.values if segments else ())
+
+    def labelled(snap: Snapshot, key: str | None) -> Snapshot:
+        (sl, sw), (cl, cw) = counts["stable"].get(key, (0, 0)), counts["canary"].get(key, (0, 0))
+        return replace(snap, stable=replace(snap.stable, labelled=sl, wrong=sw),
+                       canary=replace(snap.canary, labelled=cl, wrong=cw))
+
+    out = labelled(window, None)
+    return replace(out, segments={v: labelled(seg, v) for v, seg in window.segments.items()})
 
 
 def look_of_poll(*, dag_id: str, run_id: str, spec: RolloutSpec, stage: StageSpec, stage_index: int,
@@ -90,7 +126,7 @@ def poll_stage(spec: RolloutSpec, stage: StageSpec, watch: StageWatch, metrics: 
     """Read the window and evaluate the gate once; return the result and the state to carry."""
     now_s = time.time() if now_s is None else now_s
     window, no_data = read_window(metrics, watch, warmup_s=spec.analysis.warmup_s, now_s=now_s,
-                                  segments=spec.analysis.segments)
+                                  segments=spec.analysis.segments, label_delay_s=label_delay_s(spec))
     clock = StageClock(index=watch.stage_index, elapsed_s=max(0.0, now_s - watch.stage_started_at_s))
     return evaluate_stage(spec, stage, clock, window, analyzer=analyzer or default_analyzer(),
                           carry_state=watch.carry_state, no_data_reason=no_data)

@@ -186,6 +186,8 @@ class _Service:
         await asyncio.sleep(delay_ms / 1000.0)
         error = self.rng.random() < faults.error_rate
         score = None if error else min(1.0, max(0.0, raw_score + faults.prediction_shift))
+        if score is not None and faults.score_flip and self.rng.random() < faults.score_flip:
+            score = 1.0 - score
         label = None if score is None else int(score >= 0.5)
         # Guarded, so that a version without the fault draws the same random numbers as before.
         if score is not None and faults.score_out_of_range and self.rng.random() < faults.score_out_of_range:

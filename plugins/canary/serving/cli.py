@@ -93,7 +93,14 @@ def register(subparsers: Any) -> None:
     traffic.add_argument("--duration", type=parse_duration, default=None, help="e.g. 30s, 5m (default: until stopped)")
     traffic.add_argument("--users", type=int, default=5000, help="number of distinct user ids")
     traffic.add_argument("--seed", type=int, default=0)
-    traffic.set_defaults(func=_traffic)
+    traffic.add_argument("--labels", type=float, default=0.0, metavar="SHARE",
+                         help="send the true label of this share of answered requests back (POST .../feedback), "
+                              "e.g. 0.5 (default 0: none)")
+    traffic.add_argument("--label-delay", type=parse_duration, default=0.0,
+                         help="how long after its answer a request's label is sent, e.g. 10s (default 0)")
+    traffic.add_argument("--feedback-token", default=os.environ.get("CANARY_FEEDBACK_TOKEN"),
+                         help="bearer token of the feedback route (default: $CANARY_FEEDBACK_TOKEN)")
+    traffic.set_defaults(func=_traffic, parser=traffic)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,13 +122,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _traffic(args: argparse.Namespace) -> int:
-    from canary.serving.traffic import run_traffic
+    from canary.serving.traffic import LabelFeedback, run_traffic
 
+    feedback = None
+    if args.labels:
+        if not 0.0 < args.labels <= 1.0:
+            args.parser.error(f"--labels must be a share in (0, 1], got {args.labels:g}")
+        if not args.feedback_token:
+            args.parser.error("--labels needs --feedback-token (or $CANARY_FEEDBACK_TOKEN)")
+        feedback = LabelFeedback(token=args.feedback_token, share=args.labels, delay_s=args.label_delay)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stats = run_traffic(args.url, args.endpoint, args.rps, duration_s=args.duration, stop_event=stop,
-                        seed=args.seed, users=args.users)
+                        seed=args.seed, users=args.users, feedback=feedback)
     print(json.dumps(stats.to_dict(), sort_keys=True))
     # Nothing answered at all means a wrong URL or a server down: say so in the exit status.
     return 1 if stats.sent and stats.failed == stats.sent else 0

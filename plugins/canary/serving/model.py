@@ -24,6 +24,11 @@ def sample_features(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.standard_normal((n, N_FEATURES))
 
 
+def true_probability(features: np.ndarray) -> np.ndarray:
+    """Return the generator's true positive-class probability of feature vectors (the ground truth's law)."""
+    return _sigmoid(_TRUE_INTERCEPT + np.asarray(features, dtype=float) @ _TRUE_COEF)
+
+
 def version_seed(version: str) -> int:
     """Return the training seed of a version (stable across processes and platforms)."""
     return zlib.crc32(version.encode())

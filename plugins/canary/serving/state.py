@@ -45,6 +45,8 @@ class Faults(BaseModel):
     kpi_drop: float = Field(0.0, ge=0.0, le=1.0, description="relative reduction of the KPI event probability")
     score_out_of_range: float = Field(0.0, ge=0.0, le=1.0, description="share of answers whose reported score is "
                                       "1 + the score, outside [0, 1] (a broken output layer); the label is kept")
+    score_flip: float = Field(0.0, ge=0.0, le=1.0, description="share of answers whose score is 1 - the score, "
+                              "so that their predicted class is the other one (a less accurate model)")
     when: dict[str, str] = Field(default_factory=dict, max_length=8, description=(
         "apply only to requests with all these attributes (e.g. {\"device\": \"android\"}; ``segment`` is the "
         "one derived from X-User-Id); empty: to every request"))
@@ -75,7 +77,7 @@ def combine_faults(faults: Sequence[Faults]) -> Faults:
                   tail_latency_ms=max(f.tail_latency_ms for f in faults),
                   tail_fraction=union(f.tail_fraction for f in faults),
                   prediction_shift=max(-1.0, min(1.0, sum(f.prediction_shift for f in faults))),
-                  kpi_drop=union(f.kpi_drop for f in faults),
+                  kpi_drop=union(f.kpi_drop for f in faults), score_flip=union(f.score_flip for f in faults),
                   score_out_of_range=union(f.score_out_of_range for f in faults))
 
 

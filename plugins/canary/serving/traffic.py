@@ -7,9 +7,11 @@ the server and Airflow share a small machine.
 
 from __future__ import annotations
 
+import heapq
 import http.client
 import json
 import queue
+import random
 import threading
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from canary.serving.model import sample_features
+from canary.serving.model import sample_features, true_probability
 from canary.serving.state import user_attributes
 
 #: Failures of a reused keep-alive connection that the server closed while it was idle.
@@ -44,6 +46,10 @@ class TrafficStats:
     failed: int
     by_version: Mapping[str, int] = field(default_factory=dict)
     duration_s: float
+    #: Labels sent back (:class:`LabelFeedback`): accepted, refused or failed, and still waiting at the end.
+    labels_sent: int = 0
+    labels_refused: int = 0
+    labels_pending: int = 0
 
     @property
     def achieved_rps(self) -> float:
@@ -52,13 +58,94 @@ class TrafficStats:
     def to_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "ok": self.ok, "errors": self.errors, "unavailable": self.unavailable,
                 "other": self.other, "failed": self.failed, "by_version": dict(self.by_version),
-                "duration_s": round(self.duration_s, 3), "achieved_rps": round(self.achieved_rps, 1)}
+                "duration_s": round(self.duration_s, 3), "achieved_rps": round(self.achieved_rps, 1),
+                "labels_sent": self.labels_sent, "labels_refused": self.labels_refused,
+                "labels_pending": self.labels_pending}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelFeedback:
+    """Send the ground truth of answered requests back, late: ``share`` of them, ``delay_s`` after the answer.
+
+    The label is drawn from the data generator's true probability for the request's features
+    (:func:`canary.serving.model.true_probability`), whichever version answered, so a version that predicts
+    worse is wrong more often on the same population.
+    """
+
+    token: str
+    share: float = 1.0
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0 or self.delay_s < 0 or not self.token:
+            raise ValueError(f"label feedback: share must be in (0, 1], delay_s >= 0 and a token given, got "
+                             f"share={self.share}, delay_s={self.delay_s}")
+
+
+class _LabelSender(threading.Thread):
+    """Post labels when they are due, over one keep-alive connection (``POST .../feedback``)."""
+
+    def __init__(self, base_url: str, endpoint: str, feedback: LabelFeedback, timeout_s: float) -> None:
+        super().__init__(name="canary-labels", daemon=True)
+        url = urlsplit(base_url)
+        self._address = (url.hostname, url.port)
+        self._https = url.scheme == "https"
+        self._path = url.path.rstrip("/") + f"/v1/endpoints/{quote(endpoint, safe='')}/feedback"
+        self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {feedback.token}"}
+        self._timeout_s = timeout_s
+        self._due: list[tuple[float, str, int]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self.sent = self.refused = self.pending = 0
+
+    def add(self, due_s: float, request_id: str, label: int) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (due_s, request_id, label))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Send what is due, drop what is not (counted as pending), and stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self.join()
+
+    def run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while True:
+            with self._cond:
+                while not self._closing and (not self._due or self._due[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._due else max(self._due[0][0] - time.monotonic(), 0.0))
+                if self._closing and (not self._due or self._due[0][0] > time.monotonic()):
+                    self.pending = len(self._due)
+                    break
+                _, request_id, label = heapq.heappop(self._due)
+            body = json.dumps({"request_id": request_id, "label": label})
+            try:
+                if conn is None:
+                    cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                    conn = cls(*self._address, timeout=self._timeout_s)
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    self.sent += 1
+                else:
+                    self.refused += 1
+            except (OSError, http.client.HTTPException):
+                self.refused += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
 
 
 class _Worker(threading.Thread):
     """Send the requests of a job queue over one keep-alive connection; count the outcomes."""
 
-    def __init__(self, base_url: str, path: str, jobs: queue.Queue[tuple[str, str] | None], timeout_s: float) -> None:
+    def __init__(self, base_url: str, path: str, jobs: queue.Queue[tuple[str, str, float] | None], timeout_s: float,
+                 labels: _LabelSender | None = None, feedback: LabelFeedback | None = None, seed: int = 0) -> None:
         super().__init__(name="canary-traffic", daemon=True)
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -71,10 +158,12 @@ class _Worker(threading.Thread):
         self._conn: http.client.HTTPConnection | None = None
         self.outcomes: Counter[str] = Counter()
         self.by_version: Counter[str] = Counter()
+        self._labels, self._feedback = labels, feedback
+        self._rng = random.Random(seed)
 
     def run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            user_id, body = job
+            user_id, body, p_true = job
             try:
                 status, payload = self._send(user_id, body)
             except (OSError, http.client.HTTPException):
@@ -83,7 +172,12 @@ class _Worker(threading.Thread):
             kind = {200: "ok", 500: "errors", 503: "unavailable"}.get(status, "other")
             self.outcomes[kind] += 1
             if kind in ("ok", "errors"):
-                self.by_version[json.loads(payload).get("version", "?")] += 1
+                answer = json.loads(payload)
+                self.by_version[answer.get("version", "?")] += 1
+                if kind == "ok" and self._labels is not None and self._feedback is not None \
+                        and self._rng.random() < self._feedback.share:
+                    label = int(self._rng.random() < p_true)
+                    self._labels.add(time.monotonic() + self._feedback.delay_s, answer["request_id"], label)
         if self._conn is not None:
             self._conn.close()
 
@@ -112,23 +206,29 @@ class _Worker(threading.Thread):
 
 def run_traffic(base_url: str, endpoint: str, rps: float, duration_s: float | None = None,
                 stop_event: threading.Event | None = None, *, seed: int = 0, users: int = 5000,
-                max_in_flight: int = 32, timeout_s: float = 10.0) -> TrafficStats:
+                max_in_flight: int = 32, timeout_s: float = 10.0,
+                feedback: LabelFeedback | None = None) -> TrafficStats:
     """Send prediction requests at ``rps`` until ``duration_s`` has passed or ``stop_event`` is set.
 
     Each request comes from one of ``users`` user ids drawn at random (``X-User-Id``), so sticky routing
     sees a realistic population, with that user's attributes (device, region: see
     :func:`canary.serving.state.user_attributes`). At most ``max_in_flight`` requests are outstanding: when the server is
     slower than that, the achieved rate drops instead of a backlog growing. 5xx answers and connection
-    errors are counted, never raised.
+    errors are counted, never raised. With ``feedback``, answered requests' true labels are sent back late
+    (:class:`LabelFeedback`); labels not yet due when the traffic stops are dropped (``labels_pending``).
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
     if duration_s is None and stop_event is None:
         raise ValueError("give duration_s or stop_event: traffic must be bounded")
     rng = np.random.default_rng(seed)
-    jobs: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=max_in_flight)
+    jobs: queue.Queue[tuple[str, str, float] | None] = queue.Queue(maxsize=max_in_flight)
     path = f"/v1/endpoints/{quote(endpoint, safe='')}/predict"
-    workers = [_Worker(base_url, path, jobs, timeout_s) for _ in range(max_in_flight)]
+    labels = _LabelSender(base_url, endpoint, feedback, timeout_s) if feedback is not None else None
+    if labels is not None:
+        labels.start()
+    workers = [_Worker(base_url, path, jobs, timeout_s, labels, feedback, seed=seed * 1000 + i)
+               for i in range(max_in_flight)]
     for worker in workers:
         worker.start()
     start = time.monotonic()
@@ -145,16 +245,20 @@ def run_traffic(base_url: str, endpoint: str, rps: float, duration_s: float | No
                     stop_event.wait(wait_s)
                 continue
             user_id = f"user-{int(rng.integers(users)):05d}"
-            jobs.put((user_id, json.dumps({"features": sample_features(rng, 1)[0].tolist(),
-                                           "attributes": user_attributes(user_id)})))
+            features = sample_features(rng, 1)[0]
+            jobs.put((user_id, json.dumps({"features": features.tolist(), "attributes": user_attributes(user_id)}),
+                      float(true_probability(features))))
             sent += 1
     finally:
         for _ in workers:
             jobs.put(None)
         for worker in workers:
             worker.join()
+        if labels is not None:
+            labels.close()
     outcomes = sum((w.outcomes for w in workers), Counter())
     by_version = sum((w.by_version for w in workers), Counter())
     return TrafficStats(sent=sent, ok=outcomes["ok"], errors=outcomes["errors"], unavailable=outcomes["unavailable"],
                         other=outcomes["other"], failed=outcomes["failed"], by_version=dict(by_version),
-                        duration_s=time.monotonic() - start)
+                        duration_s=time.monotonic() - start, labels_sent=labels.sent if labels else 0,
+                        labels_refused=labels.refused if labels else 0, labels_pending=labels.pending if labels else 0)

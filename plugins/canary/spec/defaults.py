@@ -43,6 +43,8 @@ SEGMENTS_ALPHA_SHARE = 0.5
 #: stage to advance (a regression in it still rolls back).
 SEGMENT_MIN_SHARE = 0.05
 MAX_SEGMENTS = 20
+#: The longest ``label_delay`` of a prediction_quality metric (labels later than this: a longer rollout).
+MAX_LABEL_DELAY_S = 24 * 3600.0
 #: Request attribute names (``analysis.segments.by``, a prediction's ``attributes``): lower case, so that
 #: each is also a valid Prometheus label name.
 ATTRIBUTE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"

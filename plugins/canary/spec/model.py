@@ -144,6 +144,8 @@ class MetricKind(StrEnum):
     LATENCY = "latency"
     PREDICTION_DISTRIBUTION = "prediction_distribution"
     KPI = "kpi"
+    #: Wrong predictions among requests whose ground-truth label has arrived (late feedback).
+    PREDICTION_QUALITY = "prediction_quality"
 
 
 class MetricSpec(_Strict):
@@ -163,6 +165,9 @@ class MetricSpec(_Strict):
     threshold_ms: float | None = Field(None, gt=0.0, description="latency only: fixed exceedance threshold")
     mde: float | None = Field(None, gt=0.0)
     higher_is_better: bool = Field(True, description="kpi only: direction of the KPI")
+    label_delay_s: Duration = Field(0.0, alias="label_delay", ge=0.0, le=defaults.MAX_LABEL_DELAY_S, description=(
+        "prediction_quality only: how long labels take to arrive; only requests at least this old count, so "
+        "that early looks are not biased toward requests whose labels come fast"))
 
     @property
     def effective_mde(self) -> float:
@@ -462,6 +467,34 @@ def _segment_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return []
 
 
+def _label_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """prediction_quality metrics: one label delay, shorter than every compared stage, on a backend with labels."""
+    quality = [(i, m) for i, m in enumerate(spec.analysis.metrics) if m.kind is MetricKind.PREDICTION_QUALITY]
+    if not quality:
+        return []
+    from canary.backends import LABELLED_METRICS  # lazy: keeps the spec module import-light
+
+    problems: list[tuple[str, str]] = []
+    first_i, first = quality[0]
+    name = spec.backends.metrics.name
+    if name not in LABELLED_METRICS:
+        problems.append((f"analysis.metrics[{first_i}].kind", f"the {name} metrics backend does not join late "
+                                                              "labels to the requests they are about; use a metrics "
+                                                              f"backend that does: {', '.join(sorted(LABELLED_METRICS))}"))
+    for i, m in quality[1:]:
+        if m.label_delay_s != first.label_delay_s:
+            problems.append((f"analysis.metrics[{i}].label_delay", f"must equal analysis.metrics[{first_i}]"
+                                                                   f".label_delay ({first.label_delay_s:g}s): a stage "
+                                                                   "reads one window of labelled requests"))
+    for j, stage in enumerate(spec.stages):
+        max_s = getattr(stage, "max_duration_s", None)
+        if getattr(stage, "weight", 100) < 100 and max_s is not None and first.label_delay_s >= max_s:
+            problems.append((f"analysis.metrics[{first_i}].label_delay",
+                             f"must be shorter than stages[{j}].max_duration ({max_s:g}s): no request of that stage "
+                             "would be old enough to have its label"))
+    return problems
+
+
 def _expectation_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return [(f"shadow.expectations[{i}].{loc}", msg)
             for i, expectation in enumerate(spec.shadow.expectations)
@@ -524,6 +557,9 @@ def _metric_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
         if metric.kind is MetricKind.KPI and metric.higher_is_better and metric.effective_mde >= 1.0:
             problems.append((f"{loc}.mde", "a KPI drop is relative: mde must be < 1 (set mde, the default is "
                                            "2 x tolerance)"))
+        if metric.kind is not MetricKind.PREDICTION_QUALITY and metric.label_delay_s:
+            problems.append((f"{loc}.label_delay", f"applies to prediction_quality metrics only, not "
+                                                   f"{metric.kind.value}"))
         if metric.mde is not None and metric.mde < metric.tolerance:
             problems.append((f"{loc}.mde", f"must be >= tolerance ({metric.tolerance:g})"))
     return problems
@@ -615,7 +651,7 @@ def _notify_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
 
 #: The cross-field rules, each a pure function of the spec returning ``(location, message)`` problems.
 CROSS_FIELD_RULES: tuple[Callable[[RolloutSpec], list[tuple[str, str]]], ...] = (
-    _backend_problems, _shadow_problems, _segment_problems, _expectation_problems, _stage_problems, _concurrency_problems,
+    _backend_problems, _shadow_problems, _segment_problems, _label_problems, _expectation_problems, _stage_problems, _concurrency_problems,
     _alpha_problems, _metric_problems, _schedule_problems, _registry_event_problems, _cloudwatch_window_problems,
     _poll_interval_problems, _notify_problems,
 )

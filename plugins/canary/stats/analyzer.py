@@ -50,6 +50,11 @@ Metric kinds:
     bounds as data arrive; it stabilises quickly and the A/A simulations include it. With
     ``quantile <= 0.5`` and log-latency sums on both versions, a broad shift is tested instead: the
     normal-mixture mSPRT on mean log-latency (:mod:`canary.stats.msprt`) with a burn-in.
+``prediction_quality``
+    label e-process on wrong predictions among the requests whose ground-truth label has arrived,
+    exposure = labelled requests, counted only for requests older than the metric's ``label_delay``
+    (the backend's window for labels ends that long before the look), so early looks are not biased
+    toward requests whose labels come fast.
 ``prediction_distribution``
     confidence sequence on the total-variation distance from per-bin beta-binomial e-processes
     (:mod:`canary.stats.distribution`): ROLLBACK when its lower bound at the metric's rollback level
@@ -333,7 +338,7 @@ class SequentialAnalyzer:
                 return verdict(Decision.CONTINUE, "no stable traffic in the segment yet", ev)
             return verdict(Decision.HALT, "no stable traffic in the window to compare with", ev)
 
-        if metric.kind in (MetricKind.ERROR_RATE, MetricKind.KPI):
+        if metric.kind in (MetricKind.ERROR_RATE, MetricKind.KPI, MetricKind.PREDICTION_QUALITY):
             return self._count_metric(ctx, metric, carry, log_rollback, log_promote, verdict)
         if metric.kind is MetricKind.LATENCY:
             return self._latency_metric(ctx, metric, carry, log_rollback, log_promote, verdict)
@@ -390,11 +395,17 @@ class SequentialAnalyzer:
     def _count_metric(self, ctx: _Ctx, metric: MetricSpec, carry: MetricCarry, log_rollback: float,
                       log_promote: float, verdict: Any) -> MetricAssessment:
         s, c = ctx.window.stable, ctx.window.canary
+        extra: dict[str, Any] = {}
         if metric.kind is MetricKind.ERROR_RATE:
             period = (float(c.errors), float(s.errors), float(c.requests), float(s.requests))
+        elif metric.kind is MetricKind.PREDICTION_QUALITY:
+            # Only labelled requests (old enough for label_delay) are exposure: a wrong prediction is the event.
+            period = (float(c.wrong), float(s.wrong), float(c.labelled), float(s.labelled))
+            extra = {"label_delay_s": metric.label_delay_s, "canary_labelled": c.labelled,
+                     "stable_labelled": s.labelled}
         else:
             period = (float(c.kpi_events), float(s.kpi_events), float(c.requests), float(s.requests))
-        return self._label_assessment(ctx, metric, carry, period, log_rollback, log_promote, verdict, {})
+        return self._label_assessment(ctx, metric, carry, period, log_rollback, log_promote, verdict, extra)
 
     def _latency_metric(self, ctx: _Ctx, metric: MetricSpec, carry: MetricCarry, log_rollback: float,
                         log_promote: float, verdict: Any) -> MetricAssessment:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from canary.spec.model import MetricSpec, RolloutSpec, StageSpec
+from canary.spec.model import MetricKind, MetricSpec, RolloutSpec, StageSpec
 from canary.stats import label
 from canary.stats.analyzer import count_orientation
 
@@ -153,9 +153,17 @@ def eta_s(spec: RolloutSpec, stage: StageSpec, evidence: Mapping[str, Any], *, d
         if metric is None:
             advance_s = left_s
             continue
-        rollback_i, advance_i = metric_decision_times(metric, assessment, future_requests)
-        rollback_s = min(rollback_s, at(rollback_i))
-        advance_s = max(advance_s, at(advance_i))
+        ev = assessment.get("evidence") or {}
+        # A segment's test sees its share of the canary requests; a prediction_quality test the labelled
+        # share of them, each label label_delay after its request.
+        growth = float(ev.get("canary_share", 1.0)) if assessment.get("segment") else 1.0
+        lag_s = 0.0
+        if metric.kind is MetricKind.PREDICTION_QUALITY:
+            growth *= float(ev.get("canary_labelled") or 0) / canary_requests
+            lag_s = metric.label_delay_s
+        rollback_i, advance_i = metric_decision_times(metric, assessment, future_requests * growth)
+        rollback_s = min(rollback_s, at(rollback_i) + (lag_s if rollback_i is not None else 0.0))
+        advance_s = max(advance_s, at(advance_i) + (lag_s if advance_i is not None else 0.0))
     return round(min(rollback_s, advance_s, left_s), 3)
 
 

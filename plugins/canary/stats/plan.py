@@ -144,7 +144,8 @@ def _tv_costs(metric: MetricSpec, rho: float, a_rb: float, a_pr: float,
 
 def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, baseline_kpi_rate: float = 0.05,
          baseline_exceedance_rate: float | None = None, log_latency_sd: float = 0.5,
-         segment_shares: Mapping[str, float] | None = None) -> list[PlanRow]:
+         segment_shares: Mapping[str, float] | None = None, baseline_wrong_rate: float = 0.2,
+         label_share: float = 1.0) -> list[PlanRow]:
     """Return one :class:`PlanRow` per compared stage (weight < 100) and metric, overall then per segment.
 
     Parameters
@@ -160,6 +161,9 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
     segment_shares : mapping or None
         With ``analysis.segments``: each segment's share of the traffic (default: equal shares); a segment
         is tested on its share of the requests at its level of the error budget.
+    baseline_wrong_rate, label_share : float
+        prediction_quality: stable's share of wrong predictions, and the share of requests that get a label;
+        its times include the metric's ``label_delay`` (a request counts once its label can have arrived).
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
@@ -181,14 +185,17 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
             continue
         rho = stage.weight / 100.0
         for segment, share, scope_budget, required in scopes:
-            canary_rps = rps * rho * share
             for m in spec.analysis.metrics:
+                quality = m.kind is MetricKind.PREDICTION_QUALITY
+                canary_rps = rps * rho * share * (label_share if quality else 1.0)
                 a_rb = scope_budget.metric(m.name)
-                test, costs = _costs(m, rho, a_rb, alpha, baseline_error_rate=baseline_error_rate,
+                test, costs = _costs(m, rho, a_rb, alpha, baseline_error_rate=baseline_wrong_rate if quality
+                                     else baseline_error_rate,
                                      baseline_kpi_rate=baseline_kpi_rate,
                                      baseline_exceedance_rate=baseline_exceedance_rate, log_latency_sd=log_latency_sd)
                 rows.append(_row(idx, stage, m, test, a_rb, costs, canary_rps, segment=segment,
-                                 segment_share=share if segment else None, required=required))
+                                 segment_share=share if segment else None, required=required,
+                                 delay_s=m.label_delay_s if quality else 0.0))
     return rows
 
 
@@ -196,7 +203,7 @@ def _costs(m: MetricSpec, rho: float, a_rb: float, alpha: float, *, baseline_err
            baseline_kpi_rate: float, baseline_exceedance_rate: float | None,
            log_latency_sd: float) -> tuple[str, tuple[float | None, float | None, float | None]]:
     log_rb, log_pr = math.log(1.0 / a_rb), math.log(1.0 / alpha)
-    if m.kind is MetricKind.ERROR_RATE:
+    if m.kind in (MetricKind.ERROR_RATE, MetricKind.PREDICTION_QUALITY):
         return "label", _label_costs(m, rho, baseline_error_rate, log_rb, log_pr)
     if m.kind is MetricKind.KPI:
         return "label", _label_costs(m, rho, baseline_kpi_rate, log_rb, log_pr)
@@ -211,15 +218,15 @@ def _costs(m: MetricSpec, rho: float, a_rb: float, alpha: float, *, baseline_err
 
 def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str, rollback_alpha: float,
          costs: tuple[float | None, float | None, float | None], canary_rps: float, *, segment: str | None = None,
-         segment_share: float | None = None, required: bool = True) -> PlanRow:
+         segment_share: float | None = None, required: bool = True, delay_s: float = 0.0) -> PlanRow:
     detect, promote, fixed = costs
 
     def secs(n: float | None) -> float | None:
-        return None if n is None or canary_rps <= 0 else n / canary_rps
+        return None if n is None or canary_rps <= 0 else n / canary_rps + delay_s
 
     decision_s = None
     if promote is not None and canary_rps > 0:
-        decision_s = max(promote / canary_rps, stage.min_duration_s, stage.min_requests / canary_rps)
+        decision_s = max(promote / canary_rps + delay_s, stage.min_duration_s, stage.min_requests / canary_rps)
     name = m.name if segment is None else f"{m.name} in segment {segment}"
     warning = None
     if not required:
@@ -234,7 +241,7 @@ def _row(idx: int, stage: StageSpec, m: MetricSpec, test: str, rollback_alpha: f
             if segment else ""
         warning = (f"stage {idx} ({stage.weight}%): {name} needs {need} to show non-inferiority on a healthy "
                    f"canary, beyond max_duration {stage.max_duration_s:.0f}s (the stage will time out){small}")
-    elif detect is None or detect / canary_rps > stage.max_duration_s:
+    elif detect is None or detect / canary_rps + delay_s > stage.max_duration_s:
         warning = (f"stage {idx} ({stage.weight}%): {name} cannot detect its MDE within max_duration "
                    f"{stage.max_duration_s:.0f}s")
     return PlanRow(stage=idx, weight_pct=stage.weight, metric=m.name, kind=m.kind.value, test=test,

@@ -72,6 +72,10 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
         if m.kind is MetricKind.LATENCY and not layout.latency_columns:
             raise ReplayInputError(f"metric {m.name!r} (latency) needs latency_le_<ms> bucket columns",
                                    column="latency_le_<ms>")
+        if m.kind is MetricKind.PREDICTION_QUALITY:
+            raise ReplayInputError(f"metric {m.name!r} (prediction_quality) cannot be replayed yet: its labels "
+                                   "arrive label_delay after their requests, which per-row counts do not record; "
+                                   "replay a copy of the spec without it")
         if m.kind is MetricKind.KPI and not layout.has_kpi:
             raise ReplayInputError(f"metric {m.name!r} (kpi) needs a kpi_events column", column="kpi_events")
         if m.kind is MetricKind.PREDICTION_DISTRIBUTION and not layout.pred_columns:

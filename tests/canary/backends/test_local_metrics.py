@@ -281,3 +281,37 @@ def test_segment_stats_of_real_traffic_with_a_fault_confined_to_one_device(
     assert sum(s.requests for s in got.values()) == traffic.sent == 300
     assert got["ios"].errors == got["web"].errors == 0 and got["android"].errors == traffic.errors > 0
     assert all(s.requests > 0 for s in got.values())
+
+
+def test_label_stats_of_real_traffic_that_sends_its_labels_late(
+        serving_url: str, router: LocalTrafficRouter, store_path: Path, flush: Callable[[], None]) -> None:
+    """The traffic generator sends true labels back 0.3 s late; v2 flips 40% of its predictions: wrong more often."""
+    from conftest import TOKEN
+
+    from canary.backends.base import LabelledMetricsSource
+    from canary.serving.traffic import LabelFeedback
+
+    router.deploy("v1")
+    router.deploy("v2")
+    router.set_weights({"v1": 50, "v2": 50})
+    router.set_faults("v2", score_flip=0.4)
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    assert isinstance(source, LabelledMetricsSource)
+    start_s = time.time()
+    assert source.label_stats("v1", start_s=start_s, end_s=start_s + 60) == {None: (0, 0)}  # no feedback table yet
+    traffic = run_traffic(serving_url, "churn", rps=300, duration_s=1.5, seed=9,
+                          feedback=LabelFeedback(token=TOKEN, share=0.8, delay_s=0.3))
+    flush()
+    end_s = time.time() + 1
+    # Labels still in flight when the traffic stopped are dropped, never sent early.
+    assert traffic.labels_refused == 0 and traffic.labels_sent + traffic.labels_pending < traffic.ok
+    assert traffic.labels_sent > 0.5 * traffic.ok
+    got = {v: source.label_stats(v, start_s=start_s, end_s=end_s, by="device", values=["android", "ios", "web"])
+           for v in ("v1", "v2")}
+    assert got["v1"][None][0] + got["v2"][None][0] == traffic.labels_sent
+    for v in ("v1", "v2"):
+        assert sum(got[v][d][0] for d in ("android", "ios", "web")) == got[v][None][0]
+    wrong_rate = {v: got[v][None][1] / got[v][None][0] for v in ("v1", "v2")}
+    assert wrong_rate["v2"] > wrong_rate["v1"] + 0.15, wrong_rate
+    # A window that ends before the requests: nothing labelled in it.
+    assert source.label_stats("v1", start_s=start_s - 60, end_s=start_s)[None] == (0, 0)
