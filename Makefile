@@ -54,6 +54,7 @@ bench: setup
 	$(PY) bench/stats_bench.py
 	$(PY) bench/replay_bench.py
 	$(PY) bench/shadow_bench.py
+	$(PY) bench/segments_bench.py
 
 airflow: setup
 	@echo "Airflow UI on http://localhost:8080 (credentials printed below; AIRFLOW_HOME=$(AIRFLOW_HOME))"

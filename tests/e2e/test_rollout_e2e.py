@@ -34,8 +34,14 @@ BASE = 0.01
 FAULTS = {"v1": f"error_rate={BASE}", "v2": f"error_rate={BASE}", "v3": f"error_rate={BASE + 0.15}",
           "v4": f"error_rate={BASE}", "v5": "error_rate=0.6", "v6": f"error_rate={BASE},score_out_of_range=0.3",
           "v7": f"error_rate={BASE},prediction_shift=0.12",
-          "v8": [f"error_rate={BASE}", "error_rate=0.07,when.device=web"]}
+          "v8": [f"error_rate={BASE}", "error_rate=0.07,when.device=web"],
+          "v9": f"error_rate={BASE},score_flip=0.5", "v10": f"error_rate={BASE}"}
 SEGMENTS_MODEL = "e2e-segments"  # same endpoint, per-device analysis, no shadow test
+# The traffic sends the true label of half the answered requests 2 s after the answer. QUALITY_MODEL gates on
+# wrong predictions among labelled requests at least 3 s old: v9 flips half of its predictions (as fast and
+# as error-free as stable: only the labels show it), v10 is as accurate as stable.
+QUALITY_MODEL = "e2e-quality"
+LABELS = (0.5, 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +61,14 @@ def e2e(tmp_path_factory):
     segments = fast_spec(SEGMENTS_MODEL, ENDPOINT, shadow={"enabled": False})
     segments["analysis"]["segments"] = {"by": "device", "values": ["android", "ios", "web"], "require_each": False}
     (specs / f"{SEGMENTS_MODEL}.yaml").write_text(yaml.safe_dump(segments))
+    quality = fast_spec(QUALITY_MODEL, ENDPOINT, shadow={"enabled": False})
+    quality["analysis"]["metrics"].append({"name": "accuracy", "kind": "prediction_quality", "tolerance": 0.5,
+                                           "mde": 1.0, "label_delay": "3s"})
+    (specs / f"{QUALITY_MODEL}.yaml").write_text(yaml.safe_dump(quality))
     procs = Processes()
     try:
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT,
-                         versions=("v1", "v2", "v3", "v5", "v6", "v7", "v8"),
+                         versions=("v1", "v2", "v3", "v5", "v6", "v7", "v8", "v9", "v10"), labels=LABELS,
                          faults=FAULTS, rps=120) as stack:
             migrate(root / "airflow", stack)
             yield stack, root / "airflow", {"CANARY_SPECS_DIR": str(specs), "AIRFLOW_CONN_MISSING_STORE": missing_store}
@@ -175,6 +185,24 @@ def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
     assert 'id="segments"' in page and "error rate in segment device=web" in page
 
 
+def test_a_less_accurate_candidate_is_rolled_back_once_its_labels_arrive(e2e):
+    stack, home, env = e2e
+    before = register_against_the_serving_version(stack, QUALITY_MODEL, "v9")
+    report = run_rollout(stack, home, "v9", extra_env=env, model=QUALITY_MODEL)
+    assert report["outcome"] == "rolled_back", report
+    assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): accuracy: e-value "), report["reason"]
+    assert stack.weights() == {before: 100}
+    _, _, looks, _ = journal(report, QUALITY_MODEL)
+    tests = {m["metric"]: m for m in looks[-1].evidence["metrics"]}
+    accuracy, errors = tests["accuracy"]["evidence"], tests["error_rate"]
+    assert errors["decision"] != "rollback"  # it fails no more often than stable: only the labels tell
+    assert accuracy["canary_exposure"] > 0 and accuracy["label_delay_s"] == 3.0
+    assert accuracy["canary_events"] / accuracy["canary_exposure"] > 1.3 * accuracy["stable_events"] / \
+        accuracy["stable_exposure"], accuracy
+    # Labels lag the requests: the labelled requests are fewer than those served in the window.
+    assert accuracy["canary_exposure"] < looks[-1].evidence["canary_requests"]
+
+
 def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
     stack, home, env = e2e
     before = stack.weights()
@@ -236,3 +264,16 @@ def test_failing_task_leaves_traffic_on_stable(e2e):
     assert report["outcome"] == "failed", report
     assert "stage_1.observe" in report["reason"]
     assert stack.weights() == {stable: 100}
+
+
+def test_an_equally_accurate_candidate_is_promoted_on_its_labels(e2e):
+    # Last in the module: it moves the endpoint to v10, the other tests' rollouts compare with v2.
+    stack, home, env = e2e
+    register_against_the_serving_version(stack, QUALITY_MODEL, "v10")
+    report = run_rollout(stack, home, "v10", extra_env=env, model=QUALITY_MODEL)
+    assert report["outcome"] == "promoted", report
+    assert stack.weights() == {"v10": 100}
+    _, _, looks, _ = journal(report, QUALITY_MODEL)
+    first_stage = [lk for lk in looks if lk.stage_index == 0]
+    accuracy = {m["metric"]: m for m in first_stage[-1].evidence["metrics"]}["accuracy"]
+    assert accuracy["decision"] == "advance" and accuracy["evidence"]["ratio_upper"] <= 1.5, accuracy

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent (thread) exits."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Processes:
     """Child processes that are always stopped (process groups, SIGTERM then SIGKILL)."""
 
@@ -29,6 +40,13 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
 
     def start(self, name: str, cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``cmd`` in its own process group; on Linux it gets SIGTERM should this process die first.
+
+        Without that, a test run killed from outside (a CI timeout, Ctrl-C twice) never runs ``stop_all``
+        and leaves serving layers and traffic generators loading the machine for the next runs.
+        """
+        if sys.platform.startswith("linux") and "preexec_fn" not in kwargs:
+            kwargs["preexec_fn"] = _die_with_parent
         proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         self.procs.append((name, proc))
         return proc

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from canary.devstack.processes import Processes, group_running
 
@@ -44,3 +50,26 @@ def test_stop_all_kills_group_members_that_ignore_sigterm():
     assert not group_running(leader.pid)
     assert time.time() - started < 10
     assert procs.procs == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_child_dies_with_a_parent_that_is_killed_before_it_can_stop_it():
+    """A test process killed from outside (a CI timeout) runs no finalizer: its servers must not live on."""
+    code = ("import time\nfrom canary.devstack.processes import Processes\n"
+            "proc = Processes().start('sleeper', ['sleep', '300'])\nprint(proc.pid, flush=True)\ntime.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)  # the kernel signals the orphan asynchronously: wait for it, bounded
+    assert not _alive(child), f"pid {child} outlived its killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state
