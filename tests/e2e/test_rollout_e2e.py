@@ -173,9 +173,11 @@ def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
     last = looks[-1]
     assert last.decision == "rollback" and last.metric == "error_rate in segment device=web"
     tests = {m.get("label", m["metric"]): m for m in last.evidence["metrics"]}
-    # Overall the canary is within tolerance, and the other devices look like stable.
+    # Overall the canary (2.4% vs 1%) is within tolerance (ratio 3): its test did not fire, nor does its
+    # confidence sequence place the ratio beyond the tolerance. (Its point estimate after a few hundred
+    # canary requests is noisy: one run read 3.3.) The other devices look like stable.
     overall = tests["error_rate"]
-    assert overall["decision"] != "rollback" and overall["evidence"]["ratio_estimate"] < 3.0, overall
+    assert overall["decision"] != "rollback" and overall["evidence"]["ratio_lower"] < 3.0, overall
     web = tests["error_rate in segment device=web"]["evidence"]
     assert web["canary_share"] == pytest.approx(0.2, abs=0.08) and web["ratio_lower"] > 1.0, web
     for device in ("android", "ios"):

@@ -284,12 +284,14 @@ def test_segment_stats_of_real_traffic_with_a_fault_confined_to_one_device(
 
 
 def test_label_stats_of_real_traffic_that_sends_its_labels_late(
-        serving_url: str, router: LocalTrafficRouter, store_path: Path, flush: Callable[[], None]) -> None:
+        serving_url: str, serving_conn: ConnInfo, router: LocalTrafficRouter, store_path: Path,
+        flush: Callable[[], None]) -> None:
     """The traffic generator sends true labels back 0.3 s late; v2 flips 40% of its predictions: wrong more often."""
-    from conftest import TOKEN
-
     from canary.backends.base import LabelledMetricsSource
     from canary.serving.traffic import LabelFeedback
+
+    token = serving_conn.password  # the admin token: the feedback route's default
+    assert token
 
     router.deploy("v1")
     router.deploy("v2")
@@ -300,7 +302,7 @@ def test_label_stats_of_real_traffic_that_sends_its_labels_late(
     start_s = time.time()
     assert source.label_stats("v1", start_s=start_s, end_s=start_s + 60) == {None: (0, 0)}  # no feedback table yet
     traffic = run_traffic(serving_url, "churn", rps=300, duration_s=1.5, seed=9,
-                          feedback=LabelFeedback(token=TOKEN, share=0.8, delay_s=0.3))
+                          feedback=LabelFeedback(token=token, share=0.8, delay_s=0.3))
     flush()
     end_s = time.time() + 1
     # Labels still in flight when the traffic stopped are dropped, never sent early.

@@ -45,7 +45,8 @@ def validate(tmp_path: Path, data: dict, capsys) -> tuple[int, list[str]]:
           stages=[{"weight": 5}, {"weight": 50}]),
      ["backends.metrics.options.timeout: unknown prometheus metrics option (set to 5); allowed: metric_prefix, "
       "version_label, endpoint_label, mirrored_label, extra_matchers, latency_unit, lookback_s, timeout_s, retries, "
-      "backoff_s, requests_metric, errors_metric, latency_metric, kpi_metric, prediction_bins_metric, bin_label",
+      "backoff_s, requests_metric, errors_metric, latency_metric, kpi_metric, prediction_bins_metric, bin_label, "
+      "segment_label",
       "stages[1].weight: the last stage must be 100 (full promotion), got 50"]),
 ])
 def test_one_pass_reports_the_field_problem_and_the_cross_field_problem(tmp_path, capsys, data, expected):
