@@ -254,12 +254,7 @@ def test_shadow_test_stops_a_candidate_whose_outputs_break_an_expectation(e2e):
 
 def test_failing_task_leaves_traffic_on_stable(e2e):
     stack, home, env = e2e
-    serving = stack.weights()
-    (stable,) = [v for v, w in serving.items() if w == 100]
-    reg = registry(stack)
-    reg.register_version("e2e-broken", stable)
-    reg.register_version("e2e-broken", "v4")
-    reg.set_alias("e2e-broken", "champion", stable)
+    stable = register_against_the_serving_version(stack, "e2e-broken", "v4")
     broken_stack = type(stack)(state_dir=stack.state_dir, port=stack.port, token=stack.token, model="e2e-broken",
                                endpoint=ENDPOINT)
     report = run_rollout(broken_stack, home, "v4", extra_env=env)

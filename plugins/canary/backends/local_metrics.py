@@ -59,18 +59,18 @@ FROM {TABLE} AS r
 WHERE {_SERVED_IN_WINDOW}
 GROUP BY bin
 """
-# A request's segment: the column the serving layer derives from X-User-Id, or one of its JSON attributes
-# (the JSON path is a bound parameter; ``by`` itself never enters the SQL).
-_SEGMENT_STATS_SQL = """
-SELECT {segment} AS seg, {bin} AS bin, {columns}
-FROM {table} AS r
-WHERE {served} AND seg IS NOT NULL
+_SEGMENT_STATS_SQL = f"""
+SELECT {{segment}} AS seg, {_BIN} AS bin, {_STATS_COLUMNS}
+FROM {TABLE} AS r
+WHERE {_SERVED_IN_WINDOW} AND seg IS NOT NULL
 GROUP BY seg, bin
 """
-_SEGMENT_BY_COLUMN_SQL = _SEGMENT_STATS_SQL.format(segment="r.segment", bin=_BIN, columns=_STATS_COLUMNS,
-                                                   table=TABLE, served=_SERVED_IN_WINDOW)
-_SEGMENT_BY_ATTRIBUTE_SQL = _SEGMENT_STATS_SQL.format(segment="json_extract(r.attributes, :path)", bin=_BIN,
-                                                      columns=_STATS_COLUMNS, table=TABLE, served=_SERVED_IN_WINDOW)
+
+
+def _segment_of(by: str) -> str:
+    """SQL of request ``r``'s value of attribute ``by``: the column the serving layer derives from X-User-Id,
+    or one of its JSON attributes (the JSON path is the bound parameter ``:path``; ``by`` never enters the SQL)."""
+    return "r.segment" if by == defaults.USER_SEGMENT_ATTRIBUTE else "json_extract(r.attributes, :path)"
 # Labelled requests: a served, answered request of the window joined to its ground-truth label (the
 # feedback table, indexed by endpoint, version and request time); wrong = predicted class != label.
 _LABEL_STATS_SQL = f"""
@@ -168,7 +168,7 @@ class LocalMetricsSource:
         """
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
                   "path": f"$.{by}", **_BUCKET_PARAMS}
-        sql = _SEGMENT_BY_COLUMN_SQL if by == defaults.USER_SEGMENT_ATTRIBUTE else _SEGMENT_BY_ATTRIBUTE_SQL
+        sql = _SEGMENT_STATS_SQL.format(segment=_segment_of(by))
         rows: dict[str, list[tuple[Any, ...]]] = {value: [] for value in values}
         for seg, *row in self._query(sql, params):
             if seg in rows:
@@ -185,8 +185,7 @@ class LocalMetricsSource:
         out: dict[str | None, tuple[int, int]] = {None: (0, 0), **{v: (0, 0) for v in values}}
         if not self._query(_HAS_FEEDBACK_SQL, ()):
             return out  # no feedback was ever given on this store
-        segment = "NULL" if by is None else ("r.segment" if by == defaults.USER_SEGMENT_ATTRIBUTE
-                                              else "json_extract(r.attributes, :path)")
+        segment = "NULL" if by is None else _segment_of(by)
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
                   "path": f"$.{by}"}
         labelled = wrong = 0
