@@ -5,8 +5,8 @@ requests answered by both versions, with failures the two share (hard requests: 
 failures of one version alone, looks every 25 pairs up to 10,000, and prints:
 
 - A/A: how often the sequential McNemar test (:mod:`canary.stats.paired`) fails a candidate that fails
-  exactly as often as stable, at the shipped level (``alpha / 4``: the shadow test splits its level over
-  its four paired tests) and at the whole ``alpha``; and naive peeking at a one-sided z-test on the
+  exactly as often as stable, at the shipped level (``alpha / k``: the shadow test splits its level over
+  its k paired tests, five with the default spec) and at the whole ``alpha``; and naive peeking at a one-sided z-test on the
   discordant pairs, for contrast;
 - a regression (the candidate fails alone twice as often as stable alone): the mean number of pairs to
   fail it, against the *unpaired* label test the canary stages use (each version's own requests, exposure
@@ -27,12 +27,15 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
+from canary.rollout.shadow import paired_tests
 from canary.spec import defaults
+from canary.spec.model import ShadowSpec
 from canary.stats.label import GridPrior, grid_log_lr
 from canary.stats.paired import PAIR_SHARE
 
 ALPHA = 0.05
-SHIPPED = ALPHA / 4  # rollout.shadow.PAIRED_TESTS
+SHIPPED_TESTS = paired_tests(ShadowSpec())  # the default spec's split of the shadow test's level
+SHIPPED = ALPHA / SHIPPED_TESTS
 STEP = 25
 MAX_PAIRS = 10_000
 PRIOR = GridPrior.around(math.log(defaults.SHADOW_DESIGN_RATIO))
@@ -81,7 +84,7 @@ def main() -> None:
     print(f"shadow test, paired error test (B9): {args.reps} replications, looks every {STEP} pairs to {MAX_PAIRS:,}")
     print()
     print("A/A (candidate fails alone as often as stable alone): share of runs failed")
-    print(f"{'scenario':44} {'shipped a/4':>12} {'whole a':>9} {'peeking z':>10}   target <= {ALPHA + se:.3f}")
+    print(f"{'scenario':44} {f'shipped a/{SHIPPED_TESTS}':>12} {'whole a':>9} {'peeking z':>10}   target <= {ALPHA + se:.3f}")
     for name, (p_both, p_one) in {"1% each alone, 2% together": (0.02, 0.01),
                                   "0.1% each alone, 0.5% together": (0.005, 0.001),
                                   "5% each alone, no shared failures": (0.0, 0.05)}.items():
@@ -91,7 +94,8 @@ def main() -> None:
         peek = peeking_z(sim["b"], sim["c"], ALPHA).mean()
         print(f"{name:44} {shipped:12.3f} {whole:9.3f} {peek:10.3f}")
     print()
-    print("regression (candidate alone twice as often as stable alone): mean pairs to fail it, level a/4")
+    print("regression (candidate alone twice as often as stable alone): mean pairs to fail it, level "
+          f"a/{SHIPPED_TESTS}")
     print(f"{'scenario':44} {'paired':>8} {'unpaired':>9} {'ratio':>7} {'paired found':>13} {'unpaired found':>15}")
     for name, (p_both, p_co, p_so) in {"2% together, 2% vs 1% alone": (0.02, 0.02, 0.01),
                                        "10% together, 2% vs 1% alone": (0.10, 0.02, 0.01),

@@ -18,14 +18,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from canary.backends import TrafficRouter, without_waiting
+from canary.backends import TargetingTrafficRouter, TrafficRouter, without_waiting
 from canary.backends.base import LeaseLostError
 from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
 from canary.policy.evidence_md import EVIDENCE_MD_XCOM_KEY, gate_evidence_markdown
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
 from canary.spec.durations import format_duration
-from canary.spec.model import RolloutSpec, load_spec
+from canary.spec.model import RolloutSpec, TargetingSpec, load_spec
 from canary_airflow import notify
 from canary_airflow.endpoint_lock import (
     APPROVAL_TIMEOUT_S,
@@ -278,6 +278,22 @@ def split_for(plan: RolloutPlan, canary_pct: int) -> dict[str, int]:
     return {plan.stable: 100 - canary_pct, plan.candidate: canary_pct}
 
 
+def apply_targeting(router: TrafficRouter, plan: RolloutPlan, targeting: TargetingSpec | None) -> None:
+    """Expose the candidate to ``targeting``'s population only, or to everyone (None). Idempotent.
+
+    Nothing to do for a spec without targeting; the spec refuses targeting on routers that cannot do it.
+    """
+    if plan.spec.targeting is None:
+        return
+    if not isinstance(router, TargetingTrafficRouter):
+        raise AirflowFailException(f"targeting: the serving backend {type(router).__name__} cannot route by "
+                                   "request attributes")
+    if targeting is None:
+        router.set_targeting(None)
+    else:
+        router.set_targeting(plan.candidate, targeting.match)
+
+
 class SetTrafficOperator(CanaryBaseOperator):
     """Set the stage's split declaratively (a retry sets the same weights) and start its clock.
 
@@ -294,20 +310,25 @@ class SetTrafficOperator(CanaryBaseOperator):
         plan = self.plan(context)
         weight = plan.stages[self.stage_index].weight
         split = split_for(plan, weight)
+        targeting = plan.spec.targeting_for(self.stage_index)
+        of_whom = f" of requests with {targeting.describe()}" if targeting else ""
         if plan.dry_run:
-            self.say(plan, f"stage {self.stage_index + 1}: would set {split}")
+            self.say(plan, f"stage {self.stage_index + 1}: would set {split}{of_whom}")
         else:
             router = self.changing_router(plan.spec)
             self.settle(plan.spec, router)
+            # Targeting first: the first request at the new weight already goes where the stage says.
+            apply_targeting(router, plan, targeting)
             router.set_weights(split)
             self.settle(plan.spec, router)  # the stage's clock starts once the split is in effect
-            self.say(plan, f"stage {self.stage_index + 1}: traffic set to {weight}% canary")
+            self.say(plan, f"stage {self.stage_index + 1}: traffic set to {weight}% canary{of_whom}")
         started_at_s = time.time()
         if self.stage_index > 0:
             record_approval(context, self.stage_index - 1, self.log)  # the answer that let this stage start
         record_event(context, "traffic", stage_group(self.stage_index),
                      {"stage": self.stage_index, "weight_pct": weight, "weights": split,
-                      "dry_run": plan.dry_run}, self.log, at_s=started_at_s)
+                      "targeting": targeting.match if targeting else None, "dry_run": plan.dry_run},
+                     self.log, at_s=started_at_s)
         return {"stage_index": self.stage_index, "weight": weight, "started_at_s": started_at_s, "split": split}
 
 
@@ -362,21 +383,32 @@ def next_action_for(plan: RolloutPlan, stage_index: int, result: GateResult) -> 
     return next_action(spec, stage_index, result)
 
 
-def roll_back(plan: RolloutPlan, reason: str, *, log: Any, task: CanaryBaseOperator | None = None) -> None:
+def decided_metrics(context: Any, stage_index: int) -> dict[str, Any]:
+    """Return the stage's gate evidence for the registry: ``stage`` (1-based) and ``metrics`` (assessments)."""
+    observed = context["ti"].xcom_pull(task_ids=f"{stage_group(stage_index)}.observe") or {}
+    metrics = ((observed.get("result") or {}).get("evidence") or {}).get("metrics")
+    return {"stage": stage_index + 1, "metrics": metrics} if metrics else {}
+
+
+def roll_back(plan: RolloutPlan, reason: str, *, log: Any, task: CanaryBaseOperator | None = None,
+              evidence: dict[str, Any] | None = None) -> None:
     """Return all traffic to stable, remove the candidate and tell the registry why. Idempotent.
 
     With ``task``, its router and its waits are used: deferrable, each change may defer the task, whose
-    resumption calls this again (the steps already done are no-ops).
+    resumption calls this again (the steps already done are no-ops). ``evidence`` (see
+    :func:`decided_metrics`) goes into the registry's summary.
     """
     router = task.changing_router(plan.spec) if task else serving_hook(plan.spec).router
     settle = (lambda: task.settle(plan.spec, router)) if task else (lambda: None)
     settle()
     router.set_weights({plan.stable: 100})
     settle()
+    apply_targeting(router, plan, None)
     router.remove(plan.candidate)
     settle()
     registry_hook(plan.spec).registry.record_rollback(plan.model, plan.candidate, run_id=plan.run_id,
-                                                      reason=reason, summary={"stable": plan.stable})
+                                                      reason=reason, summary={"stable": plan.stable,
+                                                                              **(evidence or {})})
     log(f"rolled back: 100% on {plan.stable}, {plan.candidate} removed ({reason})")
 
 
@@ -397,7 +429,8 @@ class RollbackOperator(CanaryBaseOperator):
         if plan.dry_run:
             self.say(plan, f"would roll back: {reason}")
         else:
-            roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
+            roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self,
+                      evidence=decided_metrics(context, self.stage_index))
         record_event(context, "rollback", stage_group(self.stage_index),
                      {"stage": self.stage_index, "reason": reason, "metric": gate.get("metric"),
                       "weights": {plan.stable: 100}, "dry_run": plan.dry_run}, self.log)
@@ -418,12 +451,14 @@ class PromoteOperator(CanaryBaseOperator):
             return {"outcome": Outcome.DRY_RUN.value, "reason": reason}
         router = self.changing_router(plan.spec)
         self.settle(plan.spec, router)
+        apply_targeting(router, plan, None)  # promotion exposes everyone
         router.set_weights({plan.candidate: 100})
         self.settle(plan.spec, router)
         router.remove(plan.stable)
         self.settle(plan.spec, router)
         registry_hook(plan.spec).registry.promote(plan.model, plan.candidate, run_id=plan.run_id,
-                                                  summary={"retired": plan.stable, "reason": reason})
+                                                  summary={"retired": plan.stable, "reason": reason,
+                                                           **decided_metrics(context, len(plan.stages) - 1)})
         self.say(plan, f"promoted {plan.candidate}; {plan.stable} retired")
         record_event(context, "promote", "", {"candidate": plan.candidate, "retired": plan.stable, "reason": reason,
                                               "weights": {plan.candidate: 100}}, self.log)

@@ -15,18 +15,21 @@ from canary.backends.base import (
     SettlingTrafficRouter,
     ShadowOutputSource,
     ShadowSummary,
+    TargetableMetricsSource,
+    TargetingTrafficRouter,
     TrafficRouter,
     pending_change,
     shadow_outputs,
+    within_population,
     without_waiting,
 )
 from canary.errors import ConfigError
 
 __all__ = [
     "KNOWN_BACKENDS", "LABELLED_METRICS", "SEGMENTED_METRICS", "ConnInfo", "LabelledMetricsSource", "MetricsSource", "ModelRegistry", "PendingChange",
-    "SegmentedMetricsSource", "SettlingTrafficRouter",
-    "ShadowOutputSource", "ShadowSummary", "TrafficRouter", "build_backend", "pending_change", "shadow_outputs",
-    "without_waiting",
+    "SegmentedMetricsSource", "SettlingTrafficRouter", "ShadowOutputSource", "ShadowSummary", "TARGETED_METRICS",
+    "TARGETING_SERVING", "TargetableMetricsSource", "TargetingTrafficRouter", "TrafficRouter", "build_backend",
+    "pending_change", "shadow_outputs", "within_population", "without_waiting",
 ]
 
 #: role -> backend name -> "module:factory". Factories take ``(conn: ConnInfo, **options)``.
@@ -56,6 +59,12 @@ KNOWN_BACKENDS: dict[str, dict[str, str]] = {
 #: The metrics backends that split their statistics by a request attribute (``analysis.segments``; they
 #: implement :class:`SegmentedMetricsSource`). CloudWatch keeps per-variant metrics only.
 SEGMENTED_METRICS = frozenset({"local", "prometheus"})
+#: The serving backends that can expose the canary to a targeted population only (``targeting``; they implement
+#: :class:`TargetingTrafficRouter`). A SageMaker endpoint splits its traffic by variant weights alone.
+TARGETING_SERVING = frozenset({"local"})
+#: The metrics backends that can read a targeted population's statistics (they implement
+#: :class:`TargetableMetricsSource`): the request attributes must be in the store (labels, for Prometheus).
+TARGETED_METRICS = frozenset({"local", "prometheus"})
 #: The metrics backends that join late ground-truth labels to the requests they are about (metric kind
 #: ``prediction_quality``; they implement :class:`LabelledMetricsSource`).
 LABELLED_METRICS = frozenset({"local"})

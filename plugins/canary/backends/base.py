@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from canary.errors import CanaryError
+from canary.errors import CanaryError, ConfigError
 from canary.policy.evidence import VersionStats
 
 
@@ -82,6 +82,11 @@ class ShadowSummary:
     #: and both versions' scores on pairs both answered, per equal-width bin (``bin_index``).
     stable_score_bins: tuple[int, ...] = ()
     candidate_score_bins: tuple[int, ...] = ()
+    #: and, over the ``answered_pairs``, the sum and the sum of squares of the candidate's score minus stable's
+    #: (each difference clipped to [-1, 1]). None: the backend cannot compute them, and the mean-difference test
+    #: is not available (never read as "no difference").
+    score_diff_sum: float | None = None
+    score_diff_sum_sq: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,6 +110,45 @@ class TrafficRouter(Protocol):
 
     def set_mirror(self, version: str | None, percent: int = 100) -> None:
         """Mirror ``percent`` of requests to ``version`` without serving its answers (None stops)."""
+
+
+@runtime_checkable
+class TargetingTrafficRouter(TrafficRouter, Protocol):
+    """Optional part of a router that exposes a version only to requests with some attributes (``targeting``).
+
+    The backends that have it are :data:`canary.backends.TARGETING_SERVING`; the spec refuses targeting on the
+    others. Requests outside the targeted population are served by the other versions only.
+    """
+
+    def set_targeting(self, version: str | None, match: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Expose ``version`` only to requests whose attributes match ``match`` (every attribute, any of its
+        values); ``None`` lifts the restriction. Idempotent, like every router call."""
+
+
+@runtime_checkable
+class TargetableMetricsSource(Protocol):
+    """Optional part of a metrics source that reads the statistics of a targeted population only.
+
+    The backends that have it are :data:`canary.backends.TARGETED_METRICS`. During a targeted stage, canary and
+    stable are compared on the same population (the requests the canary could have served), and the traffic
+    split is checked there too.
+    """
+
+    def within(self, match: Mapping[str, Sequence[str]]) -> MetricsSource:
+        """Return this source restricted to requests whose attributes match ``match``."""
+
+
+def within_population(metrics: MetricsSource, match: Mapping[str, Sequence[str]] | None) -> MetricsSource:
+    """Return ``metrics`` restricted to the targeted population ``match`` (as it is for ``None``).
+
+    :raises ConfigError: the backend cannot restrict its statistics (the spec refuses targeting with it).
+    """
+    if match is None:
+        return metrics
+    if not isinstance(metrics, TargetableMetricsSource):
+        raise ConfigError(f"targeting: the metrics backend {type(metrics).__name__} cannot restrict its statistics "
+                          "to the targeted requests")
+    return metrics.within(match)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +222,9 @@ class MetricsSource(Protocol):
         """Compare mirrored requests answered by both versions in the window.
 
         With ``slow_threshold_ms``, also count the pairs where only one version took longer than it; with
-        ``score_shift``, the answered pairs whose scores differ by more than it, each way.
+        ``score_shift``, the answered pairs whose scores differ by more than it, each way. The sums of the
+        score differences (``score_diff_sum``, ``score_diff_sum_sq``) are always asked for; a backend that
+        cannot compute them leaves them None.
         """
 
 
@@ -200,10 +246,11 @@ class SegmentedMetricsSource(MetricsSource, Protocol):
 
 @runtime_checkable
 class LabelledMetricsSource(MetricsSource, Protocol):
-    """Optional part of a metrics source that joins late ground-truth labels to the requests they are about.
+    """Optional part of a metrics source that joins late feedback (ground-truth labels, business outcomes) to
+    the requests it is about.
 
-    Metric kind ``prediction_quality`` needs it; the backends that have it are
-    :data:`canary.backends.LABELLED_METRICS` (the spec refuses the kind on the others).
+    Metric kind ``prediction_quality`` and ``kpi`` metrics with an ``outcome`` need it; the backends that have it
+    are :data:`canary.backends.LABELLED_METRICS` (the spec refuses those metrics on the others).
     """
 
     def label_stats(self, version: str, *, start_s: float, end_s: float, by: str | None = None,
@@ -211,6 +258,15 @@ class LabelledMetricsSource(MetricsSource, Protocol):
         """Return ``(labelled, wrong)`` of ``version``'s answered requests in ``[start_s, end_s)`` that have a label.
 
         Under ``None`` for all of them; with ``by``, also under each of ``values`` for that segment.
+        """
+
+    def outcome_stats(self, version: str, *, names: Sequence[str], start_s: float, end_s: float,
+                      by: str | None = None, values: Sequence[str] = ()) -> dict[str | None, tuple[int, dict[str, int]]]:
+        """Return ``(served, {name: requests with that outcome})`` of ``version``'s requests in ``[start_s, end_s)``.
+
+        ``served`` counts every served request of the window (with feedback or not: no outcome is no event);
+        an outcome counts when its value is above 0. Keys as :meth:`label_stats`; every name of ``names`` is in
+        every entry (0 without feedback).
         """
 
 

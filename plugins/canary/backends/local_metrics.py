@@ -10,13 +10,17 @@ never make a series: a version that was only shadowed has no served traffic to j
 Each call runs one aggregate query over the ``(endpoint, version, ts)`` index (plus, for an empty window, a
 one-row existence check), so polls stay cheap on stores with millions of rows. :meth:`shadow_outputs` (once
 per shadow test) reads the candidate's mirrored rows of the window over the same index.
+
+:meth:`LocalMetricsSource.within` restricts every count to a targeted population (``targeting``): requests whose
+attributes (or derived user segment) match, as the serving layer routed them.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -53,16 +57,17 @@ _STATS_COLUMNS = f"""COUNT(*), SUM(r.error), TOTAL(r.latency_ms), TOTAL(r.log_la
        TOTAL(r.log_latency_ms * r.log_latency_ms), SUM(r.kpi_event), {_bucket_sums("r")}"""
 _BIN = f"CASE WHEN r.score IS NULL THEN NULL ELSE {_score_bin('r')} END"
 _SERVED_IN_WINDOW = "r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0 AND r.ts >= :start AND r.ts < :end"
+# ``{population}``: the targeted population's clauses (:func:`_population_sql`), empty for every request.
 _VERSION_STATS_SQL = f"""
 SELECT {_BIN} AS bin, {_STATS_COLUMNS}
 FROM {TABLE} AS r
-WHERE {_SERVED_IN_WINDOW}
+WHERE {_SERVED_IN_WINDOW}{{population}}
 GROUP BY bin
 """
 _SEGMENT_STATS_SQL = f"""
 SELECT {{segment}} AS seg, {_BIN} AS bin, {_STATS_COLUMNS}
 FROM {TABLE} AS r
-WHERE {_SERVED_IN_WINDOW} AND seg IS NOT NULL
+WHERE {_SERVED_IN_WINDOW} AND seg IS NOT NULL{{population}}
 GROUP BY seg, bin
 """
 
@@ -70,7 +75,30 @@ GROUP BY seg, bin
 def _segment_of(by: str) -> str:
     """SQL of request ``r``'s value of attribute ``by``: the column the serving layer derives from X-User-Id,
     or one of its JSON attributes (the JSON path is the bound parameter ``:path``; ``by`` never enters the SQL)."""
-    return "r.segment" if by == defaults.USER_SEGMENT_ATTRIBUTE else "json_extract(r.attributes, :path)"
+    return _attribute_of(by, "path")
+
+
+def _attribute_of(name: str, path_param: str) -> str:
+    """SQL of request ``r``'s value of attribute ``name``, its JSON path bound as ``:<path_param>``."""
+    return "r.segment" if name == defaults.USER_SEGMENT_ATTRIBUTE else f"json_extract(r.attributes, :{path_param})"
+
+
+def _population_sql(match: Mapping[str, Sequence[str]] | None) -> tuple[str, dict[str, str]]:
+    """Return the SQL clauses (``" AND ..."``) keeping the requests ``match`` targets, and their parameters.
+
+    Every attribute must hold one of its values; names and values are bound parameters, never SQL text.
+    """
+    if not match:
+        return "", {}
+    clauses, params = [], {}
+    for i, (name, values) in enumerate(sorted(match.items())):
+        params[f"pop{i}"] = f"$.{name}"
+        placeholders = []
+        for j, value in enumerate(values):
+            params[f"pop{i}_{j}"] = value
+            placeholders.append(f":pop{i}_{j}")
+        clauses.append(f"{_attribute_of(name, f'pop{i}')} IN ({', '.join(placeholders)})")
+    return "".join(f" AND {c}" for c in clauses), params
 # Labelled requests: a served, answered request of the window joined to its ground-truth label (the
 # feedback table, indexed by endpoint, version and request time); wrong = predicted class != label.
 _LABEL_STATS_SQL = f"""
@@ -78,11 +106,29 @@ SELECT {{segment}} AS seg, COUNT(*), TOTAL(r.label != CAST(f.value AS INTEGER))
 FROM {FEEDBACK_TABLE} AS f CROSS JOIN {TABLE} AS r INDEXED BY {TABLE}_request_id ON r.request_id = f.request_id
 WHERE f.endpoint = :endpoint AND f.version = :version AND f.kind = 'label' AND f.request_ts >= :start
   AND f.request_ts < :end AND r.endpoint = :endpoint AND r.version = :version AND r.mirrored = 0
-  AND r.label IS NOT NULL
+  AND r.label IS NOT NULL{{population}}
 GROUP BY seg
+"""
+# Business outcomes: the served requests of the window (the exposure), and those with each outcome (value > 0).
+_SERVED_SQL = f"""
+SELECT {{segment}} AS seg, COUNT(*)
+FROM {TABLE} AS r
+WHERE {_SERVED_IN_WINDOW}{{population}}
+GROUP BY seg
+"""
+_OUTCOME_STATS_SQL = f"""
+SELECT {{segment}} AS seg, f.name, COUNT(*)
+FROM {FEEDBACK_TABLE} AS f CROSS JOIN {TABLE} AS r INDEXED BY {TABLE}_request_id ON r.request_id = f.request_id
+WHERE f.endpoint = :endpoint AND f.version = :version AND f.kind = 'outcome' AND f.value > 0
+  AND f.request_ts >= :start AND f.request_ts < :end AND r.endpoint = :endpoint AND r.version = :version
+  AND r.mirrored = 0{{population}}
+GROUP BY seg, f.name
 """
 _HAS_FEEDBACK_SQL = f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{FEEDBACK_TABLE}'"
 _HAS_SERVED_SQL = f"SELECT 1 FROM {TABLE} WHERE endpoint = ? AND version = ? AND mirrored = 0 LIMIT 1"
+# The candidate's score minus stable's, clipped to [-1, 1] (the mean-difference test's domain; a score outside
+# [0, 1] is the output expectations' business). An answered request always has a score (NULL only on error).
+_CLIPPED_DIFF = "MIN(MAX(c.score - s.score, -1.0), 1.0)"
 # The candidate's mirrored rows drive the join (range scan on the index), each looking up the served
 # answer of the same request by request_id. Left alone, SQLite's planner prefers the (endpoint, version)
 # index for that lookup, a scan per row; CROSS JOIN pins the order and INDEXED BY the lookup index.
@@ -95,6 +141,8 @@ SELECT COUNT(*), SUM(s.error), SUM(c.error),
        SUM(c.latency_ms > :slow_ms AND s.latency_ms <= :slow_ms), SUM(s.latency_ms > :slow_ms AND c.latency_ms <= :slow_ms),
        SUM(s.error = 0 AND c.error = 0 AND c.score - s.score > :shift),
        SUM(s.error = 0 AND c.error = 0 AND s.score - c.score > :shift),
+       TOTAL(CASE WHEN s.error = 0 AND c.error = 0 THEN {_CLIPPED_DIFF} END),
+       TOTAL(CASE WHEN s.error = 0 AND c.error = 0 THEN {_CLIPPED_DIFF} * {_CLIPPED_DIFF} END),
        {_score_bin_sums("s")}, {_score_bin_sums("c")},
        {_bucket_sums("s")}, {_bucket_sums("c")}
 FROM {TABLE} AS c CROSS JOIN {TABLE} AS s INDEXED BY {TABLE}_request_id ON s.request_id = c.request_id
@@ -145,6 +193,16 @@ class LocalMetricsSource:
     def __init__(self, conn: ConnInfo, *, endpoint: str) -> None:
         self.endpoint = endpoint
         self.path = _store_path(conn)
+        #: The targeted population whose requests count (None: every request); see :meth:`within`.
+        self.population: dict[str, tuple[str, ...]] | None = None
+        self._population, self._population_params = _population_sql(None)
+
+    def within(self, match: Mapping[str, Sequence[str]]) -> LocalMetricsSource:
+        """Return this source counting only requests whose attributes match ``match`` (a targeted stage)."""
+        source = copy.copy(self)
+        source.population = {k: tuple(v) for k, v in match.items()}
+        source._population, source._population_params = _population_sql(source.population)
+        return source
 
     def version_stats(self, version: str, *, start_s: float, end_s: float) -> VersionStats:
         """Return the statistics of ``version``'s served requests in ``[start_s, end_s)`` (epoch seconds).
@@ -152,8 +210,8 @@ class LocalMetricsSource:
         :raises NoDataError: the version has never served a request on this endpoint.
         """
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
-                  **_BUCKET_PARAMS}
-        rows = self._query(_VERSION_STATS_SQL, params)
+                  **_BUCKET_PARAMS, **self._population_params}
+        rows = self._query(_VERSION_STATS_SQL.format(population=self._population), params)
         if not rows and not self._query(_HAS_SERVED_SQL, (self.endpoint, version)):
             raise NoDataError(BACKEND, f"store {self.path}: version {version!r} has never served a request "
                                        f"on endpoint {self.endpoint!r}")
@@ -167,8 +225,8 @@ class LocalMetricsSource:
         request's ``attributes``. A value without requests in the window gets zero counts.
         """
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
-                  "path": f"$.{by}", **_BUCKET_PARAMS}
-        sql = _SEGMENT_STATS_SQL.format(segment=_segment_of(by))
+                  "path": f"$.{by}", **_BUCKET_PARAMS, **self._population_params}
+        sql = _SEGMENT_STATS_SQL.format(segment=_segment_of(by), population=self._population)
         rows: dict[str, list[tuple[Any, ...]]] = {value: [] for value in values}
         for seg, *row in self._query(sql, params):
             if seg in rows:
@@ -187,14 +245,43 @@ class LocalMetricsSource:
             return out  # no feedback was ever given on this store
         segment = "NULL" if by is None else _segment_of(by)
         params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
-                  "path": f"$.{by}"}
+                  "path": f"$.{by}", **self._population_params}
         labelled = wrong = 0
-        for seg, count, n_wrong in self._query(_LABEL_STATS_SQL.format(segment=segment), params):
+        sql = _LABEL_STATS_SQL.format(segment=segment, population=self._population)
+        for seg, count, n_wrong in self._query(sql, params):
             labelled, wrong = labelled + count, wrong + int(n_wrong)
             if seg in out and seg is not None:
                 out[seg] = (count, int(n_wrong))
         out[None] = (labelled, wrong)
         return out
+
+    def outcome_stats(self, version: str, *, names: Sequence[str], start_s: float, end_s: float,
+                      by: str | None = None, values: Sequence[str] = ()) -> dict[str | None, tuple[int, dict[str, int]]]:
+        """Return ``(served, {name: requests with that outcome})`` of ``version``'s requests in ``[start_s, end_s)``.
+
+        Under ``None`` for all of them and, with ``by``, under each of ``values`` for its segment. The requests
+        are those served in the window (by arrival time); an outcome counts when its value is above 0, once per
+        request and name (the serving layer refuses a second one).
+        """
+        segment = "NULL" if by is None else _segment_of(by)
+        params = {"endpoint": self.endpoint, "version": version, "start": start_s, "end": end_s,
+                  "path": f"$.{by}", **self._population_params}
+        keys: list[str | None] = [None, *values]
+        served = dict.fromkeys(keys, 0)
+        events: dict[str | None, dict[str, int]] = {k: dict.fromkeys(names, 0) for k in keys}
+        for seg, count in self._query(_SERVED_SQL.format(segment=segment, population=self._population), params):
+            served[None] += count
+            if seg is not None and seg in served:
+                served[seg] = count
+        if names and self._query(_HAS_FEEDBACK_SQL, ()):
+            sql = _OUTCOME_STATS_SQL.format(segment=segment, population=self._population)
+            for seg, name, count in self._query(sql, params):
+                if name not in events[None]:
+                    continue
+                events[None][name] += count
+                if seg is not None and seg in events:
+                    events[seg][name] = count
+        return {k: (served[k], events[k]) for k in keys}
 
     def shadow_summary(self, *, stable: str, candidate: str, start_s: float, end_s: float,
                        slow_threshold_ms: float | None = None, score_shift: float | None = None) -> ShadowSummary:
@@ -203,20 +290,21 @@ class LocalMetricsSource:
         Requests are in the window by arrival time. Agreement and score difference are over pairs both
         versions answered successfully; p95 latencies are estimated from the latency histogram, as
         ``histogram_quantile`` would (an empty window gives ``pairs=0`` and None). Slow pairs count
-        every pair, answered or failed (a failure that took long is slow too); shifted pairs only those
-        both answered.
+        every pair, answered or failed (a failure that took long is slow too); shifted pairs and the sums
+        of score differences only those both answered.
         """
         params = {"endpoint": self.endpoint, "stable": stable, "candidate": candidate, "start": start_s,
                   "end": end_s, "slow_ms": math.inf if slow_threshold_ms is None else slow_threshold_ms,
                   "shift": math.inf if score_shift is None else score_shift,
                   **_BUCKET_PARAMS}
         (pairs, s_errors, c_errors, both_ok, agree, mean_abs_diff, c_only_err, s_only_err, c_only_slow, s_only_slow,
-         higher, lower, *rest) = self._query(_SHADOW_SQL, params)[0]
+         higher, lower, diff_sum, diff_sum_sq, *rest) = self._query(_SHADOW_SQL, params)[0]
         k = DEFAULT_PREDICTION_BINS
         stable_bins, candidate_bins, buckets = rest[:k], rest[k:2 * k], rest[2 * k:]
         if not pairs:
             return ShadowSummary(pairs=0, stable_errors=0, candidate_errors=0, prediction_agreement=None,
-                                 mean_abs_score_diff=None, stable_latency_p95_ms=None, candidate_latency_p95_ms=None)
+                                 mean_abs_score_diff=None, stable_latency_p95_ms=None, candidate_latency_p95_ms=None,
+                                 score_diff_sum=0.0, score_diff_sum_sq=0.0)
         n_buckets = len(_FINITE_BUCKETS_MS)
 
         def p95(version: str, below: list[int]) -> float | None:
@@ -235,7 +323,8 @@ class LocalMetricsSource:
             scores_higher=(higher or 0) if score_shift is not None else 0,
             scores_lower=(lower or 0) if score_shift is not None else 0,
             stable_score_bins=tuple(int(b or 0) for b in stable_bins),
-            candidate_score_bins=tuple(int(b or 0) for b in candidate_bins))
+            candidate_score_bins=tuple(int(b or 0) for b in candidate_bins),
+            score_diff_sum=float(diff_sum), score_diff_sum_sq=float(diff_sum_sq))
 
     def shadow_outputs(self, candidate: str, *, start_s: float, end_s: float) -> list[dict[str, Any]]:
         """Return ``candidate``'s mirrored answers to requests that arrived in ``[start_s, end_s)``, oldest first.

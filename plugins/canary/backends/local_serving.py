@@ -6,7 +6,7 @@ Connection: ``host``/``port``/``schema`` give the base URL, ``password`` the adm
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -59,8 +59,18 @@ class LocalTrafficRouter:
         else:
             self._call("PUT", "/mirror", json={"version": version, "percent": percent})
 
+    def set_targeting(self, version: str | None, match: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Expose ``version`` only to requests whose attributes match ``match`` (None lifts the restriction)."""
+        if version is None:
+            self._call("DELETE", "/targeting")
+        else:
+            if not match:
+                raise ValueError("set_targeting: give the attributes to match, e.g. {'region': ['eu-west']}")
+            self._call("PUT", "/targeting", json={"version": version,
+                                                  "match": {k: list(v) for k, v in match.items()}})
+
     def state(self) -> dict[str, Any]:
-        """Return the endpoint's deployed versions, weights and mirror."""
+        """Return the endpoint's deployed versions, weights, mirror and targeting."""
         return self._call("GET", "")
 
     def set_faults(self, version: str, **faults: Any) -> None:

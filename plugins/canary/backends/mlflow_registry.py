@@ -2,7 +2,11 @@
 
 Versions are MLflow's model versions ("1", "2", ...); an alias (``champion``, ``challenger``, ...)
 names a version. A promotion moves the champion alias and tags the promoted version; a rollback
-only tags the candidate. Only the candidate and the previous champion are ever written to.
+only tags the candidate. Only the candidate and the previous champion are ever written to, and the
+candidate's MLflow run: the quality metrics the last gate decided on (``summary["metrics"]``) are logged
+to the run that produced the version (:func:`evidence_metrics`), as the evidence of the rollout. A
+version without a run says so in tag ``rollout.evidence``; a failure to log is a warning, never a failed
+promotion or rollback (the registry's decision is already written).
 
 The client is ``mlflow-skinny``'s :class:`mlflow.MlflowClient`, imported on first use so that
 reading a spec never imports MLflow. Credentials come from the connection only: login/password
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import threading
 import time
@@ -29,11 +35,17 @@ from canary.backends.base import ConnInfo
 from canary.backends.local_registry import CHAMPION, TAG_REASON, TAG_RESULT, TAG_RUN_ID, TAG_SUMMARY
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
-__all__ = ["TAG_RETIRED_BY", "MlflowModelRegistry"]
+__all__ = ["TAG_EVIDENCE", "TAG_RETIRED_BY", "MlflowModelRegistry", "evidence_metrics"]
+
+log = logging.getLogger(__name__)
 
 BACKEND = "mlflow registry"
 #: Tag written on the previous champion when a promotion replaces it (value: the new champion).
 TAG_RETIRED_BY = "rollout.retired_by"
+#: Tag written on the candidate: which run holds the rollout's evidence, or why none does.
+TAG_EVIDENCE = "rollout.evidence"
+#: Prefix of the run's metrics and tags (``canary.<metric>.ratio_upper``, ``canary.<metric>.decision``).
+RUN_KEY_PREFIX = "canary"
 #: Longest tag value written. MLflow 3 servers accept 100,000 characters for registry tags, older
 #: servers and some hosted registries 5,000; the smaller limit works everywhere.
 MAX_TAG_VALUE_CHARS = 5000
@@ -88,6 +100,36 @@ def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
 
 def _is_transient(err: Exception) -> bool:
     return getattr(err, "error_code", None) in _TRANSIENT_CODES
+
+
+def evidence_metrics(summary: Mapping[str, Any], result: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Return the run metrics and run tags of the metrics a rollout's last gate decided on.
+
+    ``summary["metrics"]`` holds the gate's assessments (``MetricAssessment.to_dict()``); the overall
+    ones (not a segment's) give ``canary.<metric>.<field>`` for every finite number of their evidence
+    (``ratio_upper``, ``canary_events``, ``canary_exposure``...), ``canary.<metric>.canary_rate`` and
+    ``.stable_rate`` (events over exposure) where the evidence counts them, and tags
+    ``canary.<metric>.decision`` and ``.kind``; ``canary.result`` is ``result`` (promoted, rolled_back).
+    """
+    metrics: dict[str, float] = {}
+    tags = {f"{RUN_KEY_PREFIX}.result": result}
+    if summary.get("stage") is not None:
+        tags[f"{RUN_KEY_PREFIX}.stage"] = str(summary["stage"])
+    for assessment in summary.get("metrics") or ():
+        if assessment.get("segment") is not None or not assessment.get("metric"):
+            continue
+        prefix = f"{RUN_KEY_PREFIX}.{assessment['metric']}"
+        tags[f"{prefix}.decision"] = str(assessment.get("decision"))
+        tags[f"{prefix}.kind"] = str(assessment.get("kind"))
+        evidence = assessment.get("evidence") or {}
+        for key, value in evidence.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                metrics[f"{prefix}.{key}"] = float(value)
+        for side in ("canary", "stable"):
+            events, exposure = evidence.get(f"{side}_events"), evidence.get(f"{side}_exposure")
+            if isinstance(events, int | float) and isinstance(exposure, int | float) and exposure > 0:
+                metrics[f"{prefix}.{side}_rate"] = events / exposure
+    return metrics, tags
 
 
 class MlflowModelRegistry:
@@ -233,6 +275,34 @@ class MlflowModelRegistry:
             self._run(f"tag model {name!r} version {version!r} with {key!r}",
                       lambda c, k=key, v=value: c.set_model_version_tag(name, version, k, truncate_tag_value(v)))
 
+    def _log_evidence(self, model: str, version: str, *, run_id: str, result: str,
+                      summary: Mapping[str, Any]) -> None:
+        """Log the decided metrics to ``version``'s MLflow run; warn instead of failing (see the module)."""
+        if not summary.get("metrics"):
+            return  # nothing was decided on metrics (bake time only, a dry run, a failed task)
+        name = self._name(model)
+        try:
+            found = self._run(f"get model {name!r} version {version!r}",
+                              lambda c: c.get_model_version(name, version))
+            if not found.run_id:
+                self._set_tags(model, version, {TAG_EVIDENCE: "not logged: the model version has no MLflow run "
+                                                              "(run_id), so its quality metrics stay in "
+                                                              "rollout.summary"})
+                return
+            from mlflow.entities import Metric, RunTag
+
+            metrics, tags = evidence_metrics(summary, result)
+            tags[f"{RUN_KEY_PREFIX}.rollout_run_id"] = run_id
+            tags[f"{RUN_KEY_PREFIX}.model_version"] = f"{name}/{version}"
+            now_ms, step = int(time.time() * 1000), int(summary.get("stage") or 0)
+            # Not retried: a lost answer to a successful request would log every metric twice.
+            self._run(f"log the rollout's metrics to run {found.run_id!r}", lambda c: c.log_batch(
+                found.run_id, metrics=[Metric(k, v, now_ms, step) for k, v in sorted(metrics.items())],
+                tags=[RunTag(k, truncate_tag_value(v)) for k, v in sorted(tags.items())]), retry=False)
+            self._set_tags(model, version, {TAG_EVIDENCE: f"run {found.run_id}: {len(metrics)} metrics"})
+        except Exception as err:  # every one: the evidence never undoes the decision already written
+            log.warning("mlflow registry: the rollout's metrics were not logged to the run of model %r version %r "
+                        "(%s: %s); the %s stands", name, version, type(err).__name__, err, result.replace("_", " "))
     # -- the ModelRegistry protocol -------------------------------------------------------------------
 
     def resolve(self, model: str, ref: str) -> str:
@@ -316,6 +386,7 @@ class MlflowModelRegistry:
                   lambda c: c.set_registered_model_alias(name, self.champion_alias, version))
         if previous is not None and previous != version:
             self._set_tags(model, previous, {TAG_RETIRED_BY: version})
+        self._log_evidence(model, version, run_id=run_id, result="promoted", summary=summary)
 
     def record_rollback(self, model: str, version: str, *, run_id: str, reason: str,
                         summary: Mapping[str, Any]) -> None:
@@ -323,11 +394,15 @@ class MlflowModelRegistry:
         self._require_version(model, version)
         self._set_tags(model, version, {TAG_RESULT: "rolled_back", TAG_RUN_ID: run_id, TAG_REASON: reason,
                                         TAG_SUMMARY: json.dumps(dict(summary), default=str)})
+        self._log_evidence(model, version, run_id=run_id, result="rolled_back", summary=summary)
 
     # -- administration (tests, demo) -------------------------------------------------------------------
 
-    def register_version(self, model: str, source: str, *, tags: Mapping[str, str] | None = None) -> str:
+    def register_version(self, model: str, source: str, *, tags: Mapping[str, str] | None = None,
+                         run_id: str | None = None) -> str:
         """Create a new version from ``source`` (an artifact URI), creating the model if needed; return it.
+
+        ``run_id`` is the MLflow run that produced the version, if any (a rollout logs its evidence there).
 
         MLflow numbers versions itself, so unlike the local registry the version cannot be chosen.
         """
@@ -341,7 +416,8 @@ class MlflowModelRegistry:
                 raise self._backend_error(f"create registered model {name!r}", err) from err
         # Not retried: a lost answer to a successful request would register a second version.
         created = self._run(f"create a version of model {name!r}",
-                            lambda c: c.create_model_version(name, source, tags=dict(tags or {})), retry=False)
+                            lambda c: c.create_model_version(name, source, run_id=run_id, tags=dict(tags or {})),
+                            retry=False)
         return str(created.version)
 
     def set_alias(self, model: str, alias: str, version: str) -> None:

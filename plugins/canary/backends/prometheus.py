@@ -57,6 +57,9 @@ one more matcher, ``<segment_label>=~"value1|value2|..."``, and splits them by t
 query per version); ``segment_label`` defaults to the attribute's name (``by``). A listed value without
 series has zero counts; series without the label count overall only.
 
+Targeting (``targeting``): during a targeted stage :meth:`PrometheusMetricsSource.within` adds one matcher per
+targeted attribute, ``<attribute>=~"value1|..."``, so canary and stable are compared on the targeted requests.
+
 Shadow tests are not supported: Prometheus holds aggregate counters, so it cannot pair a candidate's
 mirrored answer with stable's answer to the same request, and prediction agreement, which the shadow
 verdict needs, cannot be computed. :meth:`PrometheusMetricsSource.shadow_summary` raises
@@ -65,6 +68,7 @@ verdict needs, cannot be computed. :meth:`PrometheusMetricsSource.shadow_summary
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -434,6 +438,18 @@ class PrometheusMetricsSource:
 
     def __repr__(self) -> str:
         return f"PrometheusMetricsSource(url={redact_url(self._base_url)!r}, endpoint={self.endpoint!r})"
+
+    def within(self, match: Mapping[str, Sequence[str]]) -> PrometheusMetricsSource:
+        """Return this source reading only the series of a targeted population (a targeted stage).
+
+        Each attribute is a label of the same name, matched against its values (``region=~"eu-west|..."``):
+        series without the label are not in the population, so an exporter without it gives no data (the
+        stage halts), never every request.
+        """
+        source = copy.copy(self)
+        source._matchers = [*self._matchers, *(label_matcher(name, "|".join(re.escape(v) for v in values), "=~")
+                                               for name, values in sorted(match.items()))]
+        return source
 
     def query_for(self, version: str, *, start_s: float, end_s: float) -> str:
         """Return the PromQL query that reads ``version``'s raw samples for the window."""

@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
                                           "line per run and a summary line. Exit 2 on bad input.")
     r.add_argument("spec", help="rollout spec (YAML)")
     r.add_argument("data", help="CSV: run,t,version,requests,errors[,weight][,latency_le_<ms>...]"
-                                "[,pred_bin_<i>...][,kpi_events][,segment]")
+                                "[,pred_bin_<i>...][,kpi_events][,labelled,wrong][,segment] (labelled: requests "
+                                "whose label arrived, at least label_delay old)")
     r.set_defaults(func=run_replay)
 
 

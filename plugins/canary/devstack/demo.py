@@ -129,11 +129,12 @@ DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"erro
 def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
                 versions: Sequence[str] = (STABLE, GOOD, FAULTY, WEB_FAULTY),
                 faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS,
-                labels: tuple[float, float] | None = None) -> Iterator[LocalStack]:
+                labels: tuple[float, float] | None = None, outcome: str | None = None) -> Iterator[LocalStack]:
     """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
 
     :param labels: ``(share, delay_s)``: the traffic sends the true label of that share of answered requests
         back, ``delay_s`` after the answer (``canary traffic --labels``); None: no labels.
+    :param outcome: with ``labels``, also send conversions as this business outcome (``canary traffic --outcome``).
 
     :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them, or a list of such
         (they all apply, e.g. a baseline error rate and more errors for one device).
@@ -157,6 +158,10 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
     wait_http(f"{stack.url}/healthz", alive=serve, log_file=state_dir / "serve.log")
     log(f"serving layer on {stack.url}: endpoint '{endpoint}' with {versions[0]} at 100%")
     label_args = ["--labels", str(labels[0]), "--label-delay", f"{labels[1]}s"] if labels else []
+    if outcome is not None:
+        if not labels:
+            raise ValueError("local_stack: outcome needs labels=(share, delay_s)")
+        label_args += ["--outcome", outcome]
     procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", endpoint,
                             "--rps", str(rps), *label_args], stdout=open(state_dir / "traffic.log", "w"),
                 stderr=subprocess.STDOUT,

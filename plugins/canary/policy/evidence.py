@@ -44,12 +44,25 @@ class VersionStats:
     #: those the ones the version predicted wrongly (metric kind ``prediction_quality``).
     labelled: int = 0
     wrong: int = 0
+    #: Served requests old enough for their feedback to have arrived (``label_delay``), and per business
+    #: outcome name, how many of them had that outcome (value > 0): the exposure and events of a ``kpi`` metric
+    #: with an ``outcome``. Sorted by name.
+    aged: int = 0
+    outcomes: tuple[tuple[str, int], ...] = ()
+
+    def outcome_events(self, name: str) -> int:
+        """Return how many aged requests had the outcome ``name`` (0 when none did)."""
+        return dict(self.outcomes).get(name, 0)
 
     def __post_init__(self) -> None:
         if self.requests < 0 or self.errors < 0 or self.kpi_events < 0:
             raise ValueError(f"{self.version}: counts must be >= 0 (requests={self.requests}, errors={self.errors})")
         if self.wrong < 0 or self.wrong > self.labelled or self.labelled < 0:
             raise ValueError(f"{self.version}: wrong ({self.wrong}) must be within 0..labelled ({self.labelled})")
+        for name, events in self.outcomes:
+            if not 0 <= events <= self.aged:
+                raise ValueError(f"{self.version}: outcome {name!r} events ({events}) must be within 0..aged "
+                                 f"({self.aged})")
         if self.errors > self.requests:
             raise ValueError(f"{self.version}: errors ({self.errors}) exceed requests ({self.requests})")
         if len(self.latency_buckets_ms) != len(self.latency_cumulative):
@@ -122,6 +135,8 @@ class VersionStats:
             kpi_events=self.kpi_events - earlier.kpi_events,
             labelled=self.labelled - earlier.labelled,
             wrong=self.wrong - earlier.wrong,
+            aged=self.aged - earlier.aged,
+            outcomes=tuple((name, events - earlier.outcome_events(name)) for name, events in self.outcomes),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +145,7 @@ class VersionStats:
         d["latency_buckets_ms"] = ["+Inf" if math.isinf(b) else b for b in self.latency_buckets_ms]
         d["latency_cumulative"] = list(self.latency_cumulative)
         d["prediction_bins"] = list(self.prediction_bins)
+        d["outcomes"] = [list(o) for o in self.outcomes]
         return d
 
     @classmethod
@@ -139,6 +155,7 @@ class VersionStats:
         d["latency_buckets_ms"] = tuple(math.inf if b in ("+Inf", "inf") else float(b) for b in d["latency_buckets_ms"])
         d["latency_cumulative"] = tuple(int(c) for c in d["latency_cumulative"])
         d["prediction_bins"] = tuple(int(c) for c in d["prediction_bins"])
+        d["outcomes"] = tuple((str(name), int(events)) for name, events in d.get("outcomes") or ())
         return cls(**d)
 
 

@@ -156,13 +156,21 @@ def paired_test_cells(test: Mapping[str, Any]) -> dict[str, str]:
 
     ``pairs``: the counts the test used; ``evidence``: its e-value against the threshold (the
     disagreement test has none); ``bound``: the confidence bounds against the limit, in points of the
-    rate (or the disagreement rate itself); ``verdict``: fail, pass or open.
+    rate (or the disagreement rate itself, or the mean score difference on the score scale against its
+    band ``±limit``); ``verdict``: fail, pass or open.
     """
     def points(x: Any) -> str:
         return MISSING if x is None else f"{x * 100:+.2f}"
 
+    def score(x: Any) -> str:
+        return MISSING if _bad(x) else f"{x:+.3f}"
+
     kind = test.get("kind") or ("rate" if test.get("candidate_only") is None else "discordant")
-    if kind == "distance":
+    if kind == "mean":
+        pairs = f"{count(test.get('pairs'))} answered, mean difference {score(test.get('estimate'))}"
+        bound = f"{score(test.get('lower'))} to {score(test.get('upper'))} (limit ±{sig(test.get('limit'))})"
+        evidence = ""
+    elif kind == "distance":
         pairs = f"{count(test.get('pairs'))} answered, distance {sig(test.get('estimate'))}"
         bound = f"{sig(test.get('lower'))} to {sig(test.get('upper'))} (limit {sig(test.get('limit'))})"
         evidence = ""

@@ -218,7 +218,19 @@ def headline(record: RolloutRecord, looks: Sequence[Look], events: Sequence[Roll
                             policy=policy)
 
 
-def _stage_rows(looks: Sequence[Look]) -> list[dict[str, Any]]:
+def _targeting_of(events: Sequence[RolloutEvent]) -> dict[int, str]:
+    """Return, per targeted stage (0-based), who could see the canary, e.g. ``region in [eu-west]``."""
+    out = {}
+    for event in events:
+        match = event.data.get("targeting") if event.kind == "traffic" else None
+        if isinstance(match, Mapping) and match and isinstance(event.data.get("stage"), int):
+            out[event.data["stage"]] = " and ".join(f"{name} in [{', '.join(map(str, values))}]"
+                                                    for name, values in match.items())
+    return out
+
+
+def _stage_rows(looks: Sequence[Look], events: Sequence[RolloutEvent] = ()) -> list[dict[str, Any]]:
+    targeted = _targeting_of(events)
     counts: dict[int, int] = {}
     for look in looks:
         counts[look.stage_index] = counts.get(look.stage_index, 0) + 1
@@ -227,7 +239,8 @@ def _stage_rows(looks: Sequence[Look]) -> list[dict[str, Any]]:
         ev = look.evidence
         started = look.look_at_s - (look.elapsed_s or 0.0)
         rows.append({
-            "stage": index + 1, "weight": f"{look.weight_pct}%", "started": fmt.timestamp(started),
+            "stage": index + 1, "started": fmt.timestamp(started),
+            "weight": f"{look.weight_pct}%" + (f" of requests with {targeted[index]}" if index in targeted else ""),
             "elapsed": fmt.duration(look.elapsed_s), "looks": fmt.count(counts[index]),
             "canary": _requests(ev.get("canary_requests"), ev.get("canary_errors")),
             "stable": _requests(ev.get("stable_requests"), ev.get("stable_errors")),
@@ -430,7 +443,7 @@ def render_html(record: RolloutRecord, looks: Sequence[Look], events: Sequence[R
         badge=_outcome_badge(record), meta=meta, sentence=headline(record, looks, events, report=report, now_s=now),
         live_facts=_live_facts(record, looks, now) if is_live else [],
         traffic_svg=Markup(charts.to_svg(traffic, prefix="traffic")) if traffic else None, metrics=metrics,
-        stages=_stage_rows(looks), planned=planned, srm=_srm_rows(looks), segments=_segment_rows(looks),
+        stages=_stage_rows(looks, events), planned=planned, srm=_srm_rows(looks), segments=_segment_rows(looks),
         shadow=_shadow_section(_shadow_verdict(events, report)), approvals=_approvals(events), run_rows=run_rows,
         spec_yaml=_spec_yaml(record.spec),
         footer=(f"{'Live page, refreshes every ' + fmt.duration(_refresh_s(record)) + '; ' if is_live else ''}"

@@ -22,6 +22,7 @@ from canary.stats.paired import (
     assess_disagreement,
     assess_discordant,
     assess_distribution,
+    assess_mean_shift,
     assess_shift,
     combine,
 )
@@ -84,13 +85,25 @@ def validate_candidate_outputs(metrics: MetricsSource, spec: ShadowSpec, *, cand
 
 
 #: The paired tests the shadow test's level is split over (Bonferroni): errors, latency, agreement, score shift,
-#: and the score distribution when ``shadow.max_score_tv`` is set.
+#: and the mean score difference when ``shadow.max_mean_score_shift`` is set (the default), the score
+#: distribution when ``shadow.max_score_tv`` is.
 PAIRED_TESTS = 4
 
 
 def paired_tests(spec: ShadowSpec) -> int:
     """Return how many paired tests share the shadow test's level (fixed by the spec, before any pair)."""
-    return PAIRED_TESTS + (spec.max_score_tv is not None)
+    return PAIRED_TESTS + (spec.max_mean_score_shift is not None) + (spec.max_score_tv is not None)
+
+
+def missing_score_sums(summary: ShadowSummary, spec: ShadowSpec) -> str | None:
+    """Return why the mean-difference test cannot run on ``summary`` (a backend without score-difference
+    sums), or None. Missing sums are never "no difference": the shadow test does not pass on them."""
+    if spec.max_mean_score_shift is None or not summary.answered_pairs or (
+            summary.score_diff_sum is not None and summary.score_diff_sum_sq is not None):
+        return None
+    return (f"mean score difference: not available: the metrics backend reported no sums of score differences "
+            f"for the {summary.answered_pairs} answered pairs; use a per-request metrics store (backend 'local') "
+            "or set shadow.max_mean_score_shift: null")
 
 
 def slow_threshold_ms(metrics: MetricsSource, spec: ShadowSpec, *, stable: str,
@@ -117,7 +130,7 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
 
     Each test fails at level ``alpha / paired_tests(spec)`` and passes on bounds at level ``alpha``. Without a
     slow threshold (``summary.slow_threshold_ms`` None) there is no latency test, without
-    ``summary.score_shift`` no score-shift test.
+    ``summary.score_shift`` no score-shift test, without ``spec.max_mean_score_shift`` no mean-difference test.
     """
     fail_alpha = alpha / paired_tests(spec)
     common = {"fail_alpha": fail_alpha, "pass_alpha": alpha, "design_ratio": defaults.SHADOW_DESIGN_RATIO,
@@ -138,6 +151,10 @@ def assess_pairs(summary: ShadowSummary, spec: ShadowSpec, *, alpha: float) -> l
         tests.append(assess_shift(summary.answered_pairs, summary.scores_higher, summary.scores_lower,
                                   shift=summary.score_shift, fail_alpha=fail_alpha, pass_alpha=alpha,
                                   max_imbalance=spec.max_score_shift_imbalance, min_pairs=spec.requests))
+    if spec.max_mean_score_shift is not None:
+        tests.append(assess_mean_shift(summary.answered_pairs, summary.score_diff_sum, summary.score_diff_sum_sq,
+                                       fail_alpha=fail_alpha, pass_alpha=alpha, max_shift=spec.max_mean_score_shift,
+                                       min_pairs=spec.requests, v_opt=defaults.SHADOW_MEAN_SHIFT_TUNING_V))
     if spec.max_score_tv is not None:
         tests.append(assess_distribution(summary.candidate_score_bins, summary.stable_score_bins,
                                          fail_alpha=fail_alpha, pass_alpha=alpha, max_tv=spec.max_score_tv,
@@ -158,10 +175,13 @@ def judge_shadow(summary: ShadowSummary, spec: ShadowSpec, outputs: OutputValida
     tests = assess_pairs(summary, spec, alpha=alpha)
     decision = combine(tests)
     reasons += [t.reason for t in tests if t.decision == PairedDecision.FAIL]
+    missing = missing_score_sums(summary, spec)
+    if missing:
+        reasons.append(missing)
     if summary.pairs < spec.requests and decision != PairedDecision.FAIL:  # a test may fail on fewer pairs
         reasons.append(f"only {summary.pairs} mirrored requests answered by both versions, "
                        f"{spec.requests} required")
-    if decision == PairedDecision.CONTINUE and summary.pairs >= spec.requests:
+    if decision == PairedDecision.CONTINUE and summary.pairs >= spec.requests and not missing:
         open_tests = "; ".join(t.reason for t in tests if t.decision == PairedDecision.CONTINUE)
         if spec.on_inconclusive == ShadowInconclusive.FAIL:
             reasons.append(f"inconclusive by shadow.max_duration (shadow.on_inconclusive: fail): {open_tests}")
@@ -188,7 +208,8 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
     """Mirror traffic to ``candidate`` until the paired tests are conclusive or ``spec.max_duration_s``, then judge.
 
     Every poll looks at the cumulative pairs: it stops as soon as a test fails, or every test passes on at
-    least ``spec.requests`` pairs (the tests are anytime-valid, so looking at every poll costs nothing).
+    least ``spec.requests`` pairs (the tests are anytime-valid, so looking at every poll costs nothing), or
+    the backend turns out not to report what the mean-difference test needs (:func:`missing_score_sums`).
     A look counts the requests that arrived until ``settle_s`` before it: a pair shows up only once both
     answers are stored, and a slow answer is stored late, so without the settling time the order in which
     pairs are counted would depend on their outcome (and the McNemar e-process would not be one).
@@ -217,6 +238,8 @@ def run_shadow(router: TrafficRouter, metrics: MetricsSource, spec: ShadowSpec, 
                 + "; ".join(f"{t.test} {t.decision}" for t in tests))
             if decision == PairedDecision.FAIL or elapsed >= spec.max_duration_s:
                 break
+            if missing_score_sums(summary, spec):
+                break  # the backend will not start reporting them: judge now (the verdict says why)
             if decision == PairedDecision.PASS and summary.pairs >= spec.requests:
                 break
             sleep(min(poll_interval_s, max(0.0, spec.max_duration_s - elapsed)))

@@ -3,6 +3,7 @@
 Prediction (no auth)::
 
     POST /v1/endpoints/{endpoint}/predict   {"features": [8 floats], "attributes": {"device": "ios"}}, header X-User-Id
+         (attributes may also come as headers: X-Attribute-Plan: internal is the attribute plan)
          200 {"version", "score", "label", "request_id"}; 500 injected error; 404 unknown endpoint;
          503 no version holds traffic
     GET  /metrics                           Prometheus text (see canary.serving.exposition)
@@ -22,6 +23,8 @@ Admin (``Authorization: Bearer <token>``; every call is idempotent; errors are `
     PUT    /admin/endpoints/{endpoint}/weights             {"weights": {"v1": 90, "v2": 10}} (whole split)
     PUT    /admin/endpoints/{endpoint}/mirror              {"version": "v2", "percent": 100}
     DELETE /admin/endpoints/{endpoint}/mirror
+    PUT    /admin/endpoints/{endpoint}/targeting           {"version": "v2", "match": {"region": ["eu-west"]}}
+    DELETE /admin/endpoints/{endpoint}/targeting           (everyone may be routed to every version again)
     PUT    /admin/faults/{version}                         Faults fields, or a list of them (replaces; all zero clears)
     DELETE /admin/faults/{version}
     POST   /admin/flush                                    return once every answer so far is in the store
@@ -77,6 +80,7 @@ from canary.serving.state import (
     Faults,
     Mirror,
     ServingState,
+    Targeting,
     combine_faults,
     user_bucket,
     user_segment,
@@ -90,6 +94,9 @@ KPI_SLOPE = 0.1
 _FAULT_LIST: TypeAdapter[list[Faults]] = TypeAdapter(list[Faults])
 #: Attributes per prediction request, at most.
 MAX_ATTRIBUTES = 8
+#: A request header ``X-Attribute-Plan: internal`` is the attribute ``plan`` (dashes read as underscores), for
+#: clients that cannot change the body; an attribute both in a header and in the body is refused (422).
+ATTRIBUTE_HEADER_PREFIX = "x-attribute-"
 
 
 AttributeName = Annotated[str, StringConstraints(pattern=defaults.ATTRIBUTE_PATTERN)]
@@ -154,7 +161,7 @@ class _Service:
         self.flush_interval_s = flush_interval_s
         self.rng = random.Random(seed)
         self.jitter_ms = jitter_ms
-        self.counters = PrometheusCounters()
+        self.counters = PrometheusCounters(store_path=store_path)
         self._store: MetricsStore | None = None
         self._mirror_tasks: set[asyncio.Task[_Answer]] = set()
 
@@ -162,11 +169,14 @@ class _Service:
                       attributes: Mapping[str, str] | None = None) -> _Answer:
         """Route one request, start its mirror if any, and answer it."""
         ep = self.state.endpoint(endpoint)
-        version = ep.route(user_bucket(user_id) if user_id else self.rng.randrange(100))
+        segment = user_segment(user_id) if user_id else "anonymous"
+        attributes = dict(attributes or {})
+        version = ep.route(user_bucket(user_id) if user_id else self.rng.randrange(100),
+                           {**attributes, defaults.USER_SEGMENT_ATTRIBUTE: segment})
         if version is None:
             raise AdminError(503, f"endpoint {endpoint!r} has no version with traffic (weights: {ep.weights})")
         request = _Request(endpoint=endpoint, features=features, request_id=uuid.uuid4().hex, ts=time.time(),
-                           segment=user_segment(user_id) if user_id else "anonymous", attributes=dict(attributes or {}))
+                           segment=segment, attributes=attributes)
         self.ledger.served(endpoint, request.request_id, Served(version=version, segment=request.segment, ts=request.ts))
         mirror = ep.mirror
         if mirror is not None and mirror.version != version and self.rng.random() * 100 < mirror.percent:
@@ -234,6 +244,12 @@ class _Service:
             self._ledger.close()
 
 
+def header_attributes(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return the request attributes given as ``X-Attribute-<name>`` headers (names lower-cased, ``-`` as ``_``)."""
+    return {key.lower()[len(ATTRIBUTE_HEADER_PREFIX):].replace("-", "_"): value for key, value in headers.items()
+            if key.lower().startswith(ATTRIBUTE_HEADER_PREFIX)}
+
+
 def _bearer_matches(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
     return secrets.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
@@ -289,9 +305,21 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
         return JSONResponse({"detail": _validation_detail(err)}, status_code=422)
 
     @app.post("/v1/endpoints/{endpoint}/predict")
-    async def predict(endpoint: str, body: PredictBody,
+    async def predict(endpoint: str, body: PredictBody, request: Request,
                       x_user_id: Annotated[str | None, Header()] = None) -> JSONResponse:
-        answer = await service.predict(endpoint, body.features, x_user_id, body.attributes)
+        attributes = body.attributes
+        from_headers = header_attributes(request.headers)
+        if from_headers:
+            both = sorted(set(from_headers) & set(attributes))
+            if both:
+                raise AdminError(422, f"attributes.{both[0]}: given both in the body and as header "
+                                      f"X-Attribute-{both[0].replace('_', '-')}; give it once")
+            try:
+                attributes = PredictBody(features=body.features, attributes={**attributes, **from_headers}).attributes
+            except ValidationError as err:
+                return JSONResponse({"detail": _validation_detail(err, skip=0) + " (from X-Attribute-* headers)"},
+                                    status_code=422)
+        answer = await service.predict(endpoint, body.features, x_user_id, attributes)
         if answer.error:
             return JSONResponse({"detail": "injected error", "version": answer.version,
                                  "request_id": answer.request_id}, status_code=500)
@@ -327,7 +355,9 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(service.counters.render(), media_type=CONTENT_TYPE)
+        # The feedback families aggregate the store: read it in a worker thread, never on the event loop.
+        per_request = await asyncio.to_thread(service.counters.feedback_series)
+        return PlainTextResponse(service.counters.render(per_request), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -366,6 +396,14 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
     @admin.delete("/endpoints/{endpoint}/mirror")
     async def clear_mirror(endpoint: str) -> dict[str, Any]:
         return state.set_mirror(endpoint, None).to_dict()
+
+    @admin.put("/endpoints/{endpoint}/targeting")
+    async def set_targeting(endpoint: str, body: Targeting) -> dict[str, Any]:
+        return state.set_targeting(endpoint, body).to_dict()
+
+    @admin.delete("/endpoints/{endpoint}/targeting")
+    async def clear_targeting(endpoint: str) -> dict[str, Any]:
+        return state.set_targeting(endpoint, None).to_dict()
 
     @admin.put("/faults/{version}")
     async def set_faults(version: str, request: Request) -> Any:

@@ -96,6 +96,9 @@ def register(subparsers: Any) -> None:
     traffic.add_argument("--labels", type=float, default=0.0, metavar="SHARE",
                          help="send the true label of this share of answered requests back (POST .../feedback), "
                               "e.g. 0.5 (default 0: none)")
+    traffic.add_argument("--outcome", default=None, metavar="NAME",
+                         help="also send conversions as this business outcome (e.g. conversion), as late as the "
+                              "labels: more likely when the prediction was right (needs --labels)")
     traffic.add_argument("--label-delay", type=parse_duration, default=0.0,
                          help="how long after its answer a request's label is sent, e.g. 10s (default 0)")
     traffic.add_argument("--feedback-token", default=os.environ.get("CANARY_FEEDBACK_TOKEN"),
@@ -125,12 +128,19 @@ def _traffic(args: argparse.Namespace) -> int:
     from canary.serving.traffic import LabelFeedback, run_traffic
 
     feedback = None
+    if args.outcome and not args.labels:
+        args.parser.error("--outcome needs --labels (the share of answers whose label is sent; the outcomes of "
+                          "every answer are sent)")
     if args.labels:
         if not 0.0 < args.labels <= 1.0:
             args.parser.error(f"--labels must be a share in (0, 1], got {args.labels:g}")
         if not args.feedback_token:
             args.parser.error("--labels needs --feedback-token (or $CANARY_FEEDBACK_TOKEN)")
-        feedback = LabelFeedback(token=args.feedback_token, share=args.labels, delay_s=args.label_delay)
+        try:
+            feedback = LabelFeedback(token=args.feedback_token, share=args.labels, delay_s=args.label_delay,
+                                     outcome=args.outcome)
+        except ValueError as err:
+            args.parser.error(f"--outcome: {err}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from canary.serving.state import AdminError
 from canary.serving.store import TABLE
+from canary.spec import defaults
 from canary.spec.durations import format_duration
 
 FEEDBACK_TABLE = "feedback"
@@ -64,7 +65,7 @@ DEFAULT_RATE_PER_S = 500.0
 DEFAULT_BURST = 1000
 #: Served requests remembered in memory (their answers may still be on their way to the store).
 RECENT_REQUESTS = 200_000
-OUTCOME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+OUTCOME_PATTERN = defaults.OUTCOME_PATTERN
 
 
 class FeedbackBody(BaseModel):

@@ -1,4 +1,4 @@
-"""In-memory serving state: endpoints, their deployed versions and weights, mirrors and per-version faults.
+"""In-memory serving state: endpoints, their deployed versions and weights, targeting, mirrors and faults.
 
 Everything here is declarative and idempotent; the HTTP layer only translates :class:`AdminError` into
 responses. Methods are called from the event loop only, so no locking is needed.
@@ -11,11 +11,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from canary.serving.model import LogisticModel, train_model
+from canary.spec.defaults import ATTRIBUTE_PATTERN, MAX_TARGETING_ATTRIBUTES, MAX_TARGETING_VALUES
 
 #: Endpoint and version names: safe in URLs, Prometheus labels and file names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -90,31 +91,78 @@ class Mirror(BaseModel):
     percent: int = Field(100, ge=0, le=100)
 
 
+TargetingAttribute = Annotated[str, StringConstraints(pattern=ATTRIBUTE_PATTERN)]
+TargetingValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class Targeting(BaseModel):
+    """Expose ``version`` only to requests whose attributes match: every attribute, any of its values.
+
+    Matching requests are split by the endpoint's weights as usual; every other request is served by the
+    other versions only, in proportion to their weights. ``segment`` is the attribute derived from X-User-Id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    match: dict[TargetingAttribute, list[TargetingValue]] = Field(
+        min_length=1, max_length=MAX_TARGETING_ATTRIBUTES,
+        description='e.g. {"region": ["eu-west"]}: every attribute listed, any of its values')
+
+    @field_validator("match")
+    @classmethod
+    def _values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in match.items():
+            if not 1 <= len(values) <= MAX_TARGETING_VALUES:
+                raise ValueError(f"{name}: list 1 to {MAX_TARGETING_VALUES} values, got {len(values)}")
+        return match
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        """Whether a request with ``attributes`` (its derived segment included) is in the targeted population."""
+        return all(attributes.get(name) in values for name, values in self.match.items())
+
+
+def _route(weights: Mapping[str, int], point: float) -> str | None:
+    """Return the version whose cumulative weight range (version-name order) holds ``point``."""
+    cumulative = 0
+    for version in sorted(weights):
+        cumulative += weights[version]
+        if point < cumulative:
+            return version
+    return None
+
+
 @dataclass
 class Endpoint:
-    """One endpoint: deployed versions (deploy order) with their traffic percent, and an optional mirror."""
+    """One endpoint: deployed versions (deploy order) with their traffic percent, targeting and a mirror."""
 
     name: str
     weights: dict[str, int] = field(default_factory=dict)
     mirror: Mirror | None = None
+    targeting: Targeting | None = None
 
-    def route(self, bucket: int) -> str | None:
-        """Return the version serving user ``bucket`` (0..99), or None if no version has weight.
+    def route(self, bucket: int, attributes: Mapping[str, str] | None = None) -> str | None:
+        """Return the version serving user ``bucket`` (0..99) with ``attributes``, or None if no version has weight.
 
         Buckets map onto the cumulative weights in version-name order, so for fixed weights a user
         always sees the same version, and raising a version's weight only moves users towards it
-        from the versions sorted after it.
+        from the versions sorted after it. A request outside the targeted population (:class:`Targeting`)
+        is routed the same way among the other versions, their weights scaled to 100, so it never reaches
+        the targeted version while another version holds traffic.
         """
-        cumulative = 0
-        for version in sorted(self.weights):
-            cumulative += self.weights[version]
-            if bucket < cumulative:
-                return version
-        return None
+        targeting = self.targeting
+        if targeting is None or targeting.version not in self.weights or targeting.matches(attributes or {}):
+            return _route(self.weights, bucket)
+        others = {v: w for v, w in self.weights.items() if v != targeting.version}
+        total = sum(others.values())
+        if total == 0:  # the targeted version holds all traffic: it serves everyone
+            return _route(self.weights, bucket)
+        return _route(others, bucket * total / 100)
 
     def to_dict(self) -> dict[str, Any]:
         return {"endpoint": self.name, "versions": list(self.weights), "weights": dict(self.weights),
-                "mirror": self.mirror.model_dump() if self.mirror else None}
+                "mirror": self.mirror.model_dump() if self.mirror else None,
+                "targeting": self.targeting.model_dump() if self.targeting else None}
 
 
 def _stable_hash(text: str, salt: bytes) -> int:
@@ -210,6 +258,15 @@ class ServingState:
         ep.mirror = mirror
         return ep
 
+    def set_targeting(self, endpoint: str, targeting: Targeting | None) -> Endpoint:
+        """Restrict a deployed version to the requests ``targeting`` matches, or lift the restriction (None)."""
+        ep = self.endpoint(endpoint)
+        if targeting is not None and targeting.version not in ep.weights:
+            raise AdminError(422, f"targeting.version: {targeting.version!r} is not deployed on endpoint "
+                                  f"{endpoint!r} (deployed: {', '.join(ep.weights) or 'none'})")
+        ep.targeting = targeting
+        return ep
+
     def remove(self, endpoint: str, version: str) -> Endpoint:
         """Remove a version holding 0% that is not the mirror target; no-op if it is not deployed."""
         ep = self.endpoint(endpoint)
@@ -221,6 +278,8 @@ class ServingState:
             raise AdminError(409, f"version {version!r} is the mirror target of endpoint {endpoint!r}; "
                                   "clear the mirror first")
         ep.weights.pop(version, None)
+        if ep.targeting is not None and ep.targeting.version == version:
+            ep.targeting = None  # a removed version is targeted at nobody
         return ep
 
     def set_faults(self, version: str, faults: Faults | Sequence[Faults] | None) -> None:

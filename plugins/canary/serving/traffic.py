@@ -12,6 +12,7 @@ import http.client
 import json
 import queue
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ import numpy as np
 
 from canary.serving.model import sample_features, true_probability
 from canary.serving.state import user_attributes
+from canary.spec.defaults import OUTCOME_PATTERN
 
 #: Failures of a reused keep-alive connection that the server closed while it was idle.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -70,16 +72,29 @@ class LabelFeedback:
     The label is drawn from the data generator's true probability for the request's features
     (:func:`canary.serving.model.true_probability`), whichever version answered, so a version that predicts
     worse is wrong more often on the same population.
+
+    With ``outcome`` (e.g. ``conversion``), every answered request also converts with probability
+    :data:`CONVERSION_BASE`, plus :data:`CONVERSION_LIFT` when its prediction was right (users act on good
+    predictions), and a conversion is sent as that business outcome (value 1), as late as the label; a version
+    that predicts worse converts less.
     """
 
     token: str
     share: float = 1.0
     delay_s: float = 0.0
+    outcome: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0 or self.delay_s < 0 or not self.token:
             raise ValueError(f"label feedback: share must be in (0, 1], delay_s >= 0 and a token given, got "
                              f"share={self.share}, delay_s={self.delay_s}")
+        if self.outcome is not None and not re.match(OUTCOME_PATTERN, self.outcome):
+            raise ValueError(f"label feedback: outcome {self.outcome!r} must match {OUTCOME_PATTERN}")
+
+
+#: Synthetic business outcome: P(conversion) = CONVERSION_BASE + CONVERSION_LIFT x (the prediction was right).
+CONVERSION_BASE = 0.02
+CONVERSION_LIFT = 0.2
 
 
 class _LabelSender(threading.Thread):
@@ -93,14 +108,15 @@ class _LabelSender(threading.Thread):
         self._path = url.path.rstrip("/") + f"/v1/endpoints/{quote(endpoint, safe='')}/feedback"
         self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {feedback.token}"}
         self._timeout_s = timeout_s
-        self._due: list[tuple[float, str, int]] = []
+        self._due: list[tuple[float, str, int | None, str | None]] = []
         self._cond = threading.Condition()
         self._closing = False
         self.sent = self.refused = self.pending = 0
 
-    def add(self, due_s: float, request_id: str, label: int) -> None:
+    def add(self, due_s: float, request_id: str, label: int | None, outcome: str | None = None) -> None:
+        """Send ``label`` and/or ``outcome`` (value 1) of ``request_id`` at ``due_s`` (monotonic seconds)."""
         with self._cond:
-            heapq.heappush(self._due, (due_s, request_id, label))
+            heapq.heappush(self._due, (due_s, request_id, label, outcome))
             self._cond.notify()
 
     def close(self) -> None:
@@ -119,8 +135,9 @@ class _LabelSender(threading.Thread):
                 if self._closing and (not self._due or self._due[0][0] > time.monotonic()):
                     self.pending = len(self._due)
                     break
-                _, request_id, label = heapq.heappop(self._due)
-            body = json.dumps({"request_id": request_id, "label": label})
+                _, request_id, label, outcome = heapq.heappop(self._due)
+            body = json.dumps({"request_id": request_id, **({"label": label} if label is not None else {}),
+                               **({"outcome": outcome, "value": 1.0} if outcome is not None else {})})
             try:
                 if conn is None:
                     cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -174,12 +191,22 @@ class _Worker(threading.Thread):
             if kind in ("ok", "errors"):
                 answer = json.loads(payload)
                 self.by_version[answer.get("version", "?")] += 1
-                if kind == "ok" and self._labels is not None and self._feedback is not None \
-                        and self._rng.random() < self._feedback.share:
-                    label = int(self._rng.random() < p_true)
-                    self._labels.add(time.monotonic() + self._feedback.delay_s, answer["request_id"], label)
+                if kind == "ok" and self._labels is not None and self._feedback is not None:
+                    self._give_feedback(answer, p_true, self._labels, self._feedback)
         if self._conn is not None:
             self._conn.close()
+
+    def _give_feedback(self, answer: dict[str, Any], p_true: float, labels: _LabelSender,
+                       feedback: LabelFeedback) -> None:
+        truth = int(self._rng.random() < p_true)
+        label = truth if self._rng.random() < feedback.share else None
+        outcome = None
+        if feedback.outcome is not None:
+            right = answer.get("label") == truth
+            if self._rng.random() < CONVERSION_BASE + (CONVERSION_LIFT if right else 0.0):
+                outcome = feedback.outcome
+        if label is not None or outcome is not None:
+            labels.add(time.monotonic() + feedback.delay_s, answer["request_id"], label, outcome)
 
     def _send(self, user_id: str, body: str) -> tuple[int, bytes]:
         reused = self._conn is not None

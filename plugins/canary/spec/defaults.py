@@ -50,6 +50,12 @@ MAX_LABEL_DELAY_S = 24 * 3600.0
 ATTRIBUTE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 #: The attribute the embedded serving layer derives from ``X-User-Id`` (``new``/``returning``).
 USER_SEGMENT_ATTRIBUTE = "segment"
+#: Names of business outcomes sent as feedback (conversion, click, chargeback), and of the ``kpi`` metrics'
+#: ``outcome``.
+OUTCOME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+#: ``targeting.match``: most attributes one rule tests, and most values per attribute.
+MAX_TARGETING_ATTRIBUTES = 8
+MAX_TARGETING_VALUES = 20
 POLL_INTERVAL_S = 30.0
 #: Requests right after a traffic change are skipped (caches, autoscaling, JIT warm-up).
 WARMUP_S = 0.0
@@ -82,6 +88,16 @@ SHADOW_SCORE_SHIFT = 0.1
 #: ... and the candidate passes once shifted-up pairs outnumber shifted-down ones (or the reverse) by at most
 #: this share of answered pairs.
 SHADOW_MAX_SCORE_SHIFT_IMBALANCE = 0.05
+#: The mean-difference test: the candidate's scores may be higher (or lower) than stable's on the same requests
+#: by at most this on average (scores are probabilities; the band is ``±`` this). A retrained model of the same
+#: population moves its mean score by well under a point, while the score-shift test only counts moves beyond
+#: ``score_shift``: a uniform drift of a few points on every request (a miscalibrated model whose classes mostly
+#: stay) passes it and is caught here. 0.05 matches the score-shift test's margin and is cheap to show for a
+#: healthy candidate: at 200 pairs whose scores differ by 0.1 (root mean square) the bound is about ±0.04.
+SHADOW_MAX_MEAN_SCORE_SHIFT = 0.05
+#: The mean-difference confidence sequence is tightest when the sum of squared score differences reaches this
+#: (500 pairs differing by 0.1): the gamma-exponential mixture's tuning, fixed before any pair.
+SHADOW_MEAN_SHIFT_TUNING_V = 5.0
 #: Design effect of the sequential McNemar tests' mixture: the candidate alone has the bad outcome twice as
 #: often as stable alone.
 SHADOW_DESIGN_RATIO = 2.0

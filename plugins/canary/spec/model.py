@@ -112,6 +112,9 @@ class ShadowSpec(_Strict):
     min_prediction_agreement: float = Field(defaults.SHADOW_MIN_PREDICTION_AGREEMENT, ge=0.0, le=1.0)
     score_shift: float = Field(defaults.SHADOW_SCORE_SHIFT, gt=0.0, lt=1.0)
     max_score_shift_imbalance: float = Field(defaults.SHADOW_MAX_SCORE_SHIFT_IMBALANCE, ge=0.0, le=1.0)
+    #: Largest mean difference of the candidate's score from stable's on the same requests, either way (on the
+    #: score scale: 0.05 = 5 points of probability); None: no mean-difference test (see the default's note).
+    max_mean_score_shift: float | None = Field(defaults.SHADOW_MAX_MEAN_SCORE_SHIFT, gt=0.0, le=1.0)
     #: Largest total-variation distance between the two versions' score distributions on the same requests
     #: (equal-width bins); None: no distribution test (it needs thousands of pairs to pass).
     max_score_tv: float | None = Field(None, gt=0.0, le=1.0)
@@ -166,8 +169,16 @@ class MetricSpec(_Strict):
     mde: float | None = Field(None, gt=0.0)
     higher_is_better: bool = Field(True, description="kpi only: direction of the KPI")
     label_delay_s: Duration = Field(0.0, alias="label_delay", ge=0.0, le=defaults.MAX_LABEL_DELAY_S, description=(
-        "prediction_quality only: how long labels take to arrive; only requests at least this old count, so "
-        "that early looks are not biased toward requests whose labels come fast"))
+        "prediction_quality, and kpi with an outcome: how long feedback takes to arrive; only requests at least "
+        "this old count, so that early looks are not biased toward requests whose feedback comes fast"))
+    outcome: str | None = Field(None, pattern=defaults.OUTCOME_PATTERN, max_length=64, description=(
+        "kpi only: the business outcome sent as feedback (POST .../feedback {request_id, outcome, value}); the KPI "
+        "is the share of served requests at least label_delay old that had it (value > 0)"))
+
+    @property
+    def uses_feedback(self) -> bool:
+        """Whether the metric reads late feedback (labels or business outcomes) joined to requests."""
+        return self.kind is MetricKind.PREDICTION_QUALITY or (self.kind is MetricKind.KPI and self.outcome is not None)
 
     @property
     def effective_mde(self) -> float:
@@ -227,6 +238,38 @@ class SegmentsSpec(_Strict):
     def label(self, value: str) -> str:
         """Return ``by=value``, the segment's name in reasons and reports."""
         return f"{self.by}={value}"
+
+
+class TargetingSpec(_Strict):
+    """Expose the canary only to requests whose attributes match, in the first stages.
+
+    During a targeted stage the canary's ``weight`` is its share of the *matching* requests; every other request
+    is served by stable. Users stay sticky (routing hashes the user id). Canary and stable are compared on the
+    matching requests only, and the traffic split is checked there. Later stages, and promotion, expose everyone.
+    """
+
+    match: dict[Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)],
+                list[Annotated[str, Field(min_length=1, max_length=64)]]] = Field(
+        min_length=1, max_length=defaults.MAX_TARGETING_ATTRIBUTES, description=(
+            "request attributes and the values that expose the canary, e.g. {region: [eu-west]}: every attribute "
+            "listed, any of its values (segment is the one the serving layer derives from the user id)"))
+    stages: int | None = Field(None, ge=1, description=(
+        "how many leading stages are targeted; default: every stage below 100%"))
+
+    @field_validator("match")
+    @classmethod
+    def _values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in match.items():
+            if not 1 <= len(values) <= defaults.MAX_TARGETING_VALUES:
+                raise ValueError(f"{name}: list 1 to {defaults.MAX_TARGETING_VALUES} values, got {len(values)}")
+            duplicates = sorted({v for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"{name}: each value once: {duplicates} listed more than once")
+        return match
+
+    def describe(self) -> str:
+        """Return the rule in words, e.g. ``region in [eu-west] and plan in [internal]``."""
+        return " and ".join(f"{name} in [{', '.join(values)}]" for name, values in self.match.items())
 
 
 class AnalysisSpec(_Strict):
@@ -379,6 +422,7 @@ class RolloutSpec(_Strict):
     backends: Backends = Backends()
     shadow: ShadowSpec = ShadowSpec()
     stages: list[StageSpec] = Field(min_length=1, max_length=defaults.MAX_STAGES)
+    targeting: TargetingSpec | None = None
     analysis: AnalysisSpec = AnalysisSpec()
     policy: PolicySpec = PolicySpec()
     schedule: ScheduleSpec = ScheduleSpec()
@@ -388,6 +432,15 @@ class RolloutSpec(_Strict):
     @property
     def dag_id(self) -> str:
         return defaults.rollout_dag_id(self.model)
+
+    def targeting_for(self, stage_index: int) -> TargetingSpec | None:
+        """Return the targeting rule of stage ``stage_index`` (0-based), or None when the stage exposes everyone."""
+        targeting = self.targeting
+        if targeting is None or self.stages[stage_index].weight >= 100:
+            return None
+        if targeting.stages is not None and stage_index >= targeting.stages:
+            return None
+        return targeting
 
     def metric(self, name: str) -> MetricSpec:
         for m in self.analysis.metrics:
@@ -467,9 +520,37 @@ def _segment_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     return []
 
 
+def _targeting_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
+    """targeting: a serving backend that can route by attributes, a metrics backend that can read them."""
+    if spec.targeting is None:
+        return []
+    from canary.backends import TARGETED_METRICS, TARGETING_SERVING  # lazy: a light spec module
+
+    problems: list[tuple[str, str]] = []
+    serving, metrics = spec.backends.serving.name, spec.backends.metrics.name
+    if serving not in TARGETING_SERVING:
+        problems.append(("targeting", f"the {serving} serving backend cannot route by request attributes (it "
+                                      "splits traffic by weight only); remove targeting or use a serving backend "
+                                      f"that can: {', '.join(sorted(TARGETING_SERVING))}"))
+    if metrics not in TARGETED_METRICS:
+        problems.append(("targeting", f"the {metrics} metrics backend cannot restrict its statistics to the "
+                                      "targeted requests, so canary and stable would be compared on different "
+                                      "populations; remove targeting or use a metrics backend that can: "
+                                      f"{', '.join(sorted(TARGETED_METRICS))}"))
+    below_full = sum(1 for stage in spec.stages if getattr(stage, "weight", 100) < 100)
+    if spec.targeting.stages is not None and spec.targeting.stages > below_full:
+        problems.append(("targeting.stages", f"must be at most {below_full}, the number of stages below 100%: the "
+                                             "last stage serves everyone"))
+    if below_full == 0:
+        problems.append(("targeting", "no stage below 100% to target: add a stage such as {weight: 5} before the "
+                                      "last one"))
+    return problems
+
+
 def _label_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
-    """prediction_quality metrics: one label delay, shorter than every compared stage, on a backend with labels."""
-    quality = [(i, m) for i, m in enumerate(spec.analysis.metrics) if m.kind is MetricKind.PREDICTION_QUALITY]
+    """Feedback metrics (prediction_quality, kpi with an outcome): one label delay, shorter than every compared
+    stage, on a backend that joins feedback to requests."""
+    quality = [(i, m) for i, m in enumerate(spec.analysis.metrics) if getattr(m, "uses_feedback", False)]
     if not quality:
         return []
     from canary.backends import LABELLED_METRICS  # lazy: keeps the spec module import-light
@@ -478,14 +559,16 @@ def _label_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
     first_i, first = quality[0]
     name = spec.backends.metrics.name
     if name not in LABELLED_METRICS:
-        problems.append((f"analysis.metrics[{first_i}].kind", f"the {name} metrics backend does not join late "
-                                                              "labels to the requests they are about; use a metrics "
-                                                              f"backend that does: {', '.join(sorted(LABELLED_METRICS))}"))
+        field = "kind" if first.kind is MetricKind.PREDICTION_QUALITY else "outcome"
+        problems.append((f"analysis.metrics[{first_i}].{field}", f"the {name} metrics backend does not join late "
+                                                                 "feedback to the requests it is about; use a metrics "
+                                                                 f"backend that does: {', '.join(sorted(LABELLED_METRICS))}"))
     for i, m in quality[1:]:
         if m.label_delay_s != first.label_delay_s:
             problems.append((f"analysis.metrics[{i}].label_delay", f"must equal analysis.metrics[{first_i}]"
                                                                    f".label_delay ({first.label_delay_s:g}s): a stage "
-                                                                   "reads one window of labelled requests"))
+                                                                   "reads one window of requests old enough for "
+                                                                   "their feedback"))
     for j, stage in enumerate(spec.stages):
         max_s = getattr(stage, "max_duration_s", None)
         if getattr(stage, "weight", 100) < 100 and max_s is not None and first.label_delay_s >= max_s:
@@ -557,9 +640,12 @@ def _metric_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
         if metric.kind is MetricKind.KPI and metric.higher_is_better and metric.effective_mde >= 1.0:
             problems.append((f"{loc}.mde", "a KPI drop is relative: mde must be < 1 (set mde, the default is "
                                            "2 x tolerance)"))
-        if metric.kind is not MetricKind.PREDICTION_QUALITY and metric.label_delay_s:
-            problems.append((f"{loc}.label_delay", f"applies to prediction_quality metrics only, not "
-                                                   f"{metric.kind.value}"))
+        if not metric.uses_feedback and metric.label_delay_s:
+            problems.append((f"{loc}.label_delay", f"applies to prediction_quality metrics and kpi metrics with an "
+                                                   f"outcome only, not {metric.kind.value}"
+                                                   + (" without one" if metric.kind is MetricKind.KPI else "")))
+        if metric.outcome is not None and metric.kind is not MetricKind.KPI:
+            problems.append((f"{loc}.outcome", f"applies to kpi metrics only, not {metric.kind.value}"))
         if metric.mde is not None and metric.mde < metric.tolerance:
             problems.append((f"{loc}.mde", f"must be >= tolerance ({metric.tolerance:g})"))
     return problems
@@ -651,7 +737,7 @@ def _notify_problems(spec: RolloutSpec) -> list[tuple[str, str]]:
 
 #: The cross-field rules, each a pure function of the spec returning ``(location, message)`` problems.
 CROSS_FIELD_RULES: tuple[Callable[[RolloutSpec], list[tuple[str, str]]], ...] = (
-    _backend_problems, _shadow_problems, _segment_problems, _label_problems, _expectation_problems, _stage_problems, _concurrency_problems,
+    _backend_problems, _shadow_problems, _segment_problems, _targeting_problems, _label_problems, _expectation_problems, _stage_problems, _concurrency_problems,
     _alpha_problems, _metric_problems, _schedule_problems, _registry_event_problems, _cloudwatch_window_problems,
     _poll_interval_problems, _notify_problems,
 )

@@ -38,7 +38,9 @@ Metric kinds:
 ``kpi``
     label e-process on KPI events per request; if ``higher_is_better`` the harmful direction is a
     *lower* canary rate, so the roles of the versions swap (``theta = stable rate / canary rate``,
-    tolerance ``1 / (1 - tolerance)``, design effect ``1 / (1 - mde)``).
+    tolerance ``1 / (1 - tolerance)``, design effect ``1 / (1 - mde)``). With an ``outcome`` (a business
+    outcome sent as late feedback), the events are the requests that had it and the exposure the served
+    requests older than ``label_delay``, as for ``prediction_quality``.
 ``latency``
     label e-process on exceedances of a fixed threshold (a histogram bucket bound), exposure = latency
     observations. With ``threshold_ms`` that bound is used (it must be a bucket bound, else HALT). With
@@ -72,7 +74,7 @@ from typing import Any
 from canary.policy.analysis import MetricAssessment
 from canary.policy.decisions import Decision
 from canary.policy.evidence import Snapshot, VersionStats
-from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
+from canary.spec.model import AnalysisSpec, MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, msprt, srm
 from canary.stats.budget import ErrorBudget, error_budget
 
@@ -403,6 +405,11 @@ class SequentialAnalyzer:
             period = (float(c.wrong), float(s.wrong), float(c.labelled), float(s.labelled))
             extra = {"label_delay_s": metric.label_delay_s, "canary_labelled": c.labelled,
                      "stable_labelled": s.labelled}
+        elif metric.outcome is not None:
+            # A business outcome sent as feedback: exposure is the served requests old enough for it to arrive.
+            name = metric.outcome
+            period = (float(c.outcome_events(name)), float(s.outcome_events(name)), float(c.aged), float(s.aged))
+            extra = {"label_delay_s": metric.label_delay_s, "outcome": name}
         else:
             period = (float(c.kpi_events), float(s.kpi_events), float(c.requests), float(s.requests))
         return self._label_assessment(ctx, metric, carry, period, log_rollback, log_promote, verdict, extra)
@@ -547,6 +554,15 @@ class SequentialAnalyzer:
         return MetricAssessment(metric="srm", kind="srm", decision=decision, reason=reason, evidence=ev), log_e
 
 
+def unsegmented_halt_min_requests(analysis: AnalysisSpec) -> int:
+    """Return the canary requests after which none in a listed segment is a HALT (:func:`_unsegmented`).
+
+    ``guardrails.min_requests``, at least 1: before any canary request, no segment can have one.
+    Replay applies the same threshold to every row.
+    """
+    return max(analysis.guardrails.min_requests, 1)
+
+
 def _unsegmented(spec: RolloutSpec, window: Snapshot) -> MetricAssessment | None:
     """HALT when the canary has served enough requests and none of them is in a listed segment.
 
@@ -555,7 +571,7 @@ def _unsegmented(spec: RolloutSpec, window: Snapshot) -> MetricAssessment | None
     """
     segments = spec.analysis.segments
     assert segments is not None
-    enough = max(spec.analysis.guardrails.min_requests, 1)
+    enough = unsegmented_halt_min_requests(spec.analysis)
     in_segments = sum(seg.canary.requests for seg in window.segments.values())
     if window.canary.requests < enough or in_segments > 0:
         return None

@@ -155,11 +155,13 @@ def eta_s(spec: RolloutSpec, stage: StageSpec, evidence: Mapping[str, Any], *, d
             continue
         ev = assessment.get("evidence") or {}
         # A segment's test sees its share of the canary requests; a prediction_quality test the labelled
-        # share of them, each label label_delay after its request.
+        # share of them, each label label_delay after its request; an outcome KPI every one, as late.
         growth = float(ev.get("canary_share", 1.0)) if assessment.get("segment") else 1.0
         lag_s = 0.0
         if metric.kind is MetricKind.PREDICTION_QUALITY:
             growth *= float(ev.get("canary_labelled") or 0) / canary_requests
+            lag_s = metric.label_delay_s
+        elif metric.uses_feedback:  # a business outcome: every served request counts, label_delay after it
             lag_s = metric.label_delay_s
         rollback_i, advance_i = metric_decision_times(metric, assessment, future_requests * growth)
         rollback_s = min(rollback_s, at(rollback_i) + (lag_s if rollback_i is not None else 0.0))

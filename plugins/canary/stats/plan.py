@@ -163,7 +163,8 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
         is tested on its share of the requests at its level of the error budget.
     baseline_wrong_rate, label_share : float
         prediction_quality: stable's share of wrong predictions, and the share of requests that get a label;
-        its times include the metric's ``label_delay`` (a request counts once its label can have arrived).
+        its times include the metric's ``label_delay`` (a request counts once its label can have arrived), as
+        do those of a kpi metric with an ``outcome`` (every served request counts, at ``baseline_kpi_rate``).
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
@@ -195,7 +196,7 @@ def plan(spec: RolloutSpec, *, rps: float, baseline_error_rate: float = 0.01, ba
                                      baseline_exceedance_rate=baseline_exceedance_rate, log_latency_sd=log_latency_sd)
                 rows.append(_row(idx, stage, m, test, a_rb, costs, canary_rps, segment=segment,
                                  segment_share=share if segment else None, required=required,
-                                 delay_s=m.label_delay_s if quality else 0.0))
+                                 delay_s=m.label_delay_s))  # feedback metrics only (0 for the rest)
     return rows
 
 

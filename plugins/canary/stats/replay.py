@@ -29,6 +29,10 @@ With ``analysis.segments`` and a ``segment`` column, each point also holds every
 rows with that value), and each segment's tests fire at its share of the error budget, as in the live
 gate; the analyzer confirming a stop, and the end-of-data verdicts, see the same per-segment windows.
 
+A ``prediction_quality`` metric reads the ``labelled`` and ``wrong`` columns (the file's author applies
+``label_delay``, see :mod:`canary.stats.replay_input`): the labelled requests are its exposure and the
+wrong predictions its events, as in the analyzer.
+
 Everything that can fire is computed vectorised over all rows of all runs (label e-processes on a
 grid, SRM, TV bounds, guardrails); the evidence of the row where a run's decision first held, and the
 end-of-data verdicts, come from :class:`SequentialAnalyzer` itself, so replay and the live gate agree.
@@ -51,9 +55,14 @@ from canary.policy.evidence import Snapshot, VersionStats
 from canary.policy.stage_rules import Rule, StageRules, Verdict
 from canary.spec.model import MetricKind, MetricSpec, RolloutSpec
 from canary.stats import distribution, label, srm
-from canary.stats.analyzer import THRESHOLD_MIN_EXCEEDANCES, SequentialAnalyzer, count_orientation
+from canary.stats.analyzer import (
+    THRESHOLD_MIN_EXCEEDANCES,
+    SequentialAnalyzer,
+    count_orientation,
+    unsegmented_halt_min_requests,
+)
 from canary.stats.budget import ErrorBudget, error_budget
-from canary.stats.replay_input import Layout
+from canary.stats.replay_input import LABEL_COLUMNS, Layout
 
 #: The test index of the analyzer's "no request in any listed segment" HALT.
 _UNSEGMENTED = -3
@@ -115,8 +124,8 @@ def _stage_rules(spec: RolloutSpec, weight: np.ndarray) -> tuple[np.ndarray, ...
 
 
 def _points(df: pd.DataFrame, layout: Layout, spec: RolloutSpec) -> Points:
-    fields = ["requests", "errors", *(["kpi_events"] if layout.has_kpi else []), *layout.latency_columns,
-              *layout.pred_columns]
+    fields = ["requests", "errors", *(["kpi_events"] if layout.has_kpi else []),
+              *(LABEL_COLUMNS if layout.has_labels else ()), *layout.latency_columns, *layout.pred_columns]
     run_codes, run_names = pd.factorize(df["run"])
     df = df.assign(_run=run_codes, _row=np.arange(len(df)))
     df = df.sort_values(["_run", "_row"], kind="stable")
@@ -258,6 +267,11 @@ def _fire(p: Points, layout: Layout, spec: RolloutSpec,
             log_e = _label_log_e(p, m, c["canary_kpi_events"], c["stable_kpi_events"], c["canary_requests"],
                                  c["stable_requests"], ev, ev)
             fired = ev & (log_e >= log_thr)
+        elif m.kind is MetricKind.PREDICTION_QUALITY:
+            # Exposure is the labelled requests, as in the analyzer (a stage without labels adds no evidence).
+            log_e = _label_log_e(p, m, c["canary_wrong"], c["stable_wrong"], c["canary_labelled"],
+                                 c["stable_labelled"], ev, ev)
+            fired = ev & (log_e >= log_thr)
         elif m.kind is MetricKind.LATENCY:
             fired, halted = _latency_fires(p, layout, m, log_thr)
         elif m.kind is MetricKind.PREDICTION_DISTRIBUTION:
@@ -315,7 +329,7 @@ def _row_verdicts(p: Points, layout: Layout, spec: RolloutSpec) -> tuple[Verdict
             halt |= s_halt
         # As the analyzer: enough canary requests and none in a listed segment is a misconfiguration.
         in_segments = sum(c["canary_requests"] for c in p.segments.values())
-        unsegmented = p.evaluated & (p.cum["canary_requests"] >= max(spec.analysis.guardrails.min_requests, 1)) \
+        unsegmented = p.evaluated & (p.cum["canary_requests"] >= unsegmented_halt_min_requests(spec.analysis)) \
             & (in_segments == 0)
         halt_metric = np.where(unsegmented & (halt_metric == -2), _UNSEGMENTED, halt_metric)
         halt |= unsegmented
@@ -398,6 +412,8 @@ def _snapshot(p: Points, layout: Layout, i: int) -> Snapshot:
             kw["latency_cumulative"] = (0,) * len(VersionStats(version=version).latency_buckets_ms)
         if layout.pred_columns:
             kw["prediction_bins"] = tuple(int(c[f"{version}_{col}"][i]) for col in layout.pred_columns)
+        if layout.has_labels:
+            kw |= {f: int(c[f"{version}_{f}"][i]) for f in LABEL_COLUMNS}
         return VersionStats(version=version, requests=int(c[f"{version}_requests"][i]),
                             errors=int(c[f"{version}_errors"][i]),
                             kpi_events=int(c[f"{version}_kpi_events"][i]) if layout.has_kpi else 0, **kw)

@@ -3,9 +3,15 @@
 One row per (run, t, version) holding counts *since the previous row* of that run and version: the
 columns of :data:`REQUIRED_COLUMNS`, and optionally ``weight`` (the canary's configured percent),
 ``latency_le_<ms>`` (cumulative latency buckets), ``pred_bin_<i>`` (prediction bins),
-``kpi_events`` and ``segment`` (the row's value of ``analysis.segments.by``: then one row per run, t,
-version and segment, each segment's counts; a spec with segments needs it, one without sums the
-segments). A bad file is a :class:`ReplayInputError` naming the row and column.
+``kpi_events``, ``labelled`` and ``wrong`` (together: the requests newly counted as labelled at this
+row, and of those the ones the version predicted wrongly, for ``prediction_quality``) and ``segment``
+(the row's value of ``analysis.segments.by``: then one row per run, t, version and segment, each
+segment's counts; a spec with segments needs it, one without sums the segments). A bad file is a
+:class:`ReplayInputError` naming the row and column.
+
+``labelled`` follows the live window: a request counts once its label has arrived *and* it is at least
+the metric's ``label_delay`` old at the row's ``t`` (the author of the file applies ``label_delay``;
+replay cannot, per-row counts do not say when requests arrived or labels came).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import pandas as pd
 from canary.spec.model import MetricKind, RolloutSpec
 
 REQUIRED_COLUMNS = ("run", "t", "version", "requests", "errors")
+#: The columns of a ``prediction_quality`` metric, given together.
+LABEL_COLUMNS = ("labelled", "wrong")
 VERSIONS = ("stable", "canary")
 _LATENCY = re.compile(r"^latency_le_(\d+(?:\.\d+)?)$")
 _PRED = re.compile(r"^pred_bin_(\d+)$")
@@ -49,6 +57,7 @@ class Layout:
     has_weight: bool
     has_kpi: bool
     has_segment: bool = False
+    has_labels: bool = False
 
 
 def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
@@ -63,7 +72,13 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
                                f"{[c for _, c in pred]}", column=pred[0][1])
     layout = Layout(latency_columns=tuple(c for _, c in lat), latency_bounds_ms=tuple(b for b, _ in lat),
                     pred_columns=tuple(c for _, c in pred), has_weight="weight" in columns,
-                    has_kpi="kpi_events" in columns, has_segment="segment" in columns)
+                    has_kpi="kpi_events" in columns, has_segment="segment" in columns,
+                    has_labels=all(c in columns for c in LABEL_COLUMNS))
+    given = [c for c in LABEL_COLUMNS if c in columns]
+    if given and not layout.has_labels:
+        missing = [c for c in LABEL_COLUMNS if c not in columns]
+        raise ReplayInputError(f"columns {list(LABEL_COLUMNS)} go together: {given} without {missing}",
+                               column=missing[0])
     segments = spec.analysis.segments
     if segments is not None and not layout.has_segment:
         raise ReplayInputError(f"analysis.segments needs a segment column holding each row's value of "
@@ -72,10 +87,16 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
         if m.kind is MetricKind.LATENCY and not layout.latency_columns:
             raise ReplayInputError(f"metric {m.name!r} (latency) needs latency_le_<ms> bucket columns",
                                    column="latency_le_<ms>")
-        if m.kind is MetricKind.PREDICTION_QUALITY:
-            raise ReplayInputError(f"metric {m.name!r} (prediction_quality) cannot be replayed yet: its labels "
-                                   "arrive label_delay after their requests, which per-row counts do not record; "
-                                   "replay a copy of the spec without it")
+        if m.kind is MetricKind.PREDICTION_QUALITY and not layout.has_labels:
+            raise ReplayInputError(f"metric {m.name!r} (prediction_quality) needs columns {list(LABEL_COLUMNS)}: "
+                                   "per row, the requests newly labelled (label arrived, request at least "
+                                   f"label_delay = {m.label_delay_s:g} s old) and of those the ones predicted "
+                                   "wrongly", column=LABEL_COLUMNS[0])
+        if m.kind is MetricKind.KPI and m.outcome is not None:
+            raise ReplayInputError(f"metric {m.name!r} (kpi on the business outcome {m.outcome!r}) cannot be "
+                                   "replayed: replay reads kpi_events per request, not outcomes joined to requests "
+                                   "old enough for them; replay a copy of the spec without this metric, or with "
+                                   "kind kpi and no outcome on a kpi_events column", column="kpi_events")
         if m.kind is MetricKind.KPI and not layout.has_kpi:
             raise ReplayInputError(f"metric {m.name!r} (kpi) needs a kpi_events column", column="kpi_events")
         if m.kind is MetricKind.PREDICTION_DISTRIBUTION and not layout.pred_columns:
@@ -95,6 +116,7 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
     layout = _layout(list(df.columns), spec)
     numeric = ["t", "requests", "errors", *layout.latency_columns, *layout.pred_columns]
     numeric += ["kpi_events"] if layout.has_kpi else []
+    numeric += list(LABEL_COLUMNS) if layout.has_labels else []
     numeric += ["weight"] if layout.has_weight else []
     for col in ("run", "version", *(["segment"] if layout.has_segment else [])):
         bad = df[col].isna()
@@ -137,6 +159,12 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
         i = int(np.argmax(over))
         raise ReplayInputError(f"errors ({df['errors'].iloc[i]:g}) exceed requests ({df['requests'].iloc[i]:g})",
                                row=i + 1, column="errors")
+    if layout.has_labels:
+        over = (df["wrong"] > df["labelled"]).to_numpy()
+        if over.any():
+            i = int(np.argmax(over))
+            raise ReplayInputError(f"wrong ({df['wrong'].iloc[i]:g}) exceeds labelled ({df['labelled'].iloc[i]:g})",
+                                   row=i + 1, column="wrong")
     if layout.latency_columns:
         lat = df[list(layout.latency_columns)].to_numpy(dtype=float)
         dec = np.diff(lat, axis=1) < 0
@@ -166,4 +194,4 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
 # -- vectorised evaluation ---------------------------------------------------------------------------
 
 
-__all__ = ["REQUIRED_COLUMNS", "VERSIONS", "Layout", "ReplayInputError", "load_csv"]
+__all__ = ["LABEL_COLUMNS", "REQUIRED_COLUMNS", "VERSIONS", "Layout", "ReplayInputError", "load_csv"]

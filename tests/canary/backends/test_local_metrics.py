@@ -12,7 +12,13 @@ import pytest
 from fakes import cumulative_from_latencies
 
 from canary.backends import MetricsSource, build_backend
-from canary.backends.base import ConnInfo, SegmentedMetricsSource, ShadowOutputSource, shadow_outputs
+from canary.backends.base import (
+    ConnInfo,
+    SegmentedMetricsSource,
+    ShadowOutputSource,
+    TargetableMetricsSource,
+    shadow_outputs,
+)
 from canary.backends.local_metrics import LocalMetricsSource
 from canary.backends.local_serving import LocalTrafficRouter
 from canary.errors import BackendError, ConfigError, NoDataError
@@ -158,6 +164,21 @@ def test_shadow_summary_joins_mirrored_and_served_answers(write: Callable[..., N
     # Scores of the two pairs both answered, per tenth: stable 0.2 and 0.6, the candidate 0.3 and 0.4.
     assert summary.stable_score_bins == (0, 0, 1, 0, 0, 0, 1, 0, 0, 0)
     assert summary.candidate_score_bins == (0, 0, 0, 1, 1, 0, 0, 0, 0, 0)
+    # The mean-difference test's sums over the two pairs both answered: +0.1 and -0.2 (failed pairs left out).
+    assert summary.score_diff_sum == pytest.approx(0.1 - 0.2)
+    assert summary.score_diff_sum_sq == pytest.approx(0.1 ** 2 + 0.2 ** 2)
+    assert (shifted.score_diff_sum, slow.score_diff_sum_sq) == (summary.score_diff_sum, summary.score_diff_sum_sq)
+
+
+def test_shadow_score_differences_are_clipped_to_the_tests_domain(write: Callable[..., None],
+                                                                 source: LocalMetricsSource) -> None:
+    """A score outside [0, 1] (the output expectations fail it) cannot push a difference beyond [-1, 1]."""
+    write(record("v1", T0, score=0.1, request_id="a"), record("v2", T0, score=1.6, mirrored=True, request_id="a"),
+          record("v1", T0 + 1, score=0.7, request_id="b"), record("v2", T0 + 1, score=0.2, mirrored=True, request_id="b"))
+    summary = source.shadow_summary(stable="v1", candidate="v2", start_s=T0, end_s=T0 + 10)
+    assert summary.answered_pairs == 2
+    assert summary.score_diff_sum == pytest.approx(1.0 - 0.5)
+    assert summary.score_diff_sum_sq == pytest.approx(1.0 + 0.25)
 
 
 def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalMetricsSource) -> None:
@@ -169,7 +190,7 @@ def test_shadow_summary_without_pairs(write: Callable[..., None], source: LocalM
                                  "answered_pairs": 0, "disagreements": 0, "slow_threshold_ms": None,
                                  "candidate_only_slow": 0, "stable_only_slow": 0, "score_shift": None,
                                  "scores_higher": 0, "scores_lower": 0, "stable_score_bins": (),
-                                 "candidate_score_bins": ()}
+                                 "candidate_score_bins": (), "score_diff_sum": 0.0, "score_diff_sum_sq": 0.0}
 
 
 def test_stats_of_real_traffic_match_the_client(serving_url: str, router: LocalTrafficRouter, store_path: Path,
@@ -317,3 +338,100 @@ def test_label_stats_of_real_traffic_that_sends_its_labels_late(
     assert wrong_rate["v2"] > wrong_rate["v1"] + 0.15, wrong_rate
     # A window that ends before the requests: nothing labelled in it.
     assert source.label_stats("v1", start_s=start_s - 60, end_s=start_s)[None] == (0, 0)
+
+
+def test_within_counts_only_the_targeted_population(write: Callable[..., None], source: LocalMetricsSource) -> None:
+    def rec(ts: float, version: str, region: str | None, *, plan: str = "free", segment: str = "returning",
+            error: bool = False) -> RequestRecord:
+        attributes = {"plan": plan, **({"region": region} if region else {})}
+        return dataclasses.replace(record(version, ts, error=error, request_id=f"{version}-{ts}"), segment=segment,
+                                   attributes=attributes)
+
+    write(rec(T0 + 1, "v1", "eu-west", error=True), rec(T0 + 2, "v1", "eu-west", plan="internal"),
+          rec(T0 + 3, "v1", "us-east"), rec(T0 + 4, "v1", None), rec(T0 + 5, "v1", "eu-north", segment="new"),
+          rec(T0 + 6, "v2", "eu-west"), rec(T0 + 7, "v2", "us-east", error=True))
+    europe = source.within({"region": ["eu-west", "eu-north"]})
+    assert isinstance(europe, TargetableMetricsSource) and europe is not source
+    stats = {v: europe.version_stats(v, start_s=T0, end_s=T0 + 10) for v in ("v1", "v2")}
+    assert {v: (s.requests, s.errors) for v, s in stats.items()} == {"v1": (3, 1), "v2": (1, 0)}
+    assert source.version_stats("v1", start_s=T0, end_s=T0 + 10).requests == 5  # the source itself is unchanged
+    # Every attribute must match; the user segment derived by the serving layer is an attribute too.
+    both = source.within({"region": ["eu-west", "eu-north"], "plan": ["internal"]})
+    assert both.version_stats("v1", start_s=T0, end_s=T0 + 10).requests == 1
+    new_users = source.within({"segment": ["new"]})
+    assert new_users.version_stats("v1", start_s=T0, end_s=T0 + 10).requests == 1
+    # Segments within the population: a segment's requests outside it do not count.
+    by_plan = europe.segment_stats("v1", by="plan", values=["free", "internal"], start_s=T0, end_s=T0 + 10)
+    assert {v: s.requests for v, s in by_plan.items()} == {"free": 2, "internal": 1}
+    # Nobody in the population: zero counts (not enough data yet), never the whole endpoint's.
+    nobody = source.within({"region": ["ap-south"]})
+    assert nobody.version_stats("v1", start_s=T0, end_s=T0 + 10).requests == 0
+    # Values are bound parameters, never SQL text.
+    tricky = source.within({"region": ["eu-west') OR 1=1 --"]})
+    assert tricky.version_stats("v1", start_s=T0, end_s=T0 + 10).requests == 0
+
+
+def test_targeted_traffic_reaches_the_canary_only_in_its_population(
+        serving_url: str, router: LocalTrafficRouter, store_path: Path, flush: Callable[[], None]) -> None:
+    """The serving layer routes by the targeting rule; the metrics source reads the same population."""
+    router.deploy("v1")
+    router.deploy("v2")
+    router.set_targeting("v2", {"region": ["eu-west"]})
+    router.set_weights({"v1": 50, "v2": 50})
+    assert router.state()["targeting"] == {"version": "v2", "match": {"region": ["eu-west"]}}
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    start_s = time.time()
+    traffic = run_traffic(serving_url, "churn", rps=400, duration_s=1.0, seed=12)
+    flush()
+    end_s = time.time() + 1
+    by_region = {v: source.segment_stats(v, by="region", values=["eu-west", "us-east", "ap-south"], start_s=start_s,
+                                         end_s=end_s) for v in ("v1", "v2")}
+    assert by_region["v2"]["us-east"].requests == by_region["v2"]["ap-south"].requests == 0
+    eu = {v: by_region[v]["eu-west"].requests for v in ("v1", "v2")}
+    assert sum(eu.values()) > 0.25 * traffic.sent and 0.3 < eu["v2"] / sum(eu.values()) < 0.7, eu
+    europe = source.within({"region": ["eu-west"]})
+    assert {v: europe.version_stats(v, start_s=start_s, end_s=end_s).requests for v in ("v1", "v2")} == eu
+    # Lifting the rule exposes everyone; removing the version lifts it too.
+    router.set_targeting(None)
+    assert router.state()["targeting"] is None
+    router.set_targeting("v2", {"region": ["eu-west"]})
+    router.set_weights({"v1": 100})
+    router.remove("v2")
+    assert router.state()["targeting"] is None
+
+
+def test_outcome_stats_of_real_traffic_that_sends_conversions_late(
+        serving_url: str, serving_conn: ConnInfo, router: LocalTrafficRouter, store_path: Path,
+        flush: Callable[[], None]) -> None:
+    """Users convert more often when the prediction was right: a version flipping every prediction converts less
+    (2% + 20% x its accuracy: about 6% against 18% for stable); every served request of the window is exposure,
+    with an outcome or not."""
+    from canary.serving.traffic import LabelFeedback
+
+    assert serving_conn.password
+    router.deploy("v1")
+    router.deploy("v2")
+    router.set_weights({"v1": 50, "v2": 50})
+    router.set_faults("v2", score_flip=1.0)
+    source = LocalMetricsSource(ConnInfo(extra={"path": str(store_path)}), endpoint="churn")
+    start_s = time.time()
+    empty = source.outcome_stats("v1", names=["conversion"], start_s=start_s, end_s=start_s + 60)
+    assert empty == {None: (0, {"conversion": 0})}  # no request, no feedback table yet
+    traffic = run_traffic(serving_url, "churn", rps=400, duration_s=2.0, seed=13,
+                          feedback=LabelFeedback(token=serving_conn.password, share=0.1, delay_s=0.2,
+                                                 outcome="conversion"))
+    flush()
+    end_s = time.time() + 1
+    got = {v: source.outcome_stats(v, names=["conversion", "refund"], start_s=start_s, end_s=end_s, by="device",
+                                   values=["android", "ios", "web"]) for v in ("v1", "v2")}
+    served = {v: source.version_stats(v, start_s=start_s, end_s=end_s).requests for v in ("v1", "v2")}
+    for v in ("v1", "v2"):
+        aged, events = got[v][None]
+        assert aged == served[v] and events["refund"] == 0
+        assert sum(got[v][d][0] for d in ("android", "ios", "web")) == aged
+        assert sum(got[v][d][1]["conversion"] for d in ("android", "ios", "web")) == events["conversion"]
+    rate = {v: got[v][None][1]["conversion"] / got[v][None][0] for v in ("v1", "v2")}
+    assert rate["v1"] > rate["v2"] + 0.04 and traffic.labels_refused == 0, rate
+    # Targeted: the population's requests only.
+    web = source.within({"device": ["web"]}).outcome_stats("v1", names=["conversion"], start_s=start_s, end_s=end_s)
+    assert web[None] == (got["v1"]["web"][0], {"conversion": got["v1"]["web"][1]["conversion"]})

@@ -22,7 +22,7 @@ from mlflow_harness import ROOT, MlflowServer, mlflow_servers, require_mlflow_se
 
 from canary.backends import build_backend
 from canary.backends.base import ConnInfo, ModelRegistry
-from canary.backends.mlflow_registry import MAX_TAG_VALUE_CHARS, MlflowModelRegistry
+from canary.backends.mlflow_registry import MAX_TAG_VALUE_CHARS, MlflowModelRegistry, evidence_metrics
 from canary.devstack.processes import free_port
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
@@ -284,3 +284,102 @@ def test_alias_version_failure_names_the_server(model):
                          max_attempts=1, request_timeout_seconds=2)
     with pytest.raises(BackendError, match=rf"get registered model '{model}' at http://127.0.0.1:\d+ failed"):
         dead.alias_version(model, "challenger")
+
+
+# -- the decided metrics logged to the candidate's run ------------------------------------------------
+
+def _assessment(metric: str, kind: str, decision: str, *, segment: str | None = None, **evidence) -> dict:
+    """An assessment as the analyzer writes it into the gate's evidence (``MetricAssessment.to_dict()``)."""
+    found = {"metric": metric, "kind": kind, "decision": decision, "reason": "...", "evidence": evidence}
+    return found | ({"segment": segment, "label": f"{metric} in segment {segment}"} if segment else {})
+
+
+LAST_GATE = [
+    _assessment("accuracy", "prediction_quality", "advance", test="label", ratio_estimate=0.97, ratio_lower=0.81,
+                ratio_upper=1.08, e_value=0.2, canary_events=41, stable_events=130, canary_exposure=812,
+                stable_exposure=2466, stages=3),
+    _assessment("conversion", "kpi", "advance", test="label", ratio_lower=0.93, ratio_upper=float("inf"),
+                canary_events=120, stable_events=350, canary_exposure=900, stable_exposure=2700),
+    _assessment("accuracy", "prediction_quality", "continue", segment="device=ios", ratio_upper=1.4,
+                canary_events=5, canary_exposure=80),
+]
+
+
+def _run_with_version(server: MlflowServer, reg: MlflowModelRegistry, model: str) -> tuple[str, str]:
+    """Create an MLflow run and register a version of ``model`` from it; return ``(run_id, version)``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.create_experiment(f"exp-{model}")
+    run_id = client.create_run(experiment).info.run_id
+    return run_id, reg.register_version(model, f"runs:/{run_id}/model", run_id=run_id)
+
+
+def _run_data(server: MlflowServer, run_id: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=server.url).get_run(run_id).data
+
+
+def test_promote_logs_the_decided_metrics_to_the_candidates_run(server, reg, model):
+    run_id, version = _run_with_version(server, reg, model)
+    reg.promote(model, version, run_id="rollout-run-7",
+                summary={"retired": "1", "reason": "every stage passed", "stage": 3, "metrics": LAST_GATE})
+    assert reg.champion(model) == version
+    data = _run_data(server, run_id)
+    assert data.metrics["canary.accuracy.ratio_upper"] == pytest.approx(1.08)
+    assert data.metrics["canary.accuracy.canary_rate"] == pytest.approx(41 / 812)
+    assert data.metrics["canary.accuracy.stable_rate"] == pytest.approx(130 / 2466)
+    assert data.metrics["canary.accuracy.canary_exposure"] == 812
+    assert data.metrics["canary.conversion.canary_rate"] == pytest.approx(120 / 900)
+    assert "canary.conversion.ratio_upper" not in data.metrics  # infinite: no bound shown, nothing logged
+    assert not any("ios" in key for key in [*data.metrics, *data.tags])  # segments stay in the summary
+    assert {k: data.tags[k] for k in ("canary.result", "canary.stage", "canary.accuracy.decision",
+                                      "canary.accuracy.kind", "canary.conversion.decision",
+                                      "canary.rollout_run_id", "canary.model_version")} == {
+        "canary.result": "promoted", "canary.stage": "3", "canary.accuracy.decision": "advance",
+        "canary.accuracy.kind": "prediction_quality", "canary.conversion.decision": "advance",
+        "canary.rollout_run_id": "rollout-run-7", "canary.model_version": f"{model}/{version}"}
+    assert reg.get_tags(model, version)["rollout.evidence"].startswith(f"run {run_id}: ")
+
+
+def test_record_rollback_logs_the_decided_metrics_to_the_candidates_run(server, reg, model):
+    run_id, version = _run_with_version(server, reg, model)
+    fired = _assessment("accuracy", "prediction_quality", "rollback", ratio_lower=1.3, ratio_upper=2.9,
+                        canary_events=90, stable_events=120, canary_exposure=400, stable_exposure=1600)
+    reg.record_rollback(model, version, run_id="rollout-run-8", reason="stage 1 (10%): accuracy: e-value 52",
+                        summary={"stable": "1", "stage": 1, "metrics": [fired]})
+    data = _run_data(server, run_id)
+    assert data.tags["canary.result"] == "rolled_back" and data.tags["canary.accuracy.decision"] == "rollback"
+    assert data.metrics["canary.accuracy.ratio_lower"] == pytest.approx(1.3)
+    assert data.metrics["canary.accuracy.canary_rate"] == pytest.approx(90 / 400)
+    assert reg.get_tags(model, version)["rollout.result"] == "rolled_back"
+
+
+def test_a_version_without_a_run_says_so_and_is_promoted(reg, model):
+    reg.promote(model, "2", run_id="r", summary={"stage": 3, "metrics": LAST_GATE})
+    assert reg.champion(model) == "2"
+    assert reg.get_tags(model, "2")["rollout.evidence"].startswith("not logged: the model version has no MLflow run")
+
+
+def test_a_failure_to_log_the_metrics_warns_and_the_promotion_stands(server, reg, model, caplog):
+    from mlflow import MlflowClient
+
+    run_id, version = _run_with_version(server, reg, model)
+    MlflowClient(tracking_uri=server.url).delete_run(run_id)  # a deleted run refuses new metrics
+    with caplog.at_level("WARNING", logger="canary.backends.mlflow_registry"):
+        reg.promote(model, version, run_id="r", summary={"stage": 3, "metrics": LAST_GATE})
+    assert reg.champion(model) == version and reg.get_tags(model, version)["rollout.result"] == "promoted"
+    assert "rollout.evidence" not in reg.get_tags(model, version)
+    assert any("were not logged to the run" in r.getMessage() and "promoted stands" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_evidence_metrics_reads_the_overall_assessments_only():
+    metrics, tags = evidence_metrics({"stage": 2, "metrics": LAST_GATE}, "promoted")
+    assert metrics["canary.accuracy.e_value"] == 0.2 and metrics["canary.accuracy.stages"] == 3
+    assert "canary.accuracy.test" not in metrics and "canary.conversion.ratio_upper" not in metrics
+    assert tags == {"canary.result": "promoted", "canary.stage": "2", "canary.accuracy.decision": "advance",
+                    "canary.accuracy.kind": "prediction_quality", "canary.conversion.decision": "advance",
+                    "canary.conversion.kind": "kpi"}
+    assert evidence_metrics({}, "rolled_back") == ({}, {"canary.result": "rolled_back"})

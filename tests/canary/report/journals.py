@@ -26,7 +26,7 @@ from canary.policy.evidence import DEFAULT_LATENCY_BUCKETS_MS, Snapshot, Version
 from canary.policy.gate import StageClock, evaluate_stage, next_action
 from canary.spec.model import parse_spec
 from canary.stats import SequentialAnalyzer
-from canary.stats.paired import PairedCounts, assess_disagreement, assess_discordant
+from canary.stats.paired import PairedCounts, assess_disagreement, assess_discordant, assess_mean_shift
 
 ROOT = Path(__file__).resolve().parents[3]
 #: 2026-12-02 10:00:00Z: every journal starts here.
@@ -226,6 +226,8 @@ SHADOW_TESTS = [
     assess_discordant("latency above 46.3 ms", PairedCounts(pairs=150, candidate_only=8, stable_only=7),
                       max_increase=0.1, what="was slow", **_PAIRED).to_dict(),
     assess_disagreement(148, 56, fail_alpha=0.01 / 3, pass_alpha=0.01, max_disagreement=0.2, min_pairs=150).to_dict(),
+    assess_mean_shift(148, 2.96, 3.7, fail_alpha=0.01 / 3, pass_alpha=0.01, max_shift=0.05, min_pairs=150,
+                      v_opt=5.0).to_dict(),
 ]
 #: A shadow verdict that failed: agreement too low and one Great Expectations result failed.
 FAILED_SHADOW: dict[str, Any] = {

@@ -140,9 +140,12 @@ def test_the_shadow_test_shows_the_paired_comparison_and_each_expectation():
     tests = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td class=\"num\">([^<]*)</td>\s*<td>([^<]*)</td>"
                        r"<td class=\"[a-z]*\">(\w+)</td></tr>", html)
     assert [(t[0], t[4]) for t in tests] == [("errors", "open"), ("latency above 46.3 ms", "open"),
-                                             ("prediction agreement", "FAIL")], tests
+                                             ("prediction agreement", "FAIL"), ("mean score difference", "open")], tests
     assert tests[0][1] == "2 candidate only, 1 stable only, of 150" and re.fullmatch(r"[\d.]+ of 300", tests[0][2])
     assert tests[2][1] == "148 answered, 37.8% disagree" and tests[2][3].endswith("(limit 20%)")
+    # The mean score difference on the score scale, its confidence sequence against the band, no e-value.
+    assert tests[3][1] == "148 answered, mean difference +0.020" and tests[3][2] == ""
+    assert re.fullmatch(r"-0\.\d{3} to \+0\.\d{3} \(limit ±0\.05\)", tests[3][3]), tests[3]
 
 
 def test_stage_srm_and_approval_tables():
@@ -226,6 +229,8 @@ def test_markdown_uses_the_same_sentence_and_formats():
     assert not re.search(r"\d\.\d{6,}", markdown), re.findall(r".{30}\d\.\d{6,}", markdown)
     assert "| error_rate | rollback | e-value " in markdown
     assert "prediction agreement 97.3%" in markdown
+    assert re.search(r"\| mean score difference \| 148 answered, mean difference \+0\.020 \|  \| "
+                     r"-0\.\d{3} to \+0\.\d{3} \(limit ±0\.05\) \| open \|", markdown), markdown
 
 
 def test_a_spec_dumped_from_the_model_renders_too():

@@ -20,7 +20,8 @@ HEALTHY = ShadowSummary(pairs=2000, stable_errors=20, candidate_errors=20, predi
                         mean_abs_score_diff=0.02, stable_latency_p95_ms=4.0, candidate_latency_p95_ms=4.1,
                         candidate_only_errors=8, stable_only_errors=8, answered_pairs=1980, disagreements=40,
                         slow_threshold_ms=9.0, candidate_only_slow=40, stable_only_slow=40,
-                        score_shift=0.1, scores_higher=30, scores_lower=28)
+                        score_shift=0.1, scores_higher=30, scores_lower=28,
+                        score_diff_sum=4.0, score_diff_sum_sq=19.8)  # mean +0.002, 0.1 root mean square
 #: Margins at which HEALTHY is conclusive (passes).
 CONCLUSIVE = {"max_error_rate_increase": 0.02}
 IN_RANGE = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "score", "min_value": 0.0,
@@ -75,7 +76,7 @@ def test_every_failed_expectation_is_named_next_to_the_failed_paired_tests():
     # Shifted scores whose classes mostly stay: only the score-shift test sees it.
     ({"scores_higher": 400, "scores_lower": 30},
      "score shift beyond ±0.1: the candidate's score is above stable's by more than 0.1 on 400 and below on 30 of "
-     "1980 answered pairs; its scores are shifted up: imbalance at least +13.55 points, beyond ±5.00 points"),
+     "1980 answered pairs; its scores are shifted up: imbalance at least +13.48 points, beyond ±5.00 points"),
     ({"pairs": 150, "answered_pairs": 148, "candidate_only_errors": 0, "stable_only_errors": 0, "disagreements": 2,
       "candidate_only_slow": 3, "stable_only_slow": 3, "scores_higher": 2, "scores_lower": 2},
      "only 150 mirrored requests answered by both versions, 200 required"),
@@ -85,7 +86,7 @@ def test_each_paired_test_fails_the_shadow_test_and_says_why(changes, reason_sta
     assert not verdict.passed
     assert verdict.reasons[0].startswith(reason_start), verdict.reasons
     assert {t["test"] for t in verdict.to_dict()["tests"]} == {"errors", "latency above 9.0 ms", "prediction agreement",
-                                                              "score shift beyond ±0.1"}
+                                                              "score shift beyond ±0.1", "mean score difference"}
 
 
 @pytest.mark.parametrize(("on_inconclusive", "passed"), [("proceed", True), ("fail", False)])
@@ -102,8 +103,9 @@ def test_without_a_slow_threshold_there_is_no_latency_test():
     verdict = judge_shadow(ShadowSummary(**{**HEALTHY.to_dict(), "slow_threshold_ms": None}),
                            ShadowSpec(**CONCLUSIVE, expectations=[]))
     assert verdict.passed and verdict.reasons == []
-    assert [t["test"] for t in verdict.tests] == ["errors", "prediction agreement", "score shift beyond ±0.1"]
-    assert [t["kind"] for t in verdict.tests] == ["discordant", "rate", "discordant"]
+    assert [t["test"] for t in verdict.tests] == ["errors", "prediction agreement", "score shift beyond ±0.1",
+                                                  "mean score difference"]
+    assert [t["kind"] for t in verdict.tests] == ["discordant", "rate", "discordant", "mean"]
 
 
 def test_the_old_latency_ratio_is_refused_naming_its_replacement():
@@ -279,6 +281,8 @@ def test_the_latency_slack_cannot_be_negative():
                                      "set shadow.max_slow_share_increase"),
     ({"on_inconclusive": "maybe"}, "<spec>: shadow.on_inconclusive: must be one of 'proceed' or 'fail', got 'maybe'"),
     ({"score_shift": 0}, "<spec>: shadow.score_shift: "),
+    ({"max_mean_score_shift": 0}, "<spec>: shadow.max_mean_score_shift: must be greater than 0"),
+    ({"max_mean_score_shift": 5}, "<spec>: shadow.max_mean_score_shift: must be less than or equal to 1"),
     ({"latency_baseline": "soon"}, "<spec>: shadow.latency_baseline"),
 ])
 def test_bad_shadow_settings_are_refused_naming_the_field(shadow, message):
@@ -291,11 +295,11 @@ def test_the_distribution_test_runs_only_when_declared_and_takes_its_share_of_th
     bins = (100, 200, 300, 400, 400, 300, 200, 50, 20, 10)
     summary = ShadowSummary(**{**HEALTHY.to_dict(), "stable_score_bins": bins, "candidate_score_bins": bins})
     assert [t["test"] for t in judge_shadow(summary, ShadowSpec(**CONCLUSIVE, expectations=[])).tests] == [
-        "errors", "latency above 9.0 ms", "prediction agreement", "score shift beyond ±0.1"]
+        "errors", "latency above 9.0 ms", "prediction agreement", "score shift beyond ±0.1", "mean score difference"]
     verdict = judge_shadow(summary, ShadowSpec(**CONCLUSIVE, max_score_tv=0.35, expectations=[]), alpha=0.05)
     assert verdict.passed, verdict.reasons
     assert verdict.tests[-1]["test"] == "score distribution" and verdict.tests[-1]["decision"] == "pass"
-    assert verdict.tests[0]["e_threshold"] == pytest.approx(5 / 0.05)  # five tests share alpha
+    assert verdict.tests[0]["e_threshold"] == pytest.approx(6 / 0.05)  # six tests share alpha
     moved = ShadowSummary(**{**summary.to_dict(), "candidate_score_bins": (0,) * 7 + (80, 900, 1000)})
     failed = judge_shadow(moved, ShadowSpec(**CONCLUSIVE, max_score_tv=0.35, expectations=[]))
     assert not failed.passed and failed.reasons[0].startswith("score distribution: total-variation distance ")
@@ -319,3 +323,57 @@ def test_a_test_failing_on_fewer_pairs_than_required_is_the_reason_given():
                              "stable_only_slow": 2, "scores_higher": 1, "scores_lower": 1})
     verdict = judge_shadow(early, ShadowSpec(**CONCLUSIVE, expectations=[]))
     assert [r.split(":")[0] for r in verdict.reasons] == ["errors"], verdict.reasons
+
+
+def test_a_uniform_drift_the_score_shift_test_cannot_see_fails_the_mean_difference_test():
+    """Every score about 0.07 higher: no more pairs moved beyond 0.1 than HEALTHY's, so only the mean test sees it."""
+    drift = ShadowSummary(**{**HEALTHY.to_dict(), "score_diff_sum": 0.07 * 1980,
+                             "score_diff_sum_sq": 1980 * (0.07 ** 2 + 0.05 ** 2)})
+    verdict = judge_shadow(drift, ShadowSpec(**CONCLUSIVE, expectations=[]))
+    assert not verdict.passed
+    (reason,) = verdict.reasons
+    assert reason == ("mean score difference: the candidate's scores are higher by 0.070 on average (at least 0.060) "
+                      "on 1980 answered pairs, beyond ±0.05")
+    tests = {t["test"]: t for t in verdict.tests}
+    mean = tests["mean score difference"]
+    assert (mean["kind"], mean["decision"], mean["limit"], mean["pairs"]) == ("mean", "fail", 0.05, 1980)
+    assert mean["estimate"] == pytest.approx(0.07) and 0.05 < mean["lower"] < 0.07 < mean["upper"] < 0.09
+    assert tests["score shift beyond ±0.1"]["decision"] == "pass"
+    lower = ShadowSummary(**{**drift.to_dict(), "score_diff_sum": -0.07 * 1980})
+    assert judge_shadow(lower, ShadowSpec(**CONCLUSIVE, expectations=[])).reasons[0].startswith(
+        "mean score difference: the candidate's scores are lower by 0.070 on average")
+
+
+def test_the_mean_difference_test_is_on_by_default_takes_a_share_of_the_level_and_can_be_turned_off():
+    on = judge_shadow(HEALTHY, ShadowSpec(**CONCLUSIVE, expectations=[]), alpha=0.05)
+    assert on.passed, on.reasons
+    assert on.tests[-1]["test"] == "mean score difference" and on.tests[-1]["decision"] == "pass"
+    assert -0.05 <= on.tests[-1]["lower"] <= on.tests[-1]["upper"] <= 0.05
+    assert on.tests[0]["e_threshold"] == pytest.approx(5 / 0.05)  # five tests share alpha
+    blind = ShadowSummary(**{**HEALTHY.to_dict(), "score_diff_sum": None, "score_diff_sum_sq": None})
+    off = judge_shadow(blind, ShadowSpec(**CONCLUSIVE, max_mean_score_shift=None, expectations=[]), alpha=0.05)
+    assert off.passed and "mean score difference" not in {t["test"] for t in off.tests}
+    assert off.tests[0]["e_threshold"] == pytest.approx(4 / 0.05)
+
+
+MISSING_SUMS = ("mean score difference: not available: the metrics backend reported no sums of score differences for "
+                "the 1980 answered pairs; use a per-request metrics store (backend 'local') or set "
+                "shadow.max_mean_score_shift: null")
+
+
+@pytest.mark.parametrize("on_inconclusive", ["proceed", "fail"])
+def test_without_score_difference_sums_the_shadow_test_never_passes_and_says_why(on_inconclusive):
+    """Missing sums are not "no difference", not even when an inconclusive shadow test would proceed."""
+    blind = ShadowSummary(**{**HEALTHY.to_dict(), "score_diff_sum": None, "score_diff_sum_sq": None})
+    verdict = judge_shadow(blind, ShadowSpec(**CONCLUSIVE, on_inconclusive=on_inconclusive, expectations=[]))
+    assert not verdict.passed and verdict.reasons == [MISSING_SUMS] and verdict.notes == []
+    (mean,) = [t for t in verdict.tests if t["test"] == "mean score difference"]
+    assert (mean["decision"], mean["lower"], mean["upper"], mean["estimate"]) == ("continue", -1.0, 1.0, None)
+
+
+def test_run_shadow_stops_at_the_first_look_without_score_difference_sums():
+    """The backend will not start reporting them: waiting for max_duration would change nothing."""
+    blind = ShadowSummary(**{**HEALTHY.to_dict(), "score_diff_sum": None, "score_diff_sum_sq": None})
+    metrics = AggregatesOnly([blind])
+    verdict, _, _ = shadow(metrics, ShadowSpec(**CONCLUSIVE, expectations=[], max_duration="30s"))
+    assert metrics.polls == 1 and verdict.reasons == [MISSING_SUMS]

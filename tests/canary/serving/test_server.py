@@ -34,7 +34,8 @@ def test_deploy_is_idempotent_and_starts_at_zero(served: Served) -> None:
     for _ in range(2):
         assert served.admin("PUT", "/endpoints/churn/versions/v1").status_code == 200
     state = served.admin("GET", "/endpoints/churn").json()
-    assert state == {"endpoint": "churn", "versions": ["v1"], "weights": {"v1": 0}, "mirror": None}
+    assert state == {"endpoint": "churn", "versions": ["v1"], "weights": {"v1": 0}, "mirror": None,
+                     "targeting": None}
     [(status, body)] = served.predict_many("churn", ["u1"])
     assert status == 503
     assert "no version with traffic" in body["detail"]
@@ -292,3 +293,49 @@ def test_metrics_exposition_has_per_version_series(served: Served) -> None:
     assert sum(bins) == 100 - errors
     assert "# TYPE canary_request_latency_ms histogram" in text
     assert "# TYPE canary_kpi_events_total counter" in text
+
+
+def test_targeting_exposes_the_canary_only_to_matching_requests_and_keeps_users_sticky(served: Served) -> None:
+    served.setup("churn", {"v1": 50, "v2": 50})
+    rule = {"version": "v2", "match": {"region": ["eu-west"], "plan": ["internal", "beta"]}}
+    response = served.admin("PUT", "/endpoints/churn/targeting", json=rule)
+    assert response.status_code == 200 and response.json()["targeting"] == rule
+    users = [f"user-{i}" for i in range(600)]
+    outside = served.predict_many("churn", users, attributes={"region": "eu-west", "plan": "free"})
+    assert {body["version"] for _, body in outside} == {"v1"}  # every attribute must match
+    inside = served.predict_many("churn", users, attributes={"region": "eu-west", "plan": "beta"})
+    first = [body["version"] for _, body in inside]
+    assert 0.4 < first.count("v2") / len(users) < 0.6  # matching requests follow the weights
+    again = served.predict_many("churn", users, attributes={"region": "eu-west", "plan": "beta"})
+    assert [body["version"] for _, body in again] == first  # sticky per user
+    # The derived user segment is an attribute too; headers carry attributes for clients that cannot change
+    # the body (X-Attribute-Plan is plan).
+    served.admin("PUT", "/endpoints/churn/targeting", json={"version": "v2", "match": {"plan": ["internal"]}})
+    url = f"{served.url}/v1/endpoints/churn/predict"
+    by_header = [requests.post(url, json={"features": list(FEATURES)}, timeout=5,
+                               headers={"X-User-Id": u, "X-Attribute-Plan": "internal"}).json()["version"]
+                 for u in users[:200]]
+    assert by_header.count("v2") > 60
+    both = requests.post(url, json={"features": list(FEATURES), "attributes": {"plan": "free"}}, timeout=5,
+                         headers={"X-Attribute-Plan": "internal"})
+    assert both.status_code == 422 and both.json()["detail"].startswith("attributes.plan: given both"), both.text
+    bad = requests.post(url, json={"features": list(FEATURES)}, timeout=5, headers={"X-Attribute-Bad!": "x"})
+    assert bad.status_code == 422 and "X-Attribute-* headers" in bad.json()["detail"], bad.text
+    # With the canary at 100% it serves everyone; lifting the rule restores plain weights.
+    served.admin("PUT", "/endpoints/churn/weights", json={"weights": {"v2": 100}})
+    assert {body["version"] for _, body in served.predict_many("churn", users[:50])} == {"v2"}
+    assert served.admin("DELETE", "/endpoints/churn/targeting").json()["targeting"] is None
+
+
+@pytest.mark.parametrize(("rule", "detail"), [
+    ({"version": "v9", "match": {"region": ["eu-west"]}},
+     "targeting.version: 'v9' is not deployed on endpoint 'churn' (deployed: v1, v2)"),
+    ({"version": "v2", "match": {}}, "match: Dictionary should have at least 1 item after validation, not 0"),
+    ({"version": "v2", "match": {"Region": ["eu-west"]}}, "match.Region.[key]: String should match pattern"),
+    ({"version": "v2", "match": {"region": []}}, "match: Value error, region: list 1 to 20 values, got 0"),
+])
+def test_bad_targeting_is_refused_naming_the_field(served: Served, rule: dict[str, object], detail: str) -> None:
+    served.setup("churn", {"v1": 100, "v2": 0})
+    response = served.admin("PUT", "/endpoints/churn/targeting", json=rule)
+    assert response.status_code == 422 and response.json()["detail"].startswith(detail), response.text
+    assert served.admin("GET", "/endpoints/churn").json()["targeting"] is None

@@ -18,11 +18,16 @@ from canary.stats.paired import (
     assess_disagreement,
     assess_discordant,
     assess_distribution,
+    assess_mean_shift,
     assess_shift,
     combine,
     discordant_log_e,
+    gamma_exponential_bound,
+    gamma_exponential_log_mixture,
+    gamma_exponential_rho,
     guardrail_decision,
     increase_bounds,
+    mean_difference_cs,
 )
 
 LOOK_EVERY = 25  # pairs between looks
@@ -208,3 +213,163 @@ def test_distribution_decisions(candidate, stable, max_tv, decision):
 ])
 def test_the_guardrail_rule(lower, upper, enough, decision):
     assert guardrail_decision(lower, upper, 0.2, enough=enough) == decision
+
+
+# -- the mean score difference ----------------------------------------------------------------------------
+
+V_OPT = 5.0  # defaults.SHADOW_MEAN_SHIFT_TUNING_V
+
+
+def _mixture_by_quadrature(s: float, v: float, rho: float, c: float) -> float:
+    """log M(s, v) by integrating exp(l s - psi_E(l) v) over the mixing law of l = (1 - y) / c, where y has
+    the gamma density y**(rho/c**2 - 1) exp(-y rho/c**2) truncated to (0, 1] (independent of the closed form)."""
+    from scipy.integrate import quad
+
+    r = rho / c ** 2
+
+    def weight(y: float) -> float:
+        return y ** (r - 1) * math.exp(-y * r)
+
+    def integrand(y: float) -> float:
+        lam = (1 - y) / c
+        psi = (-math.log(y) - c * lam) / c ** 2
+        return math.exp(lam * s - psi * v) * weight(y)
+
+    return math.log(quad(integrand, 0, 1, limit=200)[0] / quad(weight, 0, 1, limit=200)[0])
+
+
+@pytest.mark.parametrize(("s", "v", "rho", "c"), [
+    (0.0, 0.0, 0.8, 1.0), (3.0, 5.0, 0.8, 1.0), (10.0, 20.0, 1.6, 1.0), (2.0, 0.5, 0.3, 1.0), (40.0, 300.0, 5.0, 1.0),
+    (5.0, 10.0, 2.0, 0.5),
+])
+def test_the_gamma_exponential_mixture_matches_its_integral(s, v, rho, c):
+    got = float(gamma_exponential_log_mixture(s, v, rho=rho, c=c))
+    assert got == pytest.approx(_mixture_by_quadrature(s, v, rho, c), abs=1e-7)
+
+
+def test_the_gamma_exponential_mixture_tends_to_the_normal_mixture_at_small_scale():
+    """Scale c -> 0 is the sub-Gaussian case: Robbins' one-sided normal mixture (Howard et al. 2021, Prop. 4)."""
+    from scipy.special import log_ndtr
+
+    rho = 0.8
+    for s, v in [(1.0, 1.0), (3.0, 5.0), (10.0, 20.0)]:
+        normal = 0.5 * math.log(4 * rho / (v + rho)) + s * s / (2 * (v + rho)) + log_ndtr(s / math.sqrt(v + rho))
+        assert float(gamma_exponential_log_mixture(s, v, rho=rho, c=1e-3)) == pytest.approx(normal, abs=2e-3)
+
+
+def test_the_boundary_is_where_the_mixture_reaches_the_threshold():
+    rho = gamma_exponential_rho(V_OPT, 0.025)
+    v = np.array([0.0, 1.0, 5.0, 50.0, 3000.0])
+    u = gamma_exponential_bound(v, 0.025, rho=rho)
+    assert np.allclose(gamma_exponential_log_mixture(u, v, rho=rho), math.log(1 / 0.025), atol=1e-9)
+    assert np.all(np.diff(u) > 0)  # more variance, a wider boundary
+    # Tuned for v = 5: the boundary there beats one tuned far away.
+    assert gamma_exponential_bound(5.0, 0.025, rho=rho) < gamma_exponential_bound(
+        5.0, 0.025, rho=gamma_exponential_rho(500.0, 0.025))
+
+
+@pytest.mark.parametrize(("n", "total", "total_sq", "lower", "upper"), [
+    (0, 0.0, 0.0, -1.0, 1.0),                  # nothing yet
+    (200, 0.0, 2.0, -0.0385, 0.0385),          # 200 pairs at 0.1 root mean square: about ±0.04 at 5%
+    (200, 0.0, 0.0, -0.0231, 0.0231),          # identical scores: the width shrinks like 1/n
+    (2000, 160.0, 40.0, 0.0675, 0.0925),       # +0.08 on average
+    (1, -1.0, 1.0, -1.0, 1.0),                 # clipped to the domain
+])
+def test_mean_difference_bounds(n, total, total_sq, lower, upper):
+    lo, hi = mean_difference_cs(n, total, total_sq, 0.05, v_opt=V_OPT)
+    assert (float(lo), float(hi)) == pytest.approx((lower, upper), abs=5e-4)
+
+
+@pytest.mark.parametrize(("n", "total", "total_sq"), [(10, 11.0, 10.0), (10, 0.0, 11.0), (10, 5.0, 1.0), (-1, 0, 0)])
+def test_sums_no_values_in_the_domain_could_give_are_refused(n, total, total_sq):
+    with pytest.raises(ValueError, match="values in \\[-1, 1\\]"):
+        mean_difference_cs(n, total, total_sq, 0.05, v_opt=V_OPT)
+
+
+MEAN = {"fail_alpha": 0.05 / 5, "pass_alpha": 0.05, "max_shift": 0.05, "min_pairs": 200, "v_opt": V_OPT}
+
+
+@pytest.mark.parametrize(("answered", "total", "total_sq", "decision", "reason"), [
+    (2000, 160.0, 40.0, PairedDecision.FAIL, "mean score difference: the candidate's scores are higher by 0.080 on "
+                                             "average (at least 0.065) on 2000 answered pairs, beyond ±0.05"),
+    (2000, -160.0, 40.0, PairedDecision.FAIL, "mean score difference: the candidate's scores are lower by 0.080 on "
+                                              "average (at least 0.065) on 2000 answered pairs, beyond ±0.05"),
+    (2000, 8.0, 40.0, PairedDecision.PASS, "mean score difference: the candidate's scores are higher by 0.004 on "
+                                           "average on 2000 answered pairs; the mean difference is -0.008 to +0.016, "
+                                           "within ±0.05"),
+    (2000, 110.0, 40.0, PairedDecision.CONTINUE, None),  # +0.055: neither shown beyond 0.05 nor within
+    (150, 0.0, 1.5, PairedDecision.CONTINUE, None),      # fewer pairs than min_pairs: never passes
+    (0, 0.0, 0.0, PairedDecision.CONTINUE, "mean score difference: no answered pairs yet; the mean difference is "
+                                           "-1.000 to +1.000, not yet within ±0.05"),
+    (500, None, None, PairedDecision.CONTINUE, "mean score difference: not available: the metrics backend reported "
+                                               "no sums of score differences for the 500 answered pairs"),
+])
+def test_mean_shift_decisions(answered, total, total_sq, decision, reason):
+    got = assess_mean_shift(answered, total, total_sq, **MEAN)
+    assert got.decision == decision, got.reason
+    assert (got.kind, got.limit, got.pairs) == ("mean", 0.05, answered)
+    assert -1.0 <= got.lower <= got.upper <= 1.0
+    if reason:
+        assert got.reason == reason
+    if decision == PairedDecision.PASS:
+        assert -0.05 <= got.lower <= got.upper <= 0.05
+
+
+def _cumulative(x: np.ndarray, looks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.broadcast_to(looks, (x.shape[0], looks.size)), np.cumsum(x, axis=1)[:, looks - 1],
+            np.cumsum(x * x, axis=1)[:, looks - 1])
+
+
+@pytest.mark.parametrize(("name", "draw", "mean"), [
+    # Scores moved both ways with a small mean shift, the usual retrained model.
+    ("normal", lambda rng, size: np.clip(rng.normal(0.02, 0.1, size), -1, 1), 0.02),
+    # The widest spread the domain allows: every difference is -1 or +1.
+    ("extremes", lambda rng, size: rng.choice([-1.0, 1.0], size=size, p=[0.49, 0.51]), 0.02),
+    # Skewed: mostly a little lower, rarely much higher (mean 0): the sub-exponential tail matters here.
+    ("skewed", lambda rng, size: np.where(rng.random(size) < 0.95, -0.05, 0.95), 0.0),
+])
+def test_the_mean_difference_sequence_covers_the_true_mean_at_every_look(name, draw, mean):
+    rng, alpha, reps = np.random.default_rng(17), 0.05, 200
+    looks = np.arange(LOOK_EVERY, MAX_PAIRS + 1, LOOK_EVERY)
+    n, total, total_sq = _cumulative(draw(rng, (reps, MAX_PAIRS)), looks)
+    lo, hi = mean_difference_cs(n, total, total_sq, alpha, v_opt=V_OPT)
+    misses = int(((lo > mean) | (hi < mean)).any(axis=1).sum())
+    assert misses / reps <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / reps), (name, misses)
+
+
+def test_peeking_at_a_fixed_horizon_mean_interval_is_caught_by_the_same_harness():
+    rng, alpha, reps = np.random.default_rng(17), 0.05, 200
+    looks = np.arange(LOOK_EVERY, MAX_PAIRS + 1, LOOK_EVERY)
+    n, total, total_sq = _cumulative(np.clip(rng.normal(0.02, 0.1, (reps, MAX_PAIRS)), -1, 1), looks)
+    mean = total / n
+    half = 1.96 * np.sqrt(np.maximum(total_sq / n - mean ** 2, 0) / n)
+    misses = int(((mean - half > 0.02) | (mean + half < 0.02)).any(axis=1).sum())
+    assert misses / reps > 2 * alpha, misses
+
+
+@pytest.mark.parametrize(("shift", "spread", "decision", "share", "median_pairs"), [
+    (0.10, 0.1, PairedDecision.FAIL, 0.99, 400),    # twice the margin: failed within a few hundred pairs
+    (0.10, 0.2, PairedDecision.FAIL, 0.99, 700),
+    (-0.10, 0.1, PairedDecision.FAIL, 0.99, 400),   # either way
+    (0.00, 0.1, PairedDecision.PASS, 0.99, 300),    # no shift: passed near min_pairs
+    (0.00, 0.2, PairedDecision.PASS, 0.99, 600),
+])
+def test_the_mean_difference_test_fails_a_shift_of_twice_the_margin_and_passes_none(shift, spread, decision, share,
+                                                                                 median_pairs):
+    rng, reps = np.random.default_rng(23), 200
+    looks = np.arange(LOOK_EVERY, MAX_PAIRS + 1, LOOK_EVERY)
+    n, total, total_sq = _cumulative(np.clip(rng.normal(shift, spread, (reps, MAX_PAIRS)), -1, 1), looks)
+    fail_lo, fail_hi = mean_difference_cs(n, total, total_sq, MEAN["fail_alpha"], v_opt=V_OPT)
+    lo, hi = mean_difference_cs(n, total, total_sq, MEAN["pass_alpha"], v_opt=V_OPT)
+    # The rule of assess_mean_shift (a guardrail on the band), on every look at once.
+    failed = (fail_lo > 0.05) | (fail_hi < -0.05)
+    passed = (n >= MEAN["min_pairs"]) & (lo >= -0.05) & (hi <= 0.05)
+    hit = failed if decision == PairedDecision.FAIL else passed
+    other = passed if decision == PairedDecision.FAIL else failed
+    assert hit.any(axis=1).mean() >= share
+    first = looks[hit.argmax(axis=1)][hit.any(axis=1)]
+    assert np.median(first) <= median_pairs, np.median(first)
+    assert not (other & ~np.cumsum(hit, axis=1).astype(bool)).any()  # never the other verdict first
+    # The vectorised rule is assess_mean_shift's: spot-check one run's first conclusive look.
+    r, k = 0, int(hit[0].argmax())
+    assert assess_mean_shift(int(looks[k]), float(total[r, k]), float(total_sq[r, k]), **MEAN).decision == decision

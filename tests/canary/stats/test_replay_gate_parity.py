@@ -47,6 +47,8 @@ TRAFFIC = {
     "gap_in_the_middle": lambda k: (None if 4 <= k < 9 else N, 0 if 5 <= k < 8 else N, 0.01),
 }
 ROWS_PER_STAGE = 24
+#: The per-row counts the gate's window sums (a row without ``labelled``/``wrong`` has none).
+COUNTS = ("requests", "errors", "labelled", "wrong")
 RUN_DECISION = {Decision.ROLLBACK: "rollback", Decision.HALT: "halt", Decision.ADVANCE: "promote",
                 Decision.TIMEOUT: "timeout", Decision.CONTINUE: "continue"}
 
@@ -88,18 +90,16 @@ def gate_at_every_row(spec, rows: list[dict]) -> list[tuple[str, float]]:
         if point["weight"] != current_weight:  # a new stage: carry the analyzer state of the last one
             carry = stage_state if stage_index >= 0 else None
             stage_index, stage_start, current_weight = stage_index + 1, t, point["weight"]
-            totals = {v: [0, 0] for v in ("canary", "stable")}
+            totals = {v: dict.fromkeys(COUNTS, 0) for v in ("canary", "stable")}
             stage_state = carry
         elapsed = t - stage_start
         if elapsed >= spec.analysis.warmup_s:
             for v in totals:
                 if v in point:
-                    totals[v][0] += point[v]["requests"]
-                    totals[v][1] += point[v]["errors"]
-        window = Snapshot(stable=VersionStats(version="stable", requests=totals["stable"][0],
-                                              errors=totals["stable"][1]),
-                          canary=VersionStats(version="canary", requests=totals["canary"][0],
-                                              errors=totals["canary"][1]),
+                    for f in COUNTS:
+                        totals[v][f] += point[v].get(f, 0)
+        window = Snapshot(stable=VersionStats(version="stable", **totals["stable"]),
+                          canary=VersionStats(version="canary", **totals["canary"]),
                           start_s=stage_start + spec.analysis.warmup_s, end_s=t)
         stage = next(s for s in spec.stages if s.weight == current_weight)
         result, state = evaluate_stage(spec, stage, StageClock(index=stage_index, elapsed_s=elapsed), window,

@@ -1,0 +1,32 @@
+"""Helpers shared by the end-to-end modules that run whole rollouts on the embedded stack."""
+
+from __future__ import annotations
+
+from canary.backends.base import ConnInfo
+from canary.devstack.demo import seed_registry
+
+
+def registry(stack):
+    from canary.backends.local_registry import LocalModelRegistry
+
+    return LocalModelRegistry(ConnInfo(conn_id="t", extra={"path": str(stack.registry_file)}))
+
+
+def register_against_the_serving_version(stack, model: str, candidate: str) -> str:
+    """Register ``model`` with the version serving the endpoint now as its champion, and ``candidate``."""
+    (serving,) = [v for v, w in stack.weights().items() if w == 100]
+    seed_registry(stack, (serving, candidate), model=model)
+    return serving
+
+
+def journal(report, model: str):
+    """Return the run's record, looks and events from the rollout history the run wrote (this test's store)."""
+    from canary.history import open_history
+    from canary.spec import defaults
+
+    history = open_history()  # CANARY_HISTORY_URL: the test's own store, inherited by `airflow dags test`
+    dag_id = defaults.rollout_dag_id(model)
+    record = history.rollout(dag_id, report["run_id"])
+    assert record is not None, f"no history of {dag_id}/{report['run_id']} in {history.where()}"
+    events = {(e.kind, e.key): e.data for e in history.events(dag_id, report["run_id"])}
+    return history, record, history.looks(dag_id, report["run_id"]), events
