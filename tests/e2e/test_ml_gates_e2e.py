@@ -21,14 +21,17 @@ from canary.devstack.processes import Processes
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ENDPOINT = "e2e-ml"
-BASE = 0.01
-# v2 fails like stable everywhere but on the web (20% of users), where it fails 8% of requests: 2.4% overall,
-# within the error-rate tolerance (ratio 3), so only the per-segment test (SEGMENTS_MODEL) can catch it.
+BASE = 0.02
+# v2 fails four times as often as stable on the web (20% of users: 8% against 2%) and a quarter as often
+# elsewhere (0.5%), so its overall error rate is stable's (0.8 x 0.5% + 0.2 x 8% = 2%): only the per-segment
+# test (SEGMENTS_MODEL) can catch it. (0.0754 composed with the 0.5% everywhere is 8%.) At three times (the
+# fast spec's tolerance) the web test needs about 60 s at 120 requests/s; four times leaves a loaded machine
+# more room before the stage's 3-minute deadline.
 # v3 flips half of its predictions (as fast and as error-free as stable: only the labels show it), v4 is as
 # accurate as stable.
 # v5 fails half the requests from ap-south (20% of users) and is healthy elsewhere: TARGETED_MODEL exposes it to
 # eu-west and us-east only in its first stage, which it passes; the next stage exposes everyone and rolls it back.
-FAULTS = {"v1": f"error_rate={BASE}", "v2": [f"error_rate={BASE}", "error_rate=0.07,when.device=web"],
+FAULTS = {"v1": f"error_rate={BASE}", "v2": ["error_rate=0.005", "error_rate=0.0754,when.device=web"],
           "v3": f"error_rate={BASE},score_flip=0.5", "v4": f"error_rate={BASE}",
           "v5": [f"error_rate={BASE}", "error_rate=0.5,when.region=ap-south"]}
 SEGMENTS_MODEL = "e2e-segments"  # per-device analysis, no shadow test
@@ -47,7 +50,9 @@ def e2e(tmp_path_factory):
     specs = root / "specs"
     specs.mkdir()
     segments = fast_spec(SEGMENTS_MODEL, ENDPOINT, shadow={"enabled": False})
-    segments["analysis"]["segments"] = {"by": "device", "values": ["android", "ios", "web"], "require_each": False}
+    # require_each (the default): promotion waits for non-inferiority in every segment, so a regression in one
+    # is found before the stage advances on the overall evidence.
+    segments["analysis"]["segments"] = {"by": "device", "values": ["android", "ios", "web"]}
     (specs / f"{SEGMENTS_MODEL}.yaml").write_text(yaml.safe_dump(segments))
     quality = fast_spec(QUALITY_MODEL, ENDPOINT, shadow={"enabled": False})
     quality["analysis"]["metrics"] += [
@@ -84,9 +89,8 @@ def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
     last = looks[-1]
     assert last.decision == "rollback" and last.metric == "error_rate in segment device=web"
     tests = {m.get("label", m["metric"]): m for m in last.evidence["metrics"]}
-    # Overall the canary (2.4% vs 1%) is within tolerance (ratio 3): its test did not fire, nor does its
-    # confidence sequence place the ratio beyond the tolerance. (Its point estimate after a few hundred
-    # canary requests is noisy: one run read 3.3.) The other devices look like stable.
+    # Overall the canary fails as often as stable: its test did not fire, nor does its confidence sequence place
+    # the ratio beyond the tolerance (ratio 3). The other devices are better than stable.
     overall = tests["error_rate"]
     assert overall["decision"] != "rollback" and overall["evidence"]["ratio_lower"] < 3.0, overall
     web = tests["error_rate in segment device=web"]["evidence"]
