@@ -14,7 +14,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE := True
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup services demo test test-fast lint bench airflow lock clean
+.PHONY: setup services demo test test-fast faults lint bench airflow lock clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ test: services
 
 test-fast: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not e2e and not gx"
+
+# The fault-injection runs with the fail-safe invariant checked after each (also part of `make test`), on one
+# worker so that their table and JSON line can be printed at the end.
+faults: setup
+	$(PY) -m pytest -n 0 -q -rN tests/e2e/test_faults_e2e.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -30,3 +30,23 @@ def journal(report, model: str):
     assert record is not None, f"no history of {dag_id}/{report['run_id']} in {history.where()}"
     events = {(e.kind, e.key): e.data for e in history.events(dag_id, report["run_id"])}
     return history, record, history.looks(dag_id, report["run_id"]), events
+
+
+def invariant_violations_of(stack, report, model: str) -> list[str]:
+    """Run the fail-safe invariant checker on a finished run of the embedded stack (read directly, never through
+    a fault proxy)."""
+    from canary.backends.local_lock import LocalEndpointLock
+    from canary.backends.local_serving import LocalTrafficRouter
+    from canary.history import open_history
+    from canary.rollout.invariant import invariant_violations, observe_state
+    from canary.rollout.lease import endpoint_lease_key
+    from canary.spec import defaults
+
+    dag_id = defaults.rollout_dag_id(model)
+    router = LocalTrafficRouter(ConnInfo(host="127.0.0.1", port=stack.port, password=stack.token),
+                                endpoint=stack.endpoint)
+    state = observe_state(router=router, registry=registry(stack), lock=LocalEndpointLock(), history=open_history(),
+                          model=model, candidate=report["candidate"],
+                          lease_key=endpoint_lease_key("local", stack.endpoint), dag_id=dag_id, run_id=report["run_id"])
+    return invariant_violations(state, dag_id=dag_id, run_id=report["run_id"], stable=report["stable"],
+                                candidate=report["candidate"])

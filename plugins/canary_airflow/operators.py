@@ -24,6 +24,7 @@ from canary.errors import CanaryError, ConfigError, RequestError, SpecError
 from canary.policy.decisions import Action, GateResult, Outcome, decide_outcome
 from canary.policy.evidence_md import EVIDENCE_MD_XCOM_KEY, gate_evidence_markdown
 from canary.rollout.plan import RolloutPlan, RolloutRequest, plan_rollout
+from canary.rollout.safety import return_to_stable
 from canary.spec.durations import format_duration
 from canary.spec.model import RolloutSpec, TargetingSpec, load_spec
 from canary_airflow import notify
@@ -401,7 +402,7 @@ def roll_back(plan: RolloutPlan, reason: str, *, log: Any, task: CanaryBaseOpera
     router = task.changing_router(plan.spec) if task else serving_hook(plan.spec).router
     settle = (lambda: task.settle(plan.spec, router)) if task else (lambda: None)
     settle()
-    router.set_weights({plan.stable: 100})
+    return_to_stable(router, plan.stable, log=log)  # retried with backoff: the serving layer may be failing
     settle()
     apply_targeting(router, plan, None)
     router.remove(plan.candidate)
@@ -502,7 +503,11 @@ class FinalizeRolloutOperator(CanaryBaseOperator):
             try:
                 roll_back(plan, reason, log=lambda m: self.say(plan, m), task=self)
             except CanaryError as err:  # retried: the task's retries exist for exactly this
-                raise RuntimeError(f"could not return traffic to {plan.stable} yet: {err}") from err
+                message = f"could not return traffic to {plan.stable} yet: {err}"
+                if int(getattr(ti, "try_number", 1) or 1) > int(self.retries or 0):  # the last try: tell people
+                    self.log.error("CANARY %s", message)
+                    notify.rollout_finished(context, plan, Outcome.FAILED, message, log=self.log)
+                raise RuntimeError(message) from err
             record_event(context, "rollback", "finalize", {"reason": reason, "weights": {plan.stable: 100}},
                          self.log)
         if final.release_lease:

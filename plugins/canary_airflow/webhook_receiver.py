@@ -1,10 +1,10 @@
 """An HTTP receiver for MLflow webhooks, served by the Airflow API server (``/canary/mlflow/webhook``).
 
 MLflow 3 POSTs registry events to a URL, signed with the webhook's secret. This receiver refuses every
-delivery whose signature does not verify (401) or that is older than the replay window, turns the rest
-into the ``extra`` of an asset event on ``canary_registry__<model>`` (:mod:`canary.starts.mlflow_webhooks`), and
-posts that through the Airflow REST API, so the ``canary_registry_events`` dispatcher validates it and
-starts the rollout exactly as for any pushed event. Deliveries for models no spec opts in, and events
+delivery over :data:`MAX_DELIVERY_BYTES` (413), whose signature does not verify (401) or that is older
+than the replay window, turns the rest into the ``extra`` of an asset event on ``canary_registry__<model>``
+(:mod:`canary.starts.mlflow_webhooks`), and posts that through the Airflow REST API, so the
+``canary_registry_events`` dispatcher validates it and starts the rollout exactly as for any pushed event. Deliveries for models no spec opts in, and events
 that start nothing (e.g. a tag set), are answered 200 with the reason, so MLflow does not retry them.
 
 Connections (read in the API server):
@@ -33,6 +33,8 @@ from canary.starts.registry_events import asset_name
 URL_PREFIX = "/canary"
 WEBHOOK_PATH = "/mlflow/webhook"
 SECRET_CONN_ID = "canary_mlflow_webhook_default"
+#: The largest delivery read (an MLflow registry event is well under 1 KiB): 413 above.
+MAX_DELIVERY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,20 @@ def _post_asset_event(extra: dict[str, Any]) -> dict[str, Any]:
     return client.request("POST", "/api/v2/assets/events", json_body={"asset_id": found[0]["id"], "extra": extra})
 
 
+async def read_bounded(request: Request, max_bytes: int = MAX_DELIVERY_BYTES) -> bytes | None:
+    """Return the raw body, or None once it is over ``max_bytes`` (declared or streamed; the rest is not read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(*, secret: Callable[[], str | None] = _secret,
                models: Callable[[], Mapping[str, str]] = webhook_models,
                post_event: Callable[[dict[str, Any]], dict[str, Any]] = _post_asset_event,
@@ -123,7 +139,9 @@ def create_app(*, secret: Callable[[], str | None] = _secret,
     :param ui: also serve the rollout pages (:mod:`canary_airflow.ui`, each route authenticated by Airflow);
         the webhook route itself is authenticated by its signature only.
     """
-    app = FastAPI(title="canary-rollouts: MLflow webhook receiver and rollout pages")
+    # No /docs or /openapi.json: Airflow does not authenticate plugin apps, and those routes would be open.
+    app = FastAPI(title="canary-rollouts: MLflow webhook receiver and rollout pages", docs_url=None,
+                  redoc_url=None, openapi_url=None)
     if ui:
         from canary_airflow.ui import create_router
 
@@ -131,7 +149,10 @@ def create_app(*, secret: Callable[[], str | None] = _secret,
 
     @app.post(WEBHOOK_PATH)
     async def receive(request: Request) -> JSONResponse:
-        body = await request.body()  # the raw bytes: the signature covers exactly these
+        body = await read_bounded(request)  # the raw bytes: the signature covers exactly these
+        if body is None:
+            return JSONResponse({"error": f"the delivery is over {MAX_DELIVERY_BYTES} bytes", "field": "body"},
+                                status_code=413)
         reply = handle_delivery(dict(request.headers), body, secret=await run_in_threadpool(secret),
                                 model_for=await run_in_threadpool(models), now_s=clock())
         if reply.extra is None:
@@ -147,5 +168,5 @@ def create_app(*, secret: Callable[[], str | None] = _secret,
     return app
 
 
-__all__ = ["SECRET_CONN_ID", "URL_PREFIX", "WEBHOOK_PATH", "Reply", "create_app",
+__all__ = ["MAX_DELIVERY_BYTES", "SECRET_CONN_ID", "URL_PREFIX", "WEBHOOK_PATH", "Reply", "create_app",
            "handle_delivery", "webhook_models"]

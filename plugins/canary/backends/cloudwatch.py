@@ -161,13 +161,34 @@ class CloudWatchMetricsSource:
                 if result.get("StatusCode") in ("InternalError", "Forbidden"):
                     raise BackendError(BACKEND, f"GetMetricData on {where}: query {result.get('Id')!r} "
                                                 f"{result['StatusCode']}: {result.get('Messages', [])}")
-                values = result.get("Values", [])
+                query_id, values = result.get("Id"), result.get("Values", [])
+                if not isinstance(query_id, str) or query_id not in sums:
+                    raise BackendError(BACKEND, f"GetMetricData on {where}: a result for query {query_id!r}, which "
+                                                f"was not asked for (asked: {', '.join(sums)})")
+                if not isinstance(values, list) or not all(_is_count(v) for v in values):
+                    # A negative, NaN or infinite sum must never become a count (nor crash round()).
+                    raise BackendError(BACKEND, f"GetMetricData on {where}: query {query_id!r} returned values that "
+                                                f"are not finite numbers >= 0: {repr(values)[:200]}")
                 seen = seen or bool(values)
-                sums[result["Id"]] += math.fsum(values)
+                try:
+                    sums[query_id] += math.fsum(values)
+                except OverflowError:
+                    sums[query_id] = math.inf
+                if not math.isfinite(sums[query_id]):
+                    raise BackendError(BACKEND, f"GetMetricData on {where}: query {query_id!r} sums past any count")
             token = page.get("NextToken")
             if not token:
                 return sums, seen
             kwargs["NextToken"] = token
+
+
+def _is_count(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int beyond any float (found by the fuzz tests): not a count CloudWatch sends
+        return False
 
 
 def _iso(epoch_s: float) -> str:

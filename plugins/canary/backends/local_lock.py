@@ -32,6 +32,8 @@ class LocalEndpointLock(SqlEndpointLock):
                  busy_timeout_s: float = 30.0, clock: Callable[[], float] | None = None) -> None:
         super().__init__(table=table, clock=clock)
         extra_path = (conn.extra.get("path") if conn is not None else None) or None
+        if path and not Path(path).is_absolute():  # a spec's ``path`` option: a file in the default folder
+            path = default_lock_path().parent / path
         self.path = Path(path or extra_path or default_lock_path()).expanduser()
         self.busy_timeout_s = busy_timeout_s
 

@@ -168,11 +168,26 @@ class MlflowRegistryOptions(BackendOptions):
 # -- lock -----------------------------------------------------------------------------------------------
 
 class LocalLockOptions(BackendOptions):
-    """``lock: local``, a SQLite file."""
+    """``lock: local``, a SQLite file.
+
+    ``path`` is a file in the lock store's folder (that of :func:`canary.rollout.lease.default_lock_path`):
+    a spec never names a file elsewhere; an absolute path belongs in the connection's ``extra.path``.
+    """
 
     path: str | None = None
     table: str | None = None
     busy_timeout_s: PositiveSeconds | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _in_the_lock_folder(cls, path: str | None) -> str | None:
+        if path is None:
+            return path
+        parts = path.replace("\\", "/").split("/")
+        if not path or path.startswith(("/", "~")) or ":" in path or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{path!r} must be a relative file name inside the lock store's folder (no '..', no "
+                             "absolute path); put a path elsewhere in the lock connection's extra.path")
+        return path
 
 
 class PostgresLockOptions(BackendOptions):

@@ -283,6 +283,45 @@ def bucket_counts(increments: Mapping[str, float], les_per_series: Sequence[set[
     return buckets, tuple(round(increments.get(le, 0.0)) for le in ordered)
 
 
+#: Most prediction score bins a version may export (a larger ``bin`` label is a malformed series).
+MAX_PREDICTION_BINS = 1000
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def series_parts(series: Any) -> tuple[dict[str, str], list[tuple[float, float]]]:
+    """Return one matrix series' labels and its samples sorted by time.
+
+    :raises ValueError: not ``{"metric": {label: value}, "values": [[time, "value"], ...]}``, or a sample that is
+        not a finite number >= 0 (a counter never is: garbage must not become a count).
+    """
+    if not isinstance(series, Mapping):
+        raise ValueError(f"a series must be an object with metric and values, got {_shown(series)}")
+    labels = series.get("metric", {})
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ValueError(f"series labels must be an object of strings, got {_shown(labels)}")
+    values = series.get("values", [])
+    if not isinstance(values, list):
+        raise ValueError(f"{labels.get('__name__', 'a')} series: values must be a list, got {_shown(values)}")
+    samples = []
+    for pair in values:
+        try:
+            if not isinstance(pair, list | tuple) or len(pair) != 2 or any(isinstance(x, bool) for x in pair):
+                raise ValueError("not a pair")
+            t, v = float(pair[0]), float(pair[1])
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{labels.get('__name__', 'a')} series sample {_shown(pair)}: expected "
+                             '[unix_seconds, "value"]') from err
+        if not (math.isfinite(t) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{labels.get('__name__', 'a')} series sample {_shown(pair)}: a counter sample must be "
+                             "a finite number >= 0")
+        samples.append((t, v))
+    return dict(labels), sorted(samples)
+
+
 def stats_from_matrix(version: str, result: Sequence[Mapping[str, Any]], names: MetricNames, *, start_s: float,
                       end_s: float, scale_to_ms: float = 1.0) -> VersionStats:
     """Reduce a ``matrix`` result (raw samples of every series of one version) to window statistics.
@@ -299,10 +338,11 @@ def stats_from_matrix(version: str, result: Sequence[Mapping[str, Any]], names: 
     # requests counter of a process therefore marks a restart for every series of that process: the
     # scrape target (job, instance) when the series carry one, else the series' own labels but le/bin.
     drops: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = defaultdict(list)
+    if not isinstance(result, list | tuple):
+        raise ValueError(f"a matrix result must be a list of series, got {_shown(result)}")
     for series in result:
-        labels = dict(series.get("metric", {}))
+        labels, samples = series_parts(series)
         name = labels.pop("__name__", "")
-        samples = sorted((float(t), float(v)) for t, v in series.get("values", []))
         if "instance" in labels:
             target = (("instance", labels["instance"]), ("job", labels.get("job", "")))
         else:
@@ -324,8 +364,9 @@ def stats_from_matrix(version: str, result: Sequence[Mapping[str, Any]], names: 
             per_key[(name, le)] += inc
         elif names.prediction_bins and name == names.prediction_bins:
             bin_value = labels.get(names.bin_label, "")
-            if not bin_value.isdigit():
-                raise ValueError(f"{name} series with {names.bin_label}={bin_value!r}, not a bin index")
+            if not (bin_value.isascii() and bin_value.isdigit()) or int(bin_value) >= MAX_PREDICTION_BINS:
+                raise ValueError(f"{name} series with {names.bin_label}={_shown(bin_value)}, not a bin index "
+                                 f"(0 to {MAX_PREDICTION_BINS - 1})")
             per_key[(name, bin_value)] += inc
         else:
             per_key[(name, "")] += inc
@@ -494,7 +535,13 @@ class PrometheusMetricsSource:
             raise BackendError(BACKEND, f"query {query!r} at {self._base_url}: expected a matrix, got "
                                         f"{data.get('resultType')!r}")
         groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for series in data.get("result", []):
+        result = data.get("result", [])
+        malformed = not isinstance(result, list) or not all(
+            isinstance(series, Mapping) and isinstance(series.get("metric", {}), Mapping) for series in result)
+        if malformed:
+            raise BackendError(BACKEND, f"query {query!r} at {self._base_url}: a matrix result must be a list of "
+                                        f"series objects, got {_shown(result)}")
+        for series in result:
             groups[str(series.get("metric", {}).get(label, ""))].append(series)
         out: dict[str, VersionStats] = {}
         for value in values:

@@ -129,7 +129,8 @@ DEMO_FAULTS = {STABLE: f"error_rate={BASELINE_ERROR_RATE},{_TAIL}", GOOD: f"erro
 def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, endpoint: str = DEMO_ENDPOINT,
                 versions: Sequence[str] = (STABLE, GOOD, FAULTY, WEB_FAULTY),
                 faults: Mapping[str, str | Sequence[str]] = DEMO_FAULTS, rps: float = DEMO_RPS,
-                labels: tuple[float, float] | None = None, outcome: str | None = None) -> Iterator[LocalStack]:
+                labels: tuple[float, float] | None = None, outcome: str | None = None,
+                token: str | None = None, feedback_token: str | None = None) -> Iterator[LocalStack]:
     """Start the serving layer with ``versions[0]`` at 100%, a seeded registry and synthetic traffic.
 
     :param labels: ``(share, delay_s)``: the traffic sends the true label of that share of answered requests
@@ -138,11 +139,12 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
 
     :param faults: per version, ``key=value,...`` as ``canary serve --fault`` takes them, or a list of such
         (they all apply, e.g. a baseline error rate and more errors for one device).
+    :param token, feedback_token: the admin and feedback bearer tokens (default: one random token for both).
     """
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
-    stack = LocalStack(state_dir=state_dir, port=free_port(), token=secrets.token_urlsafe(16), model=model,
+    stack = LocalStack(state_dir=state_dir, port=free_port(), token=token or secrets.token_urlsafe(16), model=model,
                        endpoint=endpoint)
     seed_registry(stack, versions)
     canary = [sys.executable, "-m", "canary"]
@@ -154,7 +156,7 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
                           *[arg for f in fault_args for arg in ("--fault", f)]],
                 stdout=serve_log, stderr=subprocess.STDOUT,
                 env={**os.environ, "CANARY_ADMIN_TOKEN": stack.token,  # not in argv: `ps` would show it
-                     "CANARY_FEEDBACK_TOKEN": stack.token})
+                     "CANARY_FEEDBACK_TOKEN": feedback_token or stack.token})
     wait_http(f"{stack.url}/healthz", alive=serve, log_file=state_dir / "serve.log")
     log(f"serving layer on {stack.url}: endpoint '{endpoint}' with {versions[0]} at 100%")
     label_args = ["--labels", str(labels[0]), "--label-delay", f"{labels[1]}s"] if labels else []
@@ -165,7 +167,7 @@ def local_stack(state_dir: Path, procs: Processes, *, model: str = DEMO_MODEL, e
     procs.start("traffic", [*canary, "traffic", "--url", stack.url, "--endpoint", endpoint,
                             "--rps", str(rps), *label_args], stdout=open(state_dir / "traffic.log", "w"),
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "CANARY_FEEDBACK_TOKEN": stack.token})
+                env={**os.environ, "CANARY_FEEDBACK_TOKEN": feedback_token or stack.token})
     log(f"synthetic traffic: ~{rps:.0f} requests/s from 5,000 users")
     try:
         yield stack

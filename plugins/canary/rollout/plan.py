@@ -35,8 +35,13 @@ class RolloutRequest(BaseModel):
     force: bool = False
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any]) -> RolloutRequest:
+    def from_conf(cls, conf: Mapping[str, Any] | None) -> RolloutRequest:
         """Validate a run conf; raise :class:`RequestError` naming the first bad field."""
+        if conf is None:  # a run triggered without any conf
+            conf = {}
+        if not isinstance(conf, Mapping):
+            raise RequestError("conf", f"must be a JSON object such as {{\"version\": \"challenger\"}}, got "
+                                       f"{type(conf).__name__}")
         known = set(cls.model_fields)
         # Airflow adds every param to the conf; keys that are not ours are ignored, not errors.
         data = {k: v for k, v in conf.items() if k in known and v is not None}

@@ -28,6 +28,9 @@ Admin (``Authorization: Bearer <token>``; every call is idempotent; errors are `
     PUT    /admin/faults/{version}                         Faults fields, or a list of them (replaces; all zero clears)
     DELETE /admin/faults/{version}
     POST   /admin/flush                                    return once every answer so far is in the store
+
+Every request body is bounded: above :data:`MAX_REQUEST_BYTES` (64 KiB) the answer is 413 before the body is
+read further (the feedback route's own bound is smaller, :data:`canary.serving.feedback.MAX_BODY_BYTES`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import (
@@ -94,6 +97,8 @@ KPI_SLOPE = 0.1
 _FAULT_LIST: TypeAdapter[list[Faults]] = TypeAdapter(list[Faults])
 #: Attributes per prediction request, at most.
 MAX_ATTRIBUTES = 8
+#: The largest request body of any route (a prediction or an admin call is a few hundred bytes): 413 above.
+MAX_REQUEST_BYTES = 64 * 1024
 #: A request header ``X-Attribute-Plan: internal`` is the attribute ``plan`` (dashes read as underscores), for
 #: clients that cannot change the body; an attribute both in a header and in the body is refused (422).
 ATTRIBUTE_HEADER_PREFIX = "x-attribute-"
@@ -250,6 +255,40 @@ def header_attributes(headers: Mapping[str, str]) -> dict[str, str]:
             if key.lower().startswith(ATTRIBUTE_HEADER_PREFIX)}
 
 
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request whose body is over ``max_bytes`` (declared or streamed).
+
+    A declared ``Content-Length`` over the limit is refused before the route runs; a chunked body is counted
+    as it is received and refused once it passes the limit, so no route ever holds more than that in memory.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            reply = JSONResponse({"detail": f"body: {int(declared)} bytes, at most {self.max_bytes}"},
+                                 status_code=413)
+            await reply(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"body: more than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
 def _bearer_matches(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
     return secrets.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
@@ -294,6 +333,7 @@ def create_app(db_path: str | Path, token: str, *, deployments: Mapping[str, Seq
     feedback_limit = RateLimiter(feedback_rate_per_s, feedback_burst)
     feedback_secret = feedback_token or token
     app = FastAPI(title="canary serving", lifespan=service.lifespan)
+    app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BYTES)
 
     @app.exception_handler(AdminError)
     async def _admin_error(_request: Request, err: AdminError) -> JSONResponse:

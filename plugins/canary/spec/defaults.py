@@ -53,6 +53,9 @@ USER_SEGMENT_ATTRIBUTE = "segment"
 #: Names of business outcomes sent as feedback (conversion, click, chargeback), and of the ``kpi`` metrics'
 #: ``outcome``.
 OUTCOME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+#: How long a rollback (or the teardown) keeps retrying to put all traffic back on stable before its try fails
+#: loudly (saying what traffic may be); the task's retries then try again.
+RETURN_TO_STABLE_MAX_S = 120.0
 #: ``targeting.match``: most attributes one rule tests, and most values per attribute.
 MAX_TARGETING_ATTRIBUTES = 8
 MAX_TARGETING_VALUES = 20
@@ -161,6 +164,11 @@ REGISTRY_EVENT_MIN_POLL_INTERVAL_S = 1.0
 #: Upper bounds that catch typos (a 30-day stage is a mistake, not a plan).
 MAX_STAGE_DURATION_S = 7 * 24 * 3600.0
 MAX_STAGES = 20
+#: A spec file larger than this is refused unread (the shipped specs are a few kilobytes).
+MAX_SPEC_BYTES = 1024 * 1024
+#: Most YAML nodes a spec may hold once its aliases are expanded: a "billion laughs" document (anchors that
+#: repeat each other) is refused before anything walks its expansion.
+MAX_SPEC_NODES = 100_000
 
 #: CloudWatch metrics backend: the default statistics period (whole periods only; see spec validation).
 CLOUDWATCH_PERIOD_S = 60

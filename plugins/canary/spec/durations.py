@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -16,7 +17,12 @@ def parse_duration_s(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '30s', '10m', '2h', got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError as err:  # an int beyond any float
+            raise ValueError(f"duration must be a finite number of seconds, got {value:.3g}") from err
+    elif not isinstance(value, str):  # YAML null, a list, a mapping: not a duration (and never AttributeError)
+        raise ValueError(f"expected a duration like '30s', '10m', '2h', got {type(value).__name__} {value!r}")
     else:
         text = value.strip().lower().replace(" ", "")
         pos, seconds = 0, 0.0
@@ -27,6 +33,8 @@ def parse_duration_s(value: str | int | float) -> float:
             pos = match.end()
         if not text or pos != len(text):
             raise ValueError(f"expected a duration like '30s', '10m', '2h' or '1h30m', got {value!r}")
+    if not math.isfinite(seconds):  # NaN passes every comparison; infinity is no deadline at all
+        raise ValueError(f"duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must be >= 0, got {value!r}")
     return seconds

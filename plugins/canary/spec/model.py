@@ -455,7 +455,8 @@ def _loc(parts: Iterable[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = str(part) or "''"  # an empty key (``"": 1``) must still show where the problem is
+            out += f".{part}" if out else part
     return out
 
 
@@ -829,15 +830,72 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> RolloutSpec:
     return spec
 
 
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """Return how many nodes ``root`` holds with every alias expanded, stopping once past ``limit``.
+
+    Iterative and memoised per node, so a document whose aliases nest (each anchor repeating the previous
+    one) is measured in the time of its unexpanded size; a cycle (``&a [*a]``) counts as past the limit.
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        if children_done:
+            in_progress.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(child)] for child in children))
+            continue
+        if key in in_progress:
+            return limit + 1  # the node contains itself
+        in_progress.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in in_progress:
+                return limit + 1
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader that refuses a document whose aliases expand past ``MAX_SPEC_NODES`` nodes."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        if node is not None and _expanded_nodes(node, defaults.MAX_SPEC_NODES) > defaults.MAX_SPEC_NODES:
+            raise yaml.YAMLError(f"more than {defaults.MAX_SPEC_NODES} values once its aliases (*name) are "
+                                 "expanded, or an alias that contains itself; write the values out instead")
+        return node
+
+
 def load_spec(path: str | Path) -> RolloutSpec:
     """Load and validate one YAML spec file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as err:
         raise SpecError(str(path), [("", f"cannot read file: {err.strerror}")]) from err
+    if len(raw) > defaults.MAX_SPEC_BYTES:
+        raise SpecError(str(path), [("", f"the file has {len(raw)} bytes; a spec is at most "
+                                         f"{defaults.MAX_SPEC_BYTES} bytes")])
+    try:
+        data = yaml.load(raw.decode("utf-8"), Loader=_BoundedLoader)  # a SafeLoader subclass: safe
+    except UnicodeDecodeError as err:
+        raise SpecError(str(path), [("", f"not UTF-8 text: byte {err.start} is {raw[err.start:err.start + 1]!r}; "
+                                         "save the file as UTF-8")]) from err
     except yaml.YAMLError as err:
         raise SpecError(str(path), [("", f"not valid YAML: {err}")]) from err
+    except RecursionError as err:  # the YAML parser recurses once per nesting level
+        raise SpecError(str(path), [("", "not valid YAML: nested too deeply")]) from err
     model = data.get("model") if isinstance(data, Mapping) else None
     name_problems = [("model", f"must match the file name {path.stem!r}, got {model!r}")] \
         if isinstance(model, str) and model != path.stem else []

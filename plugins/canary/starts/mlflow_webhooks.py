@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,8 @@ def verify_delivery(secret: str, headers: Mapping[str, str], body: bytes, *, now
         sent_s = float(timestamp)
     except ValueError as err:
         raise WebhookRefusedError(TIMESTAMP_HEADER, f"must be Unix seconds, got {timestamp!r}") from err
+    if not math.isfinite(sent_s):  # NaN compares as "not too old": it would switch the replay check off
+        raise WebhookRefusedError(TIMESTAMP_HEADER, f"must be Unix seconds, got {timestamp!r}")
     if abs(now_s - sent_s) > max_age_s:
         raise WebhookRefusedError(TIMESTAMP_HEADER, f"delivery is {now_s - sent_s:.0f}s old; at most {max_age_s:.0f}s "
                                                     "is accepted (replay protection; check the clocks)")
@@ -90,11 +93,14 @@ def event_extra(body: bytes, *, model_for: Mapping[str, str]) -> dict[str, Any] 
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise WebhookRefusedError("body", "is not JSON") from err
+    except RecursionError as err:  # json.loads recurses once per nesting level
+        raise WebhookRefusedError("body", "is nested too deeply") from err
     if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), Mapping):
         raise WebhookRefusedError("data", "the payload has no 'data' object")
-    cause = _CAUSES.get((payload.get("entity"), payload.get("action")))
+    kind = (payload.get("entity"), payload.get("action"))
+    cause = _CAUSES.get(kind) if all(isinstance(part, str) for part in kind) else None  # a list is unhashable
     data = payload["data"]
-    if cause is None or data.get("name") not in model_for:
+    if cause is None or not isinstance(data.get("name"), str) or data["name"] not in model_for:
         return None
     version = data.get("version")
     if not isinstance(version, str) or not version:

@@ -29,6 +29,9 @@ REQUIRED_COLUMNS = ("run", "t", "version", "requests", "errors")
 #: The columns of a ``prediction_quality`` metric, given together.
 LABEL_COLUMNS = ("labelled", "wrong")
 VERSIONS = ("stable", "canary")
+#: The largest replay CSV read, in bytes and in data rows (a year of looks of many runs fits well below).
+MAX_CSV_BYTES = 256 * 1024 * 1024
+MAX_CSV_ROWS = 2_000_000
 _LATENCY = re.compile(r"^latency_le_(\d+(?:\.\d+)?)$")
 _PRED = re.compile(r"^pred_bin_(\d+)$")
 
@@ -67,6 +70,11 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
                                row=None, column=missing[0])
     lat = sorted(((float(m.group(1)), c) for c in columns if (m := _LATENCY.match(c))), key=lambda x: x[0])
     pred = sorted(((int(m.group(1)), c) for c in columns if (m := _PRED.match(c))), key=lambda x: x[0])
+    bounds = [b for b, _ in lat]
+    if len(set(bounds)) != len(bounds):
+        twice = next(c for (b, c) in lat if bounds.count(b) > 1)
+        raise ReplayInputError(f"latency bucket bound {twice.removeprefix('latency_le_')} ms given by more than one "
+                               f"column: {[c for b, c in lat if bounds.count(b) > 1]}", column=twice)
     if pred and [i for i, _ in pred] != list(range(len(pred))):
         raise ReplayInputError(f"pred_bin_<i> columns must be numbered 0..{len(pred) - 1}, got "
                                f"{[c for _, c in pred]}", column=pred[0][1])
@@ -108,11 +116,24 @@ def _layout(columns: list[str], spec: RolloutSpec) -> Layout:
 def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]:
     """Read and validate a replay CSV; raise :class:`ReplayInputError` naming row and column."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CSV_BYTES:
+            raise ReplayInputError(f"{path}: {size} bytes, over the limit of {MAX_CSV_BYTES} (MAX_CSV_BYTES): "
+                                   "split the runs into several files")
         df = pd.read_csv(path, dtype={"run": str, "version": str, "segment": str}, keep_default_na=False,
-                         na_values=[""])
+                         na_values=[""], nrows=MAX_CSV_ROWS + 1)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ReplayInputError(f"cannot read {path}: {err}") from err
+    if len(df) > MAX_CSV_ROWS:
+        raise ReplayInputError(f"{path}: more than {MAX_CSV_ROWS} data rows (MAX_CSV_ROWS): split the runs into "
+                               "several files")
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas takes the first row's surplus leading values as an index: every column would be shifted.
+        raise ReplayInputError(f"more values than the header has columns ({len(df.columns)})", row=1)
     df.columns = [str(c).strip() for c in df.columns]
+    duplicates = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if duplicates:
+        raise ReplayInputError(f"column(s) {duplicates} given more than once", column=duplicates[0])
     layout = _layout(list(df.columns), spec)
     numeric = ["t", "requests", "errors", *layout.latency_columns, *layout.pred_columns]
     numeric += ["kpi_events"] if layout.has_kpi else []
@@ -124,12 +145,14 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
             raise ReplayInputError("empty value", row=int(np.argmax(bad.to_numpy())) + 1, column=col)
     for col in numeric:
         values = pd.to_numeric(df[col], errors="coerce")
+        if pd.api.types.is_bool_dtype(values):  # a column of True/False reads as booleans, not counts
+            values = pd.Series(np.nan, index=df.index)
         bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
         if col == "weight":
             bad &= df[col].notna()  # a blank weight means "unchanged"
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
-            raise ReplayInputError(f"not a number: {df[col].iloc[i]!r}", row=i + 1, column=col)
+            raise ReplayInputError(f"not a number: {str(df[col].iloc[i])!r}", row=i + 1, column=col)
         df[col] = values
         if col not in ("t", "weight"):
             neg = (values < 0).to_numpy()
@@ -194,4 +217,4 @@ def load_csv(path: str | Path, spec: RolloutSpec) -> tuple[pd.DataFrame, Layout]
 # -- vectorised evaluation ---------------------------------------------------------------------------
 
 
-__all__ = ["LABEL_COLUMNS", "REQUIRED_COLUMNS", "VERSIONS", "Layout", "ReplayInputError", "load_csv"]
+__all__ = ["LABEL_COLUMNS", "MAX_CSV_BYTES", "MAX_CSV_ROWS", "REQUIRED_COLUMNS", "VERSIONS", "Layout", "ReplayInputError", "load_csv"]
