@@ -10,19 +10,22 @@ FAULT_ROWS; ``make faults`` prints them as a table with one JSON line last (test
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from embedded_e2e import invariant_violations_of, register_against_the_serving_version
 from fast_spec import FIRST_STAGE_PCT, fast_spec
+from services import require_prometheus
 
 from canary.devstack.demo import local_stack, migrate, run_rollout
 from canary.devstack.faultproxy import FaultProxy, FaultRule
-from canary.devstack.processes import Processes
+from canary.devstack.processes import Processes, prometheus_server, wait_for_scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL, ENDPOINT = "e2e-faults", "e2e-faults"
+PROM_MODEL, PROM_CONN = "e2e-faults-prom", "canary_prometheus_faults"  # same endpoint, metrics from Prometheus
 # v2 fails 30% of requests (rolled back at the first stage within seconds); v3 and v4 are as healthy as stable.
 FAULTS = {"v1": "error_rate=0.01", "v2": "error_rate=0.3", "v3": "error_rate=0.01", "v4": "error_rate=0.01"}
 #: Rows for the ``make faults`` table: fault, where injected, outcome, seconds from fault to safe state, held.
@@ -35,6 +38,9 @@ def stack_and_proxy(tmp_path_factory):
     specs = root / "specs"
     specs.mkdir()
     (specs / f"{MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(MODEL, ENDPOINT, shadow={"enabled": False})))
+    (specs / f"{PROM_MODEL}.yaml").write_text(yaml.safe_dump(fast_spec(
+        PROM_MODEL, ENDPOINT, shadow={"enabled": False},
+        backends={"metrics": {"name": "prometheus", "conn_id": PROM_CONN}})))
     procs = Processes()
     try:
         with local_stack(root / "stack", procs, model=MODEL, endpoint=ENDPOINT, versions=("v1", "v2", "v3", "v4"),
@@ -73,8 +79,9 @@ def restored_at(proxy, stable: str, after_s: float) -> float | None:
     return found[0].at_s if found else None
 
 
-def finish(stack, report, fault: str, where: str, fault_at_s: float | None, safe_at_s: float | None) -> list[str]:
-    violations = invariant_violations_of(stack, report, MODEL)
+def finish(stack, report, fault: str, where: str, fault_at_s: float | None, safe_at_s: float | None, *,
+           model: str = MODEL) -> list[str]:
+    violations = invariant_violations_of(stack, report, model)
     FAULT_ROWS.append({"fault": fault, "where": where, "outcome": report["outcome"],
                        "time_to_safe_s": None if fault_at_s is None or safe_at_s is None
                        else round(safe_at_s - fault_at_s, 1),
@@ -144,3 +151,47 @@ def test_a_router_that_ignores_the_weights_is_halted_on_the_sample_ratio(faults)
     fault_at = proxy.injected("applies a third of the canary weight")[0].at_s
     assert finish(stack, report, "router applies 1/3 of the weight", "set traffic (stage 1)", fault_at,
                   restored_at(proxy, before, fault_at)) == []
+
+
+@pytest.fixture(scope="module")
+def prometheus_behind_a_proxy(stack_and_proxy, tmp_path_factory):
+    """A real Prometheus scraping the serving layer, reached by the rollout through a second fault proxy."""
+    require_prometheus()
+    stack, _proxy, home, env = stack_and_proxy
+    with prometheus_server(tmp_path_factory.mktemp("faults-prom"), targets=[urlsplit(stack.url).netloc]) as url, \
+            FaultProxy(url).running() as prom_proxy:
+        wait_for_scrape(url, 'up{job="serving"} == 1')
+        conn = {"conn_type": "canary_metrics", "host": "127.0.0.1", "port": prom_proxy.port}
+        yield prom_proxy, {**env, f"AIRFLOW_CONN_{PROM_CONN.upper()}": json.dumps(conn)}
+
+
+def test_a_metrics_outage_during_observation_is_waited_out(faults, prometheus_behind_a_proxy):
+    stack, proxy, home, _ = faults
+    prom_proxy, env = prometheus_behind_a_proxy
+    prom_proxy.clear()
+    before = register_against_the_serving_version(stack, PROM_MODEL, "v2")
+    outage = prom_proxy.add(FaultRule("Prometheus 503 for 8 s", path="^/api/v1/query", for_s=8.0))
+    report = run_rollout(stack, home, "v2", extra_env=env, model=PROM_MODEL)
+    # The polls failed for 8 s, then read the metrics again: the 30% error rate is what stopped it, not the outage.
+    assert report["outcome"] == "rolled_back" and "error_rate" in report["reason"], report
+    assert outage.applied >= 2 and stack.weights() == {before: 100}
+    fault_at = prom_proxy.injected(outage.name)[0].at_s
+    assert finish(stack, report, "metrics store 503 for 8 s", "observe (stage 1)", fault_at,
+                  restored_at(proxy, before, fault_at), model=PROM_MODEL) == []
+
+
+def test_metrics_that_say_no_data_never_promote(faults, prometheus_behind_a_proxy):
+    stack, proxy, home, _ = faults
+    prom_proxy, env = prometheus_behind_a_proxy
+    prom_proxy.clear()
+    before = register_against_the_serving_version(stack, PROM_MODEL, "v3")  # as healthy as stable
+    empty = b'{"status": "success", "data": {"resultType": "matrix", "result": []}}'
+    prom_proxy.add(FaultRule("Prometheus answers no series", path="^/api/v1/query", action="respond", status=200,
+                             response=empty))
+    report = run_rollout(stack, home, "v3", extra_env=env, model=PROM_MODEL)
+    assert report["outcome"] == "rolled_back", report  # halted on missing data, rolled back by policy
+    assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): halted: no metrics data after "), report["reason"]
+    assert stack.weights() == {before: 100}
+    fault_at = prom_proxy.injected("Prometheus answers no series")[0].at_s
+    assert finish(stack, report, "metrics store answers no series", "observe (stage 1)", fault_at,
+                  restored_at(proxy, before, fault_at), model=PROM_MODEL) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from embedded_e2e import journal, register_against_the_serving_version
+from embedded_e2e import invariant_violations_of, journal, register_against_the_serving_version
 from fast_spec import FIRST_STAGE_PCT, fast_spec
 
 from canary.devstack.demo import local_stack, migrate, run_rollout
@@ -81,6 +81,7 @@ def test_a_regression_on_one_device_is_rolled_back_naming_the_segment(e2e):
     stack, home, env = e2e
     before = register_against_the_serving_version(stack, SEGMENTS_MODEL, "v2")
     report = run_rollout(stack, home, "v2", extra_env=env, model=SEGMENTS_MODEL)
+    assert invariant_violations_of(stack, report, SEGMENTS_MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): error_rate in segment device=web: e-value "), \
         report["reason"]
@@ -106,6 +107,7 @@ def test_a_less_accurate_candidate_is_rolled_back_once_its_labels_arrive(e2e):
     stack, home, env = e2e
     before = register_against_the_serving_version(stack, QUALITY_MODEL, "v3")
     report = run_rollout(stack, home, "v3", extra_env=env, model=QUALITY_MODEL)
+    assert invariant_violations_of(stack, report, QUALITY_MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     assert report["reason"].startswith(f"stage 1 ({FIRST_STAGE_PCT}%): accuracy: e-value "), report["reason"]
     assert stack.weights() == {before: 100}
@@ -129,6 +131,7 @@ def test_a_targeted_first_stage_exposes_only_its_population_and_the_next_stage_e
     stack, home, env = e2e
     before = register_against_the_serving_version(stack, TARGETED_MODEL, "v5")
     report = run_rollout(stack, home, "v5", extra_env=env, model=TARGETED_MODEL)
+    assert invariant_violations_of(stack, report, TARGETED_MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     assert [s["decision"] for s in report["timeline"]] == ["advance", "rollback"], report["timeline"]
     assert report["reason"].startswith("stage 2 (75%): error_rate: e-value "), report["reason"]
@@ -160,6 +163,7 @@ def test_an_equally_accurate_candidate_is_promoted_on_its_labels(e2e):
     stack, home, env = e2e
     register_against_the_serving_version(stack, QUALITY_MODEL, "v4")
     report = run_rollout(stack, home, "v4", extra_env=env, model=QUALITY_MODEL)
+    assert invariant_violations_of(stack, report, QUALITY_MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "promoted", report
     assert stack.weights() == {"v4": 100}
     _, _, looks, _ = journal(report, QUALITY_MODEL)

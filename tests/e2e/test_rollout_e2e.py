@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from embedded_e2e import journal, register_against_the_serving_version, registry
+from embedded_e2e import invariant_violations_of, journal, register_against_the_serving_version, registry
 from fast_spec import FIRST_STAGE_PCT, STAGE_MAX_DURATION_S, fast_spec
 
 from canary.devstack.demo import local_stack, migrate, run_rollout
@@ -62,6 +62,7 @@ def e2e(tmp_path_factory):
 def test_good_candidate_is_promoted(e2e):
     stack, home, env = e2e
     report = run_rollout(stack, home, "v2", extra_env=env)
+    assert invariant_violations_of(stack, report, MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "promoted", report
     assert stack.weights() == {"v2": 100}
     assert registry(stack).champion(MODEL) == "v2"
@@ -102,6 +103,7 @@ def test_faulty_candidate_is_rolled_back_at_the_first_stage(e2e):
     stack, home, env = e2e
     before = register_against_the_serving_version(stack, STAGED_MODEL, "v3")
     report = run_rollout(stack, home, "v3", extra_env=env, model=STAGED_MODEL)
+    assert invariant_violations_of(stack, report, STAGED_MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     assert len(report["timeline"]) == 1 and report["timeline"][0]["decision"] == "rollback"
     assert report["timeline"][0]["weight_pct"] == FIRST_STAGE_PCT
@@ -122,6 +124,7 @@ def test_shadow_test_stops_a_broken_candidate_before_it_serves(e2e):
     stack, home, env = e2e
     before = stack.weights()
     report = run_rollout(stack, home, "v5", extra_env=env)
+    assert invariant_violations_of(stack, report, MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     # The sequential McNemar test stops it at the first conclusive poll, long before max_duration.
     assert report["reason"].startswith("shadow test failed: errors: candidate only failed on "), report["reason"]
@@ -136,6 +139,7 @@ def test_shadow_test_stops_a_candidate_whose_scores_are_shifted(e2e):
     stack, home, env = e2e
     before = stack.weights()
     report = run_rollout(stack, home, "v7", extra_env=env)
+    assert invariant_violations_of(stack, report, MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     tests = {t["test"]: t for t in report["shadow"]["tests"]}
     shift = tests["score shift beyond ±0.1"]
@@ -151,6 +155,7 @@ def test_shadow_test_stops_a_candidate_whose_outputs_break_an_expectation(e2e):
     stack, home, env = e2e
     before = stack.weights()
     report = run_rollout(stack, home, "v6", extra_env=env)
+    assert invariant_violations_of(stack, report, MODEL) == []  # fails safe, whatever the outcome
     assert report["outcome"] == "rolled_back", report
     # Scores reported as 1 + the score are also far above stable's: the score-shift test may name them first.
     expected = "expectation expect_column_values_to_be_between(column=score, min_value=0.0, max_value=1.0) failed: "
@@ -171,6 +176,7 @@ def test_failing_task_leaves_traffic_on_stable(e2e):
     broken_stack = type(stack)(state_dir=stack.state_dir, port=stack.port, token=stack.token, model="e2e-broken",
                                endpoint=ENDPOINT)
     report = run_rollout(broken_stack, home, "v4", extra_env=env)
+    assert invariant_violations_of(stack, report, "e2e-broken") == []  # fails safe, whatever the outcome
     assert report["outcome"] == "failed", report
     assert "stage_1.observe" in report["reason"]
     assert stack.weights() == {stable: 100}

@@ -3,6 +3,7 @@ and the connection value they are built from."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -293,6 +294,16 @@ def shadow_outputs(source: MetricsSource, candidate: str, *, start_s: float,
     if not isinstance(source, ShadowOutputSource):
         return None
     return source.shadow_outputs(candidate, start_s=start_s, end_s=end_s)
+
+
+#: Keys of a promote/rollback ``summary`` that hold the last gate's evidence (``stage``, ``metrics``): a registry
+#: that logs metrics (MLflow) logs them on the candidate's run; none puts them in a tag (MLflow caps tag values).
+EVIDENCE_KEYS = ("stage", "metrics")
+
+
+def summary_tag(summary: Mapping[str, Any]) -> str:
+    """Return the ``rollout.summary`` tag of a promotion or rollback: the summary without the gate's evidence."""
+    return json.dumps({k: v for k, v in summary.items() if k not in EVIDENCE_KEYS}, default=str)
 
 
 @runtime_checkable

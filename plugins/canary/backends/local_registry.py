@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, summary_tag
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 from canary.spec import defaults
 
@@ -130,7 +130,7 @@ class LocalModelRegistry:
             previous = entry["aliases"].get(CHAMPION)
             entry["aliases"][CHAMPION] = version
             entry["versions"][version]["tags"].update({
-                TAG_RESULT: "promoted", TAG_RUN_ID: run_id, TAG_SUMMARY: json.dumps(dict(summary), default=str)})
+                TAG_RESULT: "promoted", TAG_RUN_ID: run_id, TAG_SUMMARY: summary_tag(summary)})
             entry["history"].append({"event": "promoted", "version": version, "previous_champion": previous,
                                      "run_id": run_id, "at_s": time.time()})
 
@@ -141,7 +141,7 @@ class LocalModelRegistry:
             self._require_version(entry, model, version)
             entry["versions"][version]["tags"].update({
                 TAG_RESULT: "rolled_back", TAG_RUN_ID: run_id, TAG_REASON: reason,
-                TAG_SUMMARY: json.dumps(dict(summary), default=str)})
+                TAG_SUMMARY: summary_tag(summary)})
             entry["history"].append({"event": "rolled_back", "version": version, "reason": reason,
                                      "run_id": run_id, "at_s": time.time()})
 

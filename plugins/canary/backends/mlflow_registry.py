@@ -20,7 +20,6 @@ backoff here, so an unreachable server fails a task in seconds, not minutes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from canary.backends.base import ConnInfo
+from canary.backends.base import ConnInfo, summary_tag
 from canary.backends.local_registry import CHAMPION, TAG_REASON, TAG_RESULT, TAG_RUN_ID, TAG_SUMMARY
 from canary.errors import BackendError, ConfigError, UnknownVersionError
 
@@ -380,7 +379,7 @@ class MlflowModelRegistry:
         self._require_version(model, version)
         previous = self.champion(model)
         self._set_tags(model, version, {TAG_RESULT: "promoted", TAG_RUN_ID: run_id,
-                                        TAG_SUMMARY: json.dumps(dict(summary), default=str)})
+                                        TAG_SUMMARY: summary_tag(summary)})
         name = self._name(model)
         self._run(f"move alias {self.champion_alias!r} of model {name!r} to version {version!r}",
                   lambda c: c.set_registered_model_alias(name, self.champion_alias, version))
@@ -393,7 +392,7 @@ class MlflowModelRegistry:
         """Tag ``version`` as rolled back with the reason and the evidence; aliases stay where they are."""
         self._require_version(model, version)
         self._set_tags(model, version, {TAG_RESULT: "rolled_back", TAG_RUN_ID: run_id, TAG_REASON: reason,
-                                        TAG_SUMMARY: json.dumps(dict(summary), default=str)})
+                                        TAG_SUMMARY: summary_tag(summary)})
         self._log_evidence(model, version, run_id=run_id, result="rolled_back", summary=summary)
 
     # -- administration (tests, demo) -------------------------------------------------------------------

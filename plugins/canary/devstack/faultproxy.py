@@ -30,8 +30,10 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host
 class FaultRule:
     """What to do to the requests this rule matches (``method`` and a ``path`` regex; ``body`` a predicate).
 
-    :param action: ``status`` (answer ``status`` without forwarding), ``drop`` (close the connection without an
-        answer), ``delay`` (wait ``delay_s``, then forward) or ``rewrite`` (forward ``rewrite(body)``).
+    :param action: ``status`` (answer ``status`` without forwarding), ``respond`` (answer ``status`` with
+        ``response`` as a JSON body, without forwarding: e.g. a metrics store that says it has no data),
+        ``drop`` (close the connection without an answer), ``delay`` (wait ``delay_s``, then forward) or
+        ``rewrite`` (forward ``rewrite(body)``).
     :param times: how many matching requests the rule applies to (None: every one while armed).
     :param for_s: apply for this many seconds from the first match (an outage), then stop (None: no limit).
     """
@@ -44,15 +46,16 @@ class FaultRule:
     status: int = 503
     delay_s: float = 0.0
     rewrite: Callable[[bytes], bytes] | None = None
+    response: bytes = b""
     times: int | None = None
     for_s: float | None = None
     applied: int = 0
     first_at_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.action not in ("status", "drop", "delay", "rewrite"):
-            raise ValueError(f"fault rule {self.name!r}: action must be status, drop, delay or rewrite, got "
-                             f"{self.action!r}")
+        if self.action not in ("status", "respond", "drop", "delay", "rewrite"):
+            raise ValueError(f"fault rule {self.name!r}: action must be status, respond, drop, delay or rewrite, "
+                             f"got {self.action!r}")
         if self.action == "rewrite" and self.rewrite is None:
             raise ValueError(f"fault rule {self.name!r}: action rewrite needs rewrite=")
 
@@ -154,8 +157,9 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                if rule is not None and rule.action == "status":
-                    payload = b'{"detail": "fault injected by the test proxy: ' + rule.name.encode() + b'"}'
+                if rule is not None and rule.action in ("status", "respond"):
+                    payload = rule.response if rule.action == "respond" else \
+                        b'{"detail": "fault injected by the test proxy: ' + rule.name.encode() + b'"}'
                     self.send_response(rule.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))

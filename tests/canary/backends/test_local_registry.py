@@ -53,6 +53,14 @@ def test_promote_moves_champion_tags_and_records_history(reg):
     assert event["previous_champion"] == "1" and event["version"] == "2"
 
 
+def test_the_summary_tag_leaves_out_the_gate_s_evidence(reg):
+    # The evidence (every metric's numbers) belongs in a run's metrics, not in a tag (MLflow caps tag values).
+    evidence = {"stage": 1, "metrics": [{"metric": "error_rate", "decision": "rollback",
+                                         "evidence": {"e_value": 1.3e4, "ratio_lower": 1.2}}] * 50}
+    reg.record_rollback("m", "3", run_id="run-2", reason="error_rate: ...", summary={"stable": "1", **evidence})
+    assert json.loads(reg.get_tags("m", "3")["rollout.summary"]) == {"stable": "1"}
+
+
 def test_rollback_tags_reason_and_keeps_champion(reg):
     reg.record_rollback("m", "3", run_id="run-2", reason="error_rate: e-value 400 >= 40", summary={"n": 5})
     assert reg.champion("m") == "1"

@@ -73,8 +73,15 @@ def test_a_router_that_applies_other_weights_than_it_was_given(proxied):
     assert direct.get_weights() == {"v1": 84, "v2": 16}
 
 
+def test_an_answer_of_the_proxy_s_own(proxied):
+    proxy, _direct, _through = proxied
+    proxy.add(FaultRule("nothing here", method="GET", path="/healthz$", action="respond", status=200,
+                        response=b'{"status": "empty"}'))
+    assert requests.get(f"{proxy.url}/healthz", timeout=5).json() == {"status": "empty"}
+
+
 def test_bad_rules_are_refused():
-    with pytest.raises(ValueError, match="action must be status, drop, delay or rewrite"):
+    with pytest.raises(ValueError, match="action must be status, respond, drop, delay or rewrite"):
         FaultRule("x", action="explode")
     with pytest.raises(ValueError, match="target must be http://host:port"):
         FaultProxy("ftp://nowhere")
