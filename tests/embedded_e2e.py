@@ -50,3 +50,14 @@ def invariant_violations_of(stack, report, model: str) -> list[str]:
                           lease_key=endpoint_lease_key("local", stack.endpoint), dag_id=dag_id, run_id=report["run_id"])
     return invariant_violations(state, dag_id=dag_id, run_id=report["run_id"], stable=report["stable"],
                                 candidate=report["candidate"])
+
+
+def roll_out(stack, home, env, model: str, candidate: str) -> tuple[str, dict]:
+    """Register ``model`` against the serving version, run the rollout of ``candidate`` and check that it failed
+    safe (the invariant holds whatever the outcome); return the version serving before, and the report."""
+    from canary.devstack.demo import run_rollout
+
+    before = register_against_the_serving_version(stack, model, candidate)
+    report = run_rollout(stack, home, candidate, extra_env=env, model=model)
+    assert invariant_violations_of(stack, report, model) == [], report
+    return before, report

@@ -130,7 +130,9 @@ def test_the_two_rollouts_ran_and_told_everyone(runs):
     assert (promoted["outcome"], rolled_back["outcome"]) == ("promoted", "rolled_back"), runs["reports"]
     events = [r.body["event"] for r in runs["notices"]]
     assert "promoted" in events and "rolled_back" in events, events
-    assert len(runs["sns"]) == len(events), (len(runs["sns"]), events)
+    # SQS delivers at least once (a clean-clone run received one of seven notices twice): count SNS messages.
+    published = {json.loads(m["Body"])["MessageId"] for m in runs["sns"]}
+    assert len(published) == len(events), (len(published), len(runs["sns"]), events)
     assert any("note" in (r.body or {}) for r in runs["notes"] if r.method == "PATCH"), runs["notes"]
 
 

@@ -200,6 +200,13 @@ def user_attributes(user_id: str) -> dict[str, str]:
     return out
 
 
+def _require_deployed(ep: Endpoint, field: str, version: str) -> None:
+    """Raise a 422 naming ``field`` unless ``version`` is deployed on ``ep``."""
+    if version not in ep.weights:
+        raise AdminError(422, f"{field}: {version!r} is not deployed on endpoint {ep.name!r} "
+                              f"(deployed: {', '.join(ep.weights) or 'none'})")
+
+
 def check_name(kind: str, name: str) -> str:
     """Return ``name`` if it is a valid endpoint or version name, else raise a 422 naming ``kind``."""
     if not NAME_PATTERN.match(name):
@@ -252,18 +259,16 @@ class ServingState:
     def set_mirror(self, endpoint: str, mirror: Mirror | None) -> Endpoint:
         """Mirror part of the endpoint's requests to a deployed version, or stop mirroring (None)."""
         ep = self.endpoint(endpoint)
-        if mirror is not None and mirror.version not in ep.weights:
-            raise AdminError(422, f"mirror.version: {mirror.version!r} is not deployed on endpoint {endpoint!r} "
-                                  f"(deployed: {', '.join(ep.weights) or 'none'})")
+        if mirror is not None:
+            _require_deployed(ep, "mirror.version", mirror.version)
         ep.mirror = mirror
         return ep
 
     def set_targeting(self, endpoint: str, targeting: Targeting | None) -> Endpoint:
         """Restrict a deployed version to the requests ``targeting`` matches, or lift the restriction (None)."""
         ep = self.endpoint(endpoint)
-        if targeting is not None and targeting.version not in ep.weights:
-            raise AdminError(422, f"targeting.version: {targeting.version!r} is not deployed on endpoint "
-                                  f"{endpoint!r} (deployed: {', '.join(ep.weights) or 'none'})")
+        if targeting is not None:
+            _require_deployed(ep, "targeting.version", targeting.version)
         ep.targeting = targeting
         return ep
 
